@@ -1,0 +1,24 @@
+"""Shared pytest fixtures: paths to the small real data sets in ../shared/data."""
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """The read-only data folder beside the checkout (tests may read it; the product must not)."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"shared data not found at {SHARED_DATA}")
+  return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  return REPO_ROOT
