@@ -1,0 +1,499 @@
+"""Corpora: where raw documents come from, with one definition of a valid document.
+
+A corpus is described by a `CorpusSpec` (a frozen dataclass). It has two faces:
+
+1. A TensorFlow-free record API, for the Beam cache job and anything else that must not import TF:
+   - `spec.files(split)`: the sorted list of files of a split (glob patterns expanded).
+   - `spec.unit_count(path)`: the size of a file in the units `read_range` takes: bytes for text and
+     JSONL files, records for TFRecord files.
+   - `spec.split_ranges(path, num_ranges)`: `num_ranges` contiguous `(start, end)` ranges covering
+     the file.
+   - `spec.read_range(path, start, end)`: yields `(record_key, raw_bytes)`. For text/JSONL files the
+     range is in bytes and a record belongs to the range where it STARTS, so any partition of a file
+     into ranges yields every record exactly once. For TFRecord files the range is in record
+     indices.
+   - `spec.parse(raw_bytes) -> str`: the document text, or raises `BadRecord(reason)` with `reason`
+     in `BAD_RECORD_REASONS`.
+2. A `seqio.DataSource` (`spec.data_source()`) for on-the-fly use with `seqio.get_dataset` /
+   `task.get_dataset`. It yields `{'text': tf.string}` and is built on the record API above (the same
+   reader and the same `parse`, bad records skipped), so both faces agree on what a valid document
+   is, byte for byte.
+
+Formats:
+- `'text'`: plain text; `text_mode='line'` (one document per line) or `'paragraph'` (documents are
+  runs of non-blank lines separated by blank lines). Blank lines are separators, never records.
+- `'jsonl'`: one JSON object per line; the document is `text_field` (dots address nested objects:
+  `'meta.body'`). Blank lines are skipped.
+- `'tfrecord'`: TFRecord files of serialized `tf.Example`; the document is the first value of the
+  bytes feature `feature_key`. The TF-free reader parses TFRecord framing and `tf.Example` wire
+  format in pure Python; it checks record lengths but not the CRC32C checksums (no CRC32C in the
+  standard library); TF's reader, used by nothing here, would.
+- `'tfds'`: a TFDS dataset already prepared under `tfds_data_dir` (never downloaded). The seqio face
+  reads it with `tfds.builder(name, data_dir=...)`; the TF-free face reads the prepared TFRecord
+  shards directly (TFDS stores `Text` features as `tf.Example` bytes features under the feature's
+  name), so `feature_key` names the text feature for both.
+
+Example (TF-free):
+  spec = CorpusSpec(name='wiki', format='jsonl', splits={'train': '/data/wiki/*.jsonl'})
+  for path in spec.files('train'):
+    for start, end in spec.split_ranges(path, 8):
+      for key, raw in spec.read_range(path, start, end):
+        try:
+          text = spec.parse(raw)
+        except BadRecord as e:
+          count_dead_letter(e.reason)
+"""
+import dataclasses
+import glob as glob_lib
+import json
+import os
+import re
+import struct
+from typing import Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+FORMATS = ('text', 'jsonl', 'tfrecord', 'tfds')
+TEXT_MODES = ('line', 'paragraph')
+# Why a record is not a document. `malformed_example` is for TFRecord/TFDS payloads that are not a
+# decodable tf.Example (the text/JSONL reasons cannot describe them).
+BAD_RECORD_REASONS = ('invalid_utf8', 'malformed_json', 'missing_field', 'empty', 'too_long',
+                      'malformed_example')
+_READ_CHUNK = 1 << 16
+
+
+class BadRecord(ValueError):
+  """A raw record that is not a valid document; `reason` is one of `BAD_RECORD_REASONS`."""
+
+  def __init__(self, reason: str, detail: str = ''):
+    if reason not in BAD_RECORD_REASONS:
+      raise ValueError(f'BadRecord reason must be one of {BAD_RECORD_REASONS}, got {reason!r}')
+    self.reason = reason
+    self.detail = detail
+    super().__init__(f'{reason}: {detail}' if detail else reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+  """Where a corpus lives and how to read documents from it.
+
+  Attributes:
+    name: corpus name; tasks are registered as `<name>_<objective>`. Lowercase letters, digits, `_`.
+    format: one of `FORMATS`.
+    splits: split name -> glob pattern (or tuple of patterns) of files. Not used for `'tfds'`.
+    text_mode: `'line'` or `'paragraph'` (format `'text'` only).
+    text_field: JSONL field holding the document (dots address nested objects).
+    feature_key: tf.Example bytes feature (format `'tfrecord'`) or TFDS text feature (`'tfds'`).
+    tfds_name: TFDS dataset name, `name[/config][:version]` (format `'tfds'`).
+    tfds_data_dir: directory holding prepared TFDS datasets (format `'tfds'`).
+    tfds_splits: split names offered for a TFDS corpus.
+    max_document_chars: documents longer than this (in characters) are `too_long` bad records.
+  """
+  name: str
+  format: str = 'text'
+  splits: Mapping[str, Union[str, Tuple[str, ...]]] = dataclasses.field(default_factory=dict)
+  text_mode: str = 'line'
+  text_field: str = 'text'
+  feature_key: str = 'text'
+  tfds_name: Optional[str] = None
+  tfds_data_dir: Optional[str] = None
+  tfds_splits: Tuple[str, ...] = ('train', 'validation')
+  max_document_chars: int = 1_000_000
+
+  def __post_init__(self):
+    if not re.fullmatch(r'[a-z][a-z0-9_]*', self.name or ''):
+      raise ValueError(f'CorpusSpec.name must match [a-z][a-z0-9_]* (it names tasks), got '
+                       f'{self.name!r}')
+    if self.format not in FORMATS:
+      raise ValueError(f'CorpusSpec.format must be one of {FORMATS}, got {self.format!r}')
+    if self.text_mode not in TEXT_MODES:
+      raise ValueError(f'CorpusSpec.text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}')
+    if not self.text_field:
+      raise ValueError(f'CorpusSpec.text_field must be non-empty, got {self.text_field!r}')
+    if not self.feature_key:
+      raise ValueError(f'CorpusSpec.feature_key must be non-empty, got {self.feature_key!r}')
+    if not isinstance(self.max_document_chars, int) or self.max_document_chars <= 0:
+      raise ValueError(f'CorpusSpec.max_document_chars must be a positive int, got '
+                       f'{self.max_document_chars!r}')
+    if self.format == 'tfds':
+      if not self.tfds_name:
+        raise ValueError("CorpusSpec.tfds_name is required when format='tfds', got "
+                         f'{self.tfds_name!r}')
+      if not self.tfds_data_dir:
+        raise ValueError("CorpusSpec.tfds_data_dir is required when format='tfds' (datasets are "
+                         f'never downloaded), got {self.tfds_data_dir!r}')
+      if not self.tfds_splits:
+        raise ValueError(f'CorpusSpec.tfds_splits must be non-empty, got {self.tfds_splits!r}')
+    else:
+      if not self.splits:
+        raise ValueError(f'CorpusSpec.splits must map split names to file patterns, got '
+                         f'{self.splits!r}')
+      for split, pattern in self.splits.items():
+        patterns = (pattern,) if isinstance(pattern, str) else tuple(pattern)
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+          raise ValueError(f'CorpusSpec.splits[{split!r}] must be a glob pattern or a tuple of '
+                           f'them, got {pattern!r}')
+    # Freeze the mapping's values into tuples/str so the spec is hashable and picklable.
+    object.__setattr__(self, 'splits', {
+        k: (v if isinstance(v, str) else tuple(v)) for k, v in dict(self.splits).items()})
+    object.__setattr__(self, 'tfds_splits', tuple(self.tfds_splits))
+
+  def __hash__(self):
+    return hash((self.name, self.format, tuple(sorted(self.splits.items())), self.text_mode,
+                 self.text_field, self.feature_key, self.tfds_name, self.tfds_data_dir,
+                 self.tfds_splits, self.max_document_chars))
+
+  # ----------------------------------------------------------------------------------------------
+  # TF-free record API.
+
+  @property
+  def split_names(self) -> Tuple[str, ...]:
+    return self.tfds_splits if self.format == 'tfds' else tuple(self.splits)
+
+  @property
+  def is_tfrecord(self) -> bool:
+    """Whether `read_range` takes record-index ranges (else byte ranges)."""
+    return self.format in ('tfrecord', 'tfds')
+
+  def files(self, split: str) -> Sequence[str]:
+    """Sorted, de-duplicated list of the files of `split`. Raises if there are none."""
+    if split not in self.split_names:
+      raise ValueError(f'Corpus {self.name!r} has no split {split!r}; splits: '
+                       f'{list(self.split_names)}')
+    if self.format == 'tfds':
+      return _tfds_prepared_files(self.tfds_name, self.tfds_data_dir, split)
+    pattern = self.splits[split]
+    patterns = (pattern,) if isinstance(pattern, str) else pattern
+    found = set()
+    for p in patterns:
+      p = os.path.expanduser(p)
+      if glob_lib.has_magic(p):
+        found.update(f for f in glob_lib.glob(p, recursive=True) if os.path.isfile(f))
+      elif os.path.isfile(p):
+        found.add(p)
+    if not found:
+      raise FileNotFoundError(f'Corpus {self.name!r} split {split!r}: no file matches '
+                              f'{list(patterns)}')
+    return sorted(found)
+
+  def unit_count(self, path: str) -> int:
+    """Size of `path` in `read_range` units: records for TFRecord, bytes otherwise."""
+    if self.is_tfrecord:
+      return sum(1 for _ in _tfrecord_offsets(path))
+    return os.path.getsize(path)
+
+  def split_ranges(self, path: str, num_ranges: int) -> Sequence[Tuple[int, int]]:
+    """`num_ranges` contiguous `(start, end)` ranges (some possibly empty) covering `path`."""
+    if num_ranges < 1:
+      raise ValueError(f'num_ranges must be >= 1, got {num_ranges}')
+    total = self.unit_count(path)
+    bounds = [total * i // num_ranges for i in range(num_ranges + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(num_ranges)]
+
+  def read_range(self, path: str, start: int = 0,
+                 end: Optional[int] = None) -> Iterator[Tuple[str, bytes]]:
+    """Yields `(record_key, raw_bytes)` for records starting in `[start, end)`.
+
+    Units are bytes for text/JSONL (a record belongs to the range where its first byte lies) and
+    record indices for TFRecord/TFDS. `end=None` reads to the end of the file. `record_key` is
+    `'<path>:<start offset or record index>'`, unique within a corpus.
+    """
+    if start < 0 or (end is not None and end < start):
+      raise ValueError(f'read_range needs 0 <= start <= end, got start={start} end={end}')
+    if self.is_tfrecord:
+      yield from _read_tfrecord_range(path, start, end)
+    elif self.format == 'text' and self.text_mode == 'paragraph':
+      yield from _read_paragraph_range(path, start, end)
+    else:
+      yield from _read_line_range(path, start, end)
+
+  def parse(self, raw: bytes) -> str:
+    """The document text of a raw record, or raises `BadRecord`.
+
+    The same rules apply in both faces: UTF-8 must be valid (`invalid_utf8`); JSONL must be a JSON
+    object (`malformed_json`) holding a string at `text_field` (`missing_field`); tf.Example must
+    decode (`malformed_example`) and hold the bytes feature `feature_key` (`missing_field`); the
+    text must have a non-whitespace character (`empty`) and at most `max_document_chars`
+    characters (`too_long`).
+    """
+    if self.format == 'jsonl':
+      text = _decode_utf8(raw)
+      try:
+        obj = json.loads(text)
+      except ValueError as e:
+        raise BadRecord('malformed_json', str(e)) from None
+      if not isinstance(obj, dict):
+        raise BadRecord('malformed_json', f'expected a JSON object, got {type(obj).__name__}')
+      for part in self.text_field.split('.'):
+        if not isinstance(obj, dict) or part not in obj:
+          raise BadRecord('missing_field', self.text_field)
+        obj = obj[part]
+      if not isinstance(obj, str):
+        raise BadRecord('missing_field', f'{self.text_field} is {type(obj).__name__}, not a string')
+      text = obj
+    elif self.is_tfrecord:
+      text = _decode_utf8(_example_bytes_feature(raw, self.feature_key))
+    else:
+      text = _decode_utf8(raw)
+    return self.check_text(text)
+
+  def check_text(self, text: str) -> str:
+    """The rules every document passes whatever its format: `empty` and `too_long`."""
+    if not text.strip():
+      raise BadRecord('empty')
+    if len(text) > self.max_document_chars:
+      raise BadRecord('too_long', f'{len(text)} > max_document_chars={self.max_document_chars}')
+    return text
+
+  def iter_documents(self, split: str, paths: Optional[Sequence[str]] = None) -> Iterator[str]:
+    """All valid documents of `split` (or of `paths`), in file order; bad records skipped."""
+    for path in (self.files(split) if paths is None else paths):
+      for _, raw in self.read_range(path, 0, None):
+        try:
+          yield self.parse(raw)
+        except BadRecord:
+          continue
+
+  # ----------------------------------------------------------------------------------------------
+  # seqio face.
+
+  def data_source(self):
+    """A `seqio.DataSource` yielding `{'text': tf.string}` (valid documents only)."""
+    from tasks import _tf_sources  # pylint: disable=g-import-not-at-top  (keeps this module TF-free)
+    return _tf_sources.make_data_source(self)
+
+
+def _decode_utf8(raw: bytes) -> str:
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise BadRecord('invalid_utf8', str(e)) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Text and JSONL byte-range readers.
+
+
+def _first_line_start_at_or_after(f, start: int) -> int:
+  """Offset of the first line start >= start (a line starts at 0 or right after b'\\n')."""
+  if start == 0:
+    return 0
+  f.seek(start - 1)
+  if f.read(1) == b'\n':
+    return start
+  f.readline()  # Rest of the line that began before `start`.
+  return f.tell()
+
+
+def _line_before_is_blank(f, line_start: int) -> bool:
+  """Whether the line ending at `line_start - 1` is blank (True at the start of the file)."""
+  if line_start == 0:
+    return True
+  # Scan backwards from the '\n' at line_start - 1 to the previous '\n' (or the file start).
+  pos = line_start - 1
+  content = b''
+  while pos > 0:
+    chunk_start = max(0, pos - _READ_CHUNK)
+    f.seek(chunk_start)
+    chunk = f.read(pos - chunk_start)
+    nl = chunk.rfind(b'\n')
+    if nl >= 0:
+      content = chunk[nl + 1:] + content
+      break
+    content = chunk + content
+    if content.strip():
+      return False
+    pos = chunk_start
+  return not content.strip()
+
+
+def _strip_eol(line: bytes) -> bytes:
+  if line.endswith(b'\r\n'):
+    return line[:-2]
+  if line.endswith(b'\n'):
+    return line[:-1]
+  return line
+
+
+def _read_line_range(path: str, start: int, end: Optional[int]) -> Iterator[Tuple[str, bytes]]:
+  with open(path, 'rb') as f:
+    pos = _first_line_start_at_or_after(f, start)
+    f.seek(pos)
+    while end is None or pos < end:
+      line = f.readline()
+      if not line:
+        break
+      if line.strip():
+        yield f'{path}:{pos}', _strip_eol(line)
+      pos += len(line)
+
+
+def _read_paragraph_range(path: str, start: int,
+                          end: Optional[int]) -> Iterator[Tuple[str, bytes]]:
+  with open(path, 'rb') as f:
+    pos = _first_line_start_at_or_after(f, start)
+    prev_blank = _line_before_is_blank(f, pos)
+    f.seek(pos)
+    para_start, para_lines = None, []
+    while True:
+      line = f.readline()
+      blank = not line.strip()
+      if para_lines and (blank or not line):
+        yield f'{path}:{para_start}', b'\n'.join(_strip_eol(l) for l in para_lines)
+        para_start, para_lines = None, []
+      if not line:
+        break
+      if not blank:
+        if prev_blank:  # A paragraph starts here.
+          if end is not None and pos >= end:
+            break
+          para_start, para_lines = pos, [line]
+        elif para_lines:
+          para_lines.append(line)
+        # else: continuation of a paragraph that started before `start`: not ours.
+      prev_blank = blank
+      pos += len(line)
+
+
+# ------------------------------------------------------------------------------------------------
+# TFRecord framing and tf.Example wire format, in pure Python.
+
+
+def _tfrecord_offsets(path: str) -> Iterator[Tuple[int, int]]:
+  """Yields `(data_offset, length)` per record of a TFRecord file (CRCs are not verified)."""
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    pos = 0
+    while pos < size:
+      f.seek(pos)
+      header = f.read(12)
+      if len(header) < 12:
+        raise ValueError(f'{path}: truncated TFRecord header at byte {pos}')
+      (length,) = struct.unpack('<Q', header[:8])
+      if pos + 12 + length + 4 > size:
+        raise ValueError(f'{path}: TFRecord at byte {pos} claims {length} bytes past the end')
+      yield pos + 12, length
+      pos += 12 + length + 4
+
+
+def _read_tfrecord_range(path: str, start: int,
+                         end: Optional[int]) -> Iterator[Tuple[str, bytes]]:
+  with open(path, 'rb') as f:
+    for index, (offset, length) in enumerate(_tfrecord_offsets(path)):
+      if end is not None and index >= end:
+        break
+      if index >= start:
+        f.seek(offset)
+        yield f'{path}:{index}', f.read(length)
+
+
+def _wire_fields(buf: bytes) -> Iterator[Tuple[int, int, Union[int, bytes]]]:
+  """Yields `(field_number, wire_type, value)` of a protobuf message; raises ValueError if bad."""
+  pos, n = 0, len(buf)
+
+  def varint():
+    nonlocal pos
+    shift = result = 0
+    while True:
+      if pos >= n or shift > 63:
+        raise ValueError('bad varint')
+      b = buf[pos]
+      pos += 1
+      result |= (b & 0x7F) << shift
+      if not b & 0x80:
+        return result
+      shift += 7
+
+  while pos < n:
+    key = varint()
+    field, wire = key >> 3, key & 7
+    if wire == 0:
+      yield field, wire, varint()
+    elif wire == 1:
+      pos += 8
+      yield field, wire, 0
+    elif wire == 2:
+      length = varint()
+      if pos + length > n:
+        raise ValueError('length-delimited field past the end')
+      yield field, wire, buf[pos:pos + length]
+      pos += length
+    elif wire == 5:
+      pos += 4
+      yield field, wire, 0
+    else:
+      raise ValueError(f'unsupported wire type {wire}')
+    if pos > n:
+      raise ValueError('field past the end')
+
+
+def _example_bytes_feature(raw: bytes, key: str) -> bytes:
+  """First value of bytes feature `key` of a serialized tf.Example.
+
+  tf.Example = {1: Features}; Features = {1: map<string, Feature>} (entries {1: key, 2: value});
+  Feature = {1: BytesList, 2: FloatList, 3: Int64List}; BytesList = {1: repeated bytes}.
+  """
+  want = key.encode('utf-8')
+  try:
+    for f1, w1, features in _wire_fields(raw):
+      if f1 != 1 or w1 != 2:
+        continue
+      for f2, w2, entry in _wire_fields(features):
+        if f2 != 1 or w2 != 2:
+          continue
+        name, value = b'', b''
+        for f3, w3, v in _wire_fields(entry):
+          if w3 == 2 and f3 == 1:
+            name = v
+          elif w3 == 2 and f3 == 2:
+            value = v
+        if name != want:
+          continue
+        for f4, w4, lst in _wire_fields(value):
+          if f4 == 1 and w4 == 2:
+            for f5, w5, item in _wire_fields(lst):
+              if f5 == 1 and w5 == 2:
+                return item
+            raise BadRecord('empty', f'bytes feature {key!r} has no values')
+        raise BadRecord('missing_field', f'feature {key!r} is not a bytes feature')
+  except ValueError as e:
+    if isinstance(e, BadRecord):
+      raise
+    raise BadRecord('malformed_example', str(e)) from None
+  raise BadRecord('missing_field', key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prepared TFDS datasets on disk.
+
+
+def _version_key(v: str):
+  return tuple(int(x) if x.isdigit() else -1 for x in v.split('.'))
+
+
+def tfds_dataset_dir(tfds_name: str, data_dir: str) -> str:
+  """`data_dir/<name>[/<config>]/<version>` of a prepared TFDS dataset (newest version if none)."""
+  name, _, version = tfds_name.partition(':')
+  base = os.path.join(os.path.expanduser(data_dir), *name.split('/'))
+  if not os.path.isdir(base):
+    raise FileNotFoundError(
+        f'TFDS dataset {tfds_name!r} is not prepared under tfds_data_dir={data_dir!r} '
+        f'(looked for {base}); datasets are never downloaded: prepare it there first.')
+  if version:
+    path = os.path.join(base, version)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f'TFDS dataset {tfds_name!r}: version directory {path} not found')
+    return path
+  versions = [v for v in os.listdir(base) if re.fullmatch(r'\d+\.\d+\.\d+', v)
+              and os.path.isdir(os.path.join(base, v))]
+  if not versions:
+    raise FileNotFoundError(f'TFDS dataset {tfds_name!r}: no version directory under {base}')
+  return os.path.join(base, max(versions, key=_version_key))
+
+
+def _tfds_prepared_files(tfds_name: str, data_dir: str, split: str) -> Sequence[str]:
+  path = tfds_dataset_dir(tfds_name, data_dir)
+  stem = tfds_name.partition(':')[0].split('/')[0]
+  files = sorted(glob_lib.glob(os.path.join(path, f'{stem}-{split}.tfrecord*')))
+  if not files:
+    raise FileNotFoundError(f'TFDS dataset {tfds_name!r} split {split!r}: no TFRecord shards '
+                            f'{stem}-{split}.tfrecord* in {path}')
+  return files

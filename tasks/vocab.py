@@ -1,0 +1,303 @@
+"""SentencePiece vocabularies and the special tokens objectives use.
+
+Two kinds of vocabulary are supported:
+
+- Our own ("extra_id" style), trained by `train_vocabulary` (CLI: `python -m pipelines.train_vocab`):
+  pad=0, eos=1, bos=2, unk=3 (Gemma's ids), then the user-defined pieces `[NLU]`, `[NLG]`, `[S2S]`,
+  `<extra_id_0>`, ..., `<extra_id_{K-1}>` (ids 4, 5, 6, 7, ...), then the learned pieces.
+- Gemma-style ("reserved" style): a tokenizer with reserved pieces `<unused0>`, `<unused1>`, ... (the
+  real Gemma tokenizer has 256k pieces and `<unused0>`..`<unused98>`). Special tokens are mapped
+  onto reserved pieces inside the vocabulary, so ids never exceed the embedding table. The order
+  is fixed and documented here: `[NLU]` -> `<unused0>`, `[NLG]` -> `<unused1>`, `[S2S]` ->
+  `<unused2>`, sentinel i -> `<unused{i+3}>` (as many sentinels as there are consecutive reserved
+  pieces from `<unused3>` on). In text (inputs you write, decoded outputs), these tokens appear as
+  the reserved piece's own string, e.g. `<unused5>` is sentinel 2.
+
+Every special token must encode to exactly one id and decode back to its own string; this is
+checked when `special_tokens` builds the table (a piece of type CONTROL, for instance, decodes to the
+empty string and is rejected with an error naming it).
+"""
+import dataclasses
+import functools
+import os
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+MODE_TOKENS = ('[NLU]', '[NLG]', '[S2S]')
+DEFAULT_NUM_SENTINELS = 100
+# Environment variable naming the default vocabulary (a SentencePiece .model file).
+VOCAB_ENV = 'GEMMA_ADAPT_VOCAB'
+DEFAULT_VOCAB_PATH = os.path.join('~', '.cache', 'gemma_adapt', 'vocab', 'spm.model')
+# Gemma's special ids; seqio requires PAD=0 and EOS=1.
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+STYLE_OWN = 'extra_id'
+STYLE_RESERVED = 'reserved'
+RESERVED_MODE_OFFSET = 0  # `[NLU]`, `[NLG]`, `[S2S]` -> `<unused0..2>`.
+RESERVED_SENTINEL_OFFSET = len(MODE_TOKENS)  # Sentinel i -> `<unused{i + 3}>`.
+
+
+def sentinel_piece(i: int) -> str:
+  return f'<extra_id_{i}>'
+
+
+def reserved_piece(i: int) -> str:
+  return f'<unused{i}>'
+
+
+def default_vocab_path() -> str:
+  """`$GEMMA_ADAPT_VOCAB` if set, else `~/.cache/gemma_adapt/vocab/spm.model` (expanded)."""
+  return os.path.expanduser(os.environ.get(VOCAB_ENV) or DEFAULT_VOCAB_PATH)
+
+
+class MissingVocabularyError(FileNotFoundError):
+  """The vocabulary file does not exist (raised when a task is used, never at import)."""
+
+
+def get_vocabulary(path: Optional[str] = None):
+  """A `seqio.SentencePieceVocabulary` (no extra ids) for the model at `path`.
+
+  Args:
+    path: SentencePiece `.model` file; None means `default_vocab_path()`.
+
+  Raises:
+    MissingVocabularyError: the file does not exist, with how to make one.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top  (keeps `import tasks.vocab` light)
+  path = os.path.expanduser(path) if path else default_vocab_path()
+  if '://' not in path and not os.path.isfile(path):
+    raise MissingVocabularyError(
+        f'SentencePiece vocabulary not found: {path}. Pass a path (flag --vocab / '
+        f'${VOCAB_ENV}) or train one: python -m pipelines.train_vocab --input=GLOB '
+        f'--vocab_size=N --output={path[:-len(".model")] if path.endswith(".model") else path}')
+  return seqio.SentencePieceVocabulary(path, extra_ids=0)
+
+
+class LazyVocabulary:
+  """Defers `get_vocabulary(path)` until first use, so tasks register without the file.
+
+  Forwards every attribute to the loaded `seqio.SentencePieceVocabulary`; a missing file gives a
+  `MissingVocabularyError` at first use, not at import/registration.
+  """
+
+  def __init__(self, path: Optional[str] = None):
+    self._path = path
+    self._vocab = None
+
+  @property
+  def path(self) -> str:
+    return os.path.expanduser(self._path) if self._path else default_vocab_path()
+
+  def load(self):
+    if self._vocab is None:
+      self._vocab = get_vocabulary(self.path)
+    return self._vocab
+
+  def __getattr__(self, name):
+    if name.startswith('__') or name in ('_path', '_vocab'):
+      raise AttributeError(name)
+    return getattr(self.load(), name)
+
+  def __repr__(self):
+    return f'LazyVocabulary(path={self.path!r})'
+
+
+def resolve(vocab):
+  """The real vocabulary behind `vocab` (a `LazyVocabulary` or a seqio vocabulary)."""
+  return vocab.load() if isinstance(vocab, LazyVocabulary) else vocab
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+  """Ids (and text forms) of the UL2 mode tokens and the span-corruption sentinels.
+
+  Attributes:
+    mode_ids: `{'[NLU]': id, '[NLG]': id, '[S2S]': id}`.
+    sentinel_ids: sentinel ids, sentinel 0 first.
+    mode_pieces: `{'[NLU]': text form, ...}`; equal to the key in our own vocabularies, the
+      reserved piece (e.g. `<unused0>`) in Gemma-style ones.
+    sentinel_pieces: text forms of the sentinels, sentinel 0 first.
+    style: `'extra_id'` (our own vocabulary) or `'reserved'` (Gemma-style).
+  """
+  mode_ids: Mapping[str, int]
+  sentinel_ids: Tuple[int, ...]
+  mode_pieces: Mapping[str, str]
+  sentinel_pieces: Tuple[str, ...]
+  style: str
+
+  def __post_init__(self):
+    if set(self.mode_ids) != set(MODE_TOKENS):
+      raise ValueError(f'SpecialTokens.mode_ids must have keys {MODE_TOKENS}, got '
+                       f'{sorted(self.mode_ids)}')
+    if not self.sentinel_ids:
+      raise ValueError('SpecialTokens.sentinel_ids must be non-empty')
+    if len(self.sentinel_pieces) != len(self.sentinel_ids):
+      raise ValueError(f'SpecialTokens.sentinel_pieces has {len(self.sentinel_pieces)} entries '
+                       f'for {len(self.sentinel_ids)} sentinel_ids')
+    ids = list(self.mode_ids.values()) + list(self.sentinel_ids)
+    if len(set(ids)) != len(ids):
+      raise ValueError(f'SpecialTokens ids must be distinct, got {ids}')
+    object.__setattr__(self, 'mode_ids', dict(self.mode_ids))
+    object.__setattr__(self, 'mode_pieces', dict(self.mode_pieces))
+    object.__setattr__(self, 'sentinel_ids', tuple(int(i) for i in self.sentinel_ids))
+    object.__setattr__(self, 'sentinel_pieces', tuple(self.sentinel_pieces))
+
+  def __hash__(self):
+    return hash((tuple(sorted(self.mode_ids.items())), self.sentinel_ids, self.style))
+
+  @property
+  def num_sentinels(self) -> int:
+    return len(self.sentinel_ids)
+
+  @property
+  def piece_of_id(self) -> Dict[int, str]:
+    """id -> text form, for all special tokens (used by inspection)."""
+    out = {self.mode_ids[m]: self.mode_pieces[m] for m in MODE_TOKENS}
+    out.update(zip(self.sentinel_ids, self.sentinel_pieces))
+    return out
+
+
+def _piece_id(sp, piece: str) -> Optional[int]:
+  i = sp.piece_to_id(piece)
+  if i == sp.unk_id() and piece != sp.id_to_piece(i):
+    return None
+  return i
+
+
+def _piece_type(sp, pid: int) -> str:
+  for name in ('control', 'unknown', 'unused', 'byte'):
+    if getattr(sp, f'is_{name}')(pid):
+      return f'type {name.upper()}'
+  return 'type NORMAL or USER_DEFINED'
+
+
+def _consecutive(sp, make_piece, first: int) -> Sequence[Tuple[str, int]]:
+  out = []
+  i = first
+  while True:
+    piece = make_piece(i)
+    pid = _piece_id(sp, piece)
+    if pid is None:
+      return out
+    out.append((piece, pid))
+    i += 1
+
+
+@functools.lru_cache(maxsize=32)
+def _special_tokens_for_model(model_bytes: bytes, description: str) -> SpecialTokens:
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+  if all(_piece_id(sp, m) is not None for m in MODE_TOKENS) and _piece_id(
+      sp, sentinel_piece(0)) is not None:
+    style = STYLE_OWN
+    mode_pieces = {m: m for m in MODE_TOKENS}
+    sentinels = _consecutive(sp, sentinel_piece, 0)
+  elif _piece_id(sp, reserved_piece(0)) is not None:
+    style = STYLE_RESERVED
+    reserved = _consecutive(sp, reserved_piece, 0)
+    if len(reserved) <= RESERVED_SENTINEL_OFFSET:
+      raise ValueError(f'Vocabulary {description} has only {len(reserved)} reserved pieces '
+                       f'<unused0>..; need {RESERVED_SENTINEL_OFFSET} for mode tokens plus at '
+                       'least one sentinel.')
+    mode_pieces = {m: reserved[RESERVED_MODE_OFFSET + k][0] for k, m in enumerate(MODE_TOKENS)}
+    sentinels = reserved[RESERVED_SENTINEL_OFFSET:]
+  else:
+    raise ValueError(
+        f'Vocabulary {description} has neither our special pieces ({", ".join(MODE_TOKENS)}, '
+        '<extra_id_0>, ...) nor Gemma-style reserved pieces (<unused0>, <unused1>, ...). Train one '
+        'with `python -m pipelines.train_vocab` or use a Gemma tokenizer.')
+  mode_ids = {m: sp.piece_to_id(mode_pieces[m]) for m in MODE_TOKENS}
+  # Every special token must be a single piece both ways.
+  for piece, pid in list(zip(mode_pieces.values(), mode_ids.values())) + list(sentinels):
+    encoded = sp.encode(piece)
+    decoded = sp.decode([pid])
+    if encoded != [pid] or decoded != piece:
+      raise ValueError(
+          f'Vocabulary {description}: special piece {piece!r} (id {pid}, {_piece_type(sp, pid)}) '
+          f'does not round-trip: encode -> {encoded}, decode -> {decoded!r}. Special pieces must '
+          'be USER_DEFINED pieces and the model must not add a dummy prefix.')
+  return SpecialTokens(mode_ids=mode_ids, sentinel_ids=tuple(i for _, i in sentinels),
+                       mode_pieces=mode_pieces, sentinel_pieces=tuple(p for p, _ in sentinels),
+                       style=style)
+
+
+def special_tokens(vocab) -> SpecialTokens:
+  """The mode-token and sentinel ids of `vocab` (a seqio SentencePiece vocabulary or a path).
+
+  Raises:
+    ValueError: the vocabulary has neither our pieces nor Gemma-style reserved pieces, or one of
+      them is not a single piece that decodes to itself.
+  """
+  if isinstance(vocab, str):
+    vocab = get_vocabulary(vocab)
+  vocab = resolve(vocab)
+  description = getattr(vocab, 'sentencepiece_model_file', repr(vocab))
+  return _special_tokens_for_model(vocab.sp_model, description)
+
+
+def train_vocabulary(*, input_files: Sequence[str], vocab_size: int, output_prefix: str,
+                     num_sentinels: int = DEFAULT_NUM_SENTINELS,
+                     reserved_pieces: int = 0,
+                     character_coverage: float = 0.9995, byte_fallback: bool = True,
+                     model_type: str = 'unigram', max_sentence_length: int = 16384,
+                     input_sentence_size: int = 0) -> Tuple[str, str]:
+  """Trains a SentencePiece model with Gemma's special ids; returns (`.model`, `.vocab`) paths.
+
+  Deterministic: the same files (sorted here), the same arguments -> the same bytes (one trainer
+  thread, no input sampling unless `input_sentence_size` > 0, which samples with a fixed seed).
+
+  Args:
+    input_files: text files, one sentence per line (SentencePiece reads lines).
+    vocab_size: total number of pieces, special pieces included.
+    output_prefix: writes `<output_prefix>.model` and `<output_prefix>.vocab`.
+    num_sentinels: K, the number of `<extra_id_i>` sentinel pieces (with `[NLU]`, `[NLG]`, `[S2S]`).
+      0 with `reserved_pieces` > 0 builds a Gemma-style vocabulary instead.
+    reserved_pieces: N > 0 adds Gemma-style `<unused0>`..`<unused{N-1}>` pieces instead of our
+      mode tokens and sentinels (for tests and Gemma-like vocabularies).
+    character_coverage, byte_fallback, model_type, max_sentence_length, input_sentence_size:
+      SentencePiece trainer options (Gemma uses byte fallback).
+  """
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  if not input_files:
+    raise ValueError('train_vocabulary: input_files is empty')
+  if num_sentinels < 0 or reserved_pieces < 0:
+    raise ValueError(f'num_sentinels and reserved_pieces must be >= 0, got {num_sentinels}, '
+                     f'{reserved_pieces}')
+  if reserved_pieces:
+    if reserved_pieces <= RESERVED_SENTINEL_OFFSET:
+      raise ValueError(f'reserved_pieces must be > {RESERVED_SENTINEL_OFFSET}, got '
+                       f'{reserved_pieces}')
+    symbols = [reserved_piece(i) for i in range(reserved_pieces)]
+  else:
+    if num_sentinels < 1:
+      raise ValueError(f'num_sentinels must be >= 1, got {num_sentinels}')
+    symbols = list(MODE_TOKENS) + [sentinel_piece(i) for i in range(num_sentinels)]
+  minimum = 4 + len(symbols) + (256 if byte_fallback else 0) + 1
+  if vocab_size < minimum:
+    raise ValueError(f'vocab_size={vocab_size} is too small: {len(symbols)} special pieces, 4 '
+                     f'control pieces{" and 256 byte pieces" if byte_fallback else ""} need '
+                     f'vocab_size >= {minimum}')
+  os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+  spm.set_random_generator_seed(0)  # Sentence sampling (input_sentence_size > 0) is seeded.
+  spm.SentencePieceTrainer.train(
+      input=sorted(input_files), model_prefix=output_prefix, vocab_size=vocab_size,
+      model_type=model_type, character_coverage=character_coverage, byte_fallback=byte_fallback,
+      pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
+      pad_piece='<pad>', eos_piece='<eos>', bos_piece='<bos>', unk_piece='<unk>',
+      user_defined_symbols=symbols,
+      # As Gemma: no dummy prefix, no whitespace folding, digits split, identity normalization, so
+      # special pieces are single pieces wherever they appear and text round-trips.
+      add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
+      normalization_rule_name='identity', allow_whitespace_only_pieces=True,
+      max_sentence_length=max_sentence_length, input_sentence_size=input_sentence_size,
+      shuffle_input_sentence=input_sentence_size > 0, num_threads=1,
+      minloglevel=2)
+  # The trainer records the output prefix in the model; clear it so the bytes do not depend on where
+  # the model was written.
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  model_path = output_prefix + '.model'
+  with open(model_path, 'rb') as f:
+    proto = sentencepiece_model_pb2.ModelProto.FromString(f.read())
+  proto.trainer_spec.ClearField('model_prefix')
+  with open(model_path, 'wb') as f:
+    f.write(proto.SerializeToString(deterministic=True))
+  return model_path, output_prefix + '.vocab'
+
