@@ -1,0 +1,132 @@
+"""Orbax checkpoints: periodic, keep-last-N, asynchronous, and params-only restores (no TF, no gin).
+
+Layout of a training run's checkpoints (an orbax `CheckpointManager` directory):
+
+  MODEL_DIR/checkpoints/<step>/params/      parameters (sharded arrays, orbax PyTree format)
+                              opt_state/   optimiser state
+                              train_meta/  {'step': int array, 'rng': PRNG key data}
+                              data/        JSON {'batches_consumed': n, ...} (the data position)
+
+`restore_params(path, abstract_params)` accepts (a) such a manager directory (latest step), (b) one
+step directory of it, or (c) a plain params checkpoint written by `save_params(path, params)` (what
+`trainer.adapt` and HF imports write): that is what `train(init_checkpoint=...)` reads.
+"""
+import dataclasses
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ('params', 'opt_state', 'train_meta', 'data')
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """How often and how many.
+
+  Attributes:
+    period: save every `period` steps (0: only at the end / on a signal).
+    keep: how many recent checkpoints to keep (None keeps all).
+    async_save: write in a background thread while training continues.
+    save_on_signal: on SIGTERM/SIGINT, finish the current step, save, then exit.
+  """
+  period: int = 1000
+  keep: Optional[int] = 3
+  async_save: bool = True
+  save_on_signal: bool = True
+
+  def __post_init__(self):
+    if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 0:
+      raise ValueError(f'CheckpointConfig.period must be an int >= 0, got {self.period!r}')
+    if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 1):
+      raise ValueError(f'CheckpointConfig.keep must be a positive int or None, got {self.keep!r}')
+
+
+class Checkpointer:
+  """A thin layer over `ocp.CheckpointManager` for the trainer's four items."""
+
+  def __init__(self, directory: str, cfg: CheckpointConfig = CheckpointConfig()):
+    self.directory = os.path.abspath(directory)
+    self.cfg = cfg
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, *, params, opt_state, train_meta, data_state: Mapping[str, Any],
+           force: bool = False) -> bool:
+    if step in self.manager.all_steps():
+      return False
+    saved = self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        train_meta=ocp.args.StandardSave(train_meta),
+        data=ocp.args.JsonSave(dict(data_state))), force=force)
+    if saved:
+      logging.info('checkpoint: saving step %d to %s', step, self.directory)
+    return saved
+
+  def restore(self, step: int, *, abstract_params, abstract_opt_state, abstract_train_meta):
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        train_meta=ocp.args.StandardRestore(abstract_train_meta),
+        data=ocp.args.JsonRestore()))
+    return out.params, out.opt_state, out.train_meta, dict(out.data)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def save_params(directory: str, params) -> None:
+  """Writes a params-only checkpoint (plain orbax PyTree) that `restore_params` reads."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(directory), params)
+  checkpointer.wait_until_finished()
+
+
+def _params_dir(path: str) -> str:
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ValueError(f'init_checkpoint: {path!r} is not a directory')
+  if os.path.isdir(os.path.join(path, 'params')):
+    return os.path.join(path, 'params')
+  steps = sorted(int(name) for name in os.listdir(path) if name.isdigit() and
+                 os.path.isdir(os.path.join(path, name, 'params')))
+  if steps:
+    return os.path.join(path, str(steps[-1]), 'params')
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return _params_dir(os.path.join(path, 'checkpoints'))
+  return path
+
+
+def restore_params(path: str, abstract_params):
+  """Params from a manager dir (latest step), a step dir or a `save_params` dir.
+
+  `abstract_params`: tree of `jax.ShapeDtypeStruct` (with `sharding`) giving the structure, dtypes
+  and placement wanted; values are cast to those dtypes.
+  """
+  params_dir = _params_dir(path)
+  try:
+    return ocp.StandardCheckpointer().restore(params_dir, abstract_params)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ValueError(f'init_checkpoint: cannot restore params from {params_dir!r} into this '
+                     f'model: {e}') from e
+
+
+def abstract_like(tree, shardings=None):
+  """ShapeDtypeStructs (with shardings when given) describing `tree`."""
+  if shardings is None:
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+        tree)
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
