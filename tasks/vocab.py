@@ -22,6 +22,8 @@ import functools
 import os
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+import seqio
+
 MODE_TOKENS = ('[NLU]', '[NLG]', '[S2S]')
 DEFAULT_NUM_SENTINELS = 100
 # Environment variable naming the default vocabulary (a SentencePiece .model file).
@@ -52,57 +54,49 @@ class MissingVocabularyError(FileNotFoundError):
   """The vocabulary file does not exist (raised when a task is used, never at import)."""
 
 
-def get_vocabulary(path: Optional[str] = None):
-  """A `seqio.SentencePieceVocabulary` (no extra ids) for the model at `path`.
+class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """`seqio.SentencePieceVocabulary` (no extra ids) that checks its file when first used.
+
+  Constructing it never touches the file, so tasks can be registered before the vocabulary exists;
+  the first use (encode, decode, vocab_size, ...) raises `MissingVocabularyError` with how to make
+  one, instead of a TensorFlow file error deep inside a data pipeline.
+  """
+
+  def __init__(self, sentencepiece_model_file: str):
+    super().__init__(os.path.expanduser(sentencepiece_model_file), extra_ids=0)
+
+  def _model_context(self):
+    path = self.sentencepiece_model_file
+    if self._model is None and '://' not in path and not os.path.isfile(path):
+      raise MissingVocabularyError(
+          f'SentencePiece vocabulary not found: {path}. Pass a path (flag --vocab / '
+          f'${VOCAB_ENV}) or train one: python -m pipelines.train_vocab --input=GLOB '
+          f'--vocab_size=N --output={path[:-len(".model")] if path.endswith(".model") else path}')
+    return super()._model_context()
+
+  def __str__(self) -> str:
+    if self._model is None and not os.path.isfile(self.sentencepiece_model_file):
+      return f'SentencePieceVocabulary(file={self.sentencepiece_model_file}, missing)'
+    return super().__str__()
+
+  __repr__ = __str__
+
+
+def get_vocabulary(path: Optional[str] = None, *, lazy: bool = False) -> SentencePieceVocabulary:
+  """The vocabulary at `path` (None: `default_vocab_path()`), a `seqio.SentencePieceVocabulary`.
 
   Args:
-    path: SentencePiece `.model` file; None means `default_vocab_path()`.
+    path: SentencePiece `.model` file.
+    lazy: if False (default) load it now, so a missing file raises here; if True defer the check
+      to first use (what task registration does).
 
   Raises:
-    MissingVocabularyError: the file does not exist, with how to make one.
+    MissingVocabularyError: the file does not exist (not lazy), with how to make one.
   """
-  import seqio  # pylint: disable=g-import-not-at-top  (keeps `import tasks.vocab` light)
-  path = os.path.expanduser(path) if path else default_vocab_path()
-  if '://' not in path and not os.path.isfile(path):
-    raise MissingVocabularyError(
-        f'SentencePiece vocabulary not found: {path}. Pass a path (flag --vocab / '
-        f'${VOCAB_ENV}) or train one: python -m pipelines.train_vocab --input=GLOB '
-        f'--vocab_size=N --output={path[:-len(".model")] if path.endswith(".model") else path}')
-  return seqio.SentencePieceVocabulary(path, extra_ids=0)
-
-
-class LazyVocabulary:
-  """Defers `get_vocabulary(path)` until first use, so tasks register without the file.
-
-  Forwards every attribute to the loaded `seqio.SentencePieceVocabulary`; a missing file gives a
-  `MissingVocabularyError` at first use, not at import/registration.
-  """
-
-  def __init__(self, path: Optional[str] = None):
-    self._path = path
-    self._vocab = None
-
-  @property
-  def path(self) -> str:
-    return os.path.expanduser(self._path) if self._path else default_vocab_path()
-
-  def load(self):
-    if self._vocab is None:
-      self._vocab = get_vocabulary(self.path)
-    return self._vocab
-
-  def __getattr__(self, name):
-    if name.startswith('__') or name in ('_path', '_vocab'):
-      raise AttributeError(name)
-    return getattr(self.load(), name)
-
-  def __repr__(self):
-    return f'LazyVocabulary(path={self.path!r})'
-
-
-def resolve(vocab):
-  """The real vocabulary behind `vocab` (a `LazyVocabulary` or a seqio vocabulary)."""
-  return vocab.load() if isinstance(vocab, LazyVocabulary) else vocab
+  vocab = SentencePieceVocabulary(path or default_vocab_path())
+  if not lazy:
+    vocab.load_model()
+  return vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +222,6 @@ def special_tokens(vocab) -> SpecialTokens:
   """
   if isinstance(vocab, str):
     vocab = get_vocabulary(vocab)
-  vocab = resolve(vocab)
   description = getattr(vocab, 'sentencepiece_model_file', repr(vocab))
   return _special_tokens_for_model(vocab.sp_model, description)
 
