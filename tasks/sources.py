@@ -49,7 +49,7 @@ import json
 import os
 import re
 import struct
-from typing import Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 FORMATS = ('text', 'jsonl', 'tfrecord', 'tfds')
 TEXT_MODES = ('line', 'paragraph')
@@ -86,6 +86,8 @@ class CorpusSpec:
     tfds_data_dir: directory holding prepared TFDS datasets (format `'tfds'`).
     tfds_splits: split names offered for a TFDS corpus.
     max_document_chars: documents longer than this (in characters) are `too_long` bad records.
+    prepare: optional module-level function called (with no arguments) before the files of a split
+      are listed, for corpora derived on first use (e.g. `tasks.builtin`); must be idempotent.
   """
   name: str
   format: str = 'text'
@@ -97,6 +99,7 @@ class CorpusSpec:
   tfds_data_dir: Optional[str] = None
   tfds_splits: Tuple[str, ...] = ('train', 'validation')
   max_document_chars: int = 1_000_000
+  prepare: Optional[Callable[[], None]] = None
 
   def __post_init__(self):
     if not re.fullmatch(r'[a-z][a-z0-9_]*', self.name or ''):
@@ -110,6 +113,8 @@ class CorpusSpec:
       raise ValueError(f'CorpusSpec.text_field must be non-empty, got {self.text_field!r}')
     if not self.feature_key:
       raise ValueError(f'CorpusSpec.feature_key must be non-empty, got {self.feature_key!r}')
+    if self.prepare is not None and not callable(self.prepare):
+      raise ValueError(f'CorpusSpec.prepare must be callable or None, got {self.prepare!r}')
     if not isinstance(self.max_document_chars, int) or self.max_document_chars <= 0:
       raise ValueError(f'CorpusSpec.max_document_chars must be a positive int, got '
                        f'{self.max_document_chars!r}')
@@ -139,7 +144,7 @@ class CorpusSpec:
   def __hash__(self):
     return hash((self.name, self.format, tuple(sorted(self.splits.items())), self.text_mode,
                  self.text_field, self.feature_key, self.tfds_name, self.tfds_data_dir,
-                 self.tfds_splits, self.max_document_chars))
+                 self.tfds_splits, self.max_document_chars, self.prepare))
 
   # ----------------------------------------------------------------------------------------------
   # TF-free record API.
@@ -158,6 +163,8 @@ class CorpusSpec:
     if split not in self.split_names:
       raise ValueError(f'Corpus {self.name!r} has no split {split!r}; splits: '
                        f'{list(self.split_names)}')
+    if self.prepare is not None:
+      self.prepare()
     if self.format == 'tfds':
       return _tfds_prepared_files(self.tfds_name, self.tfds_data_dir, split)
     pattern = self.splits[split]

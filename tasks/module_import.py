@@ -1,0 +1,44 @@
+"""`--module_import` for every entry point: import modules by name so they register tasks.
+
+  from tasks import module_import
+  module_import.import_modules(['tasks', 'my_tasks'])
+
+The current directory is put on `sys.path` first, so a `my_tasks.py` beside you is found.
+"""
+import importlib
+import os
+import sys
+from typing import Iterable, List
+
+
+class ModuleImportError(ImportError):
+  """A `--module_import` module could not be imported."""
+
+
+def import_modules(names: Iterable[str]) -> List[str]:
+  """Imports each dotted module name (comma-separated lists allowed); returns the names imported.
+
+  Raises:
+    ModuleImportError: naming the module and the reason (not found, or its own import error).
+  """
+  cwd = os.getcwd()
+  if cwd not in sys.path:
+    sys.path.insert(0, cwd)
+  done = []
+  for entry in names or ():
+    for name in (n.strip() for n in entry.split(',')):
+      if not name:
+        continue
+      try:
+        importlib.import_module(name)
+      except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + '.')):
+          raise ModuleImportError(
+              f'--module_import={name}: no module named {e.name!r} (looked in the current '
+              f'directory {cwd} and sys.path; pass a dotted module name, not a file path)') from e
+        raise ModuleImportError(f'--module_import={name}: importing it failed: {e}') from e
+      except Exception as e:  # pylint: disable=broad-except  (user code: report, do not crash)
+        raise ModuleImportError(
+            f'--module_import={name}: importing it raised {type(e).__name__}: {e}') from e
+      done.append(name)
+  return done
