@@ -1,0 +1,78 @@
+"""Registers the tasks materialised by `pipelines.cache_tasks` so seqio reads them back.
+
+    from pipelines import cache_registry
+    names = cache_registry.register_cached_tasks('/data/cache')   # ['wiki_ul2.in512_tg512', ...]
+    ds = seqio.get_dataset('wiki_ul2.in512_tg512', task_feature_lengths={'inputs': 512,
+                           'targets': 512}, use_cached=True, feature_converter=...)
+
+Each cached task `T.<lengths>` has the source task's output features (same vocabularies) and a
+single preprocessor, `seqio.CacheDatasetPlaceholder(required=True)`: reading it runs no
+preprocessing at all (seqio raises if asked for it with `use_cached=False`). The cache directory is
+added to seqio's global cache directories, where `Task.cache_dir` looks for `<dir>/<name>/COMPLETED`.
+Directories without `COMPLETED` (a job still running, or killed) are never registered.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import seqio  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+COMPLETED = "COMPLETED"
+JOB_INFO = "cache_job.json"
+
+
+def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[str]] = None,
+                          replace: bool = True) -> list[str]:
+  """Registers every completed cached task under `cache_dir`; returns their names (sorted).
+
+  Args:
+    cache_dir: the cache job's `--output_cache_dir`.
+    module_import: modules that register the source tasks (default: those the cache job used,
+      from each `cache_job.json`); only imported when a source task is not registered yet.
+    replace: re-register a name that is already registered (e.g. after re-running the job).
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.isdir(cache_dir):
+    raise FileNotFoundError(f"register_cached_tasks: cache_dir {cache_dir!r} is not a directory")
+  seqio.add_global_cache_dirs([cache_dir])
+  names = []
+  for info_path in sorted(tf.io.gfile.glob(os.path.join(cache_dir, "*", JOB_INFO))):
+    task_dir = os.path.dirname(info_path)
+    if not tf.io.gfile.exists(os.path.join(task_dir, COMPLETED)):
+      continue
+    with tf.io.gfile.GFile(info_path) as f:
+      info = json.load(f)
+    source_name, cached_name = info["task"], info["cached_task"]
+    if source_name not in seqio.TaskRegistry.names():
+      for module in (module_import if module_import is not None else info["module_import"]):
+        importlib.import_module(module)
+    if source_name not in seqio.TaskRegistry.names():
+      raise ValueError(f"register_cached_tasks: {cached_name!r} was cached from task "
+                       f"{source_name!r}, which is not registered (pass module_import=[...])")
+    source_task = seqio.TaskRegistry.get(source_name)
+    if cached_name in seqio.TaskRegistry.names():
+      if not replace:
+        names.append(cached_name)
+        continue
+      seqio.TaskRegistry.remove(cached_name)
+    seqio.TaskRegistry.add(
+        cached_name,
+        source=source_task.source,  # Only for its split names: reading uses the cache.
+        output_features=source_task.output_features,
+        preprocessors=[seqio.CacheDatasetPlaceholder(required=True)],
+        postprocess_fn=source_task.postprocessor,
+        metric_fns=source_task.metric_fns)
+    names.append(cached_name)
+  return sorted(names)
+
+
+def cached_feature_lengths(cache_dir: str, cached_name: str) -> dict[str, int]:
+  """The feature lengths a cached task was made at (from its cache_job.json)."""
+  path = os.path.join(cache_dir, *cached_name.split(":"), JOB_INFO)
+  with tf.io.gfile.GFile(path) as f:
+    return dict(json.load(f)["feature_lengths"])
