@@ -52,6 +52,9 @@ def default_vocab_path() -> str:
 
 class MissingVocabularyError(FileNotFoundError):
   """The vocabulary file does not exist (raised when a task is used, never at import)."""
+  # The first use is often inside a tf.data map that autograph traces (seqio's `tokenize`); this
+  # makes autograph re-raise the error as is instead of wrapping it in a StagingError.
+  ag_pass_through = True
 
 
 class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
@@ -69,8 +72,9 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
     path = self.sentencepiece_model_file
     if self._model is None and '://' not in path and not os.path.isfile(path):
       raise MissingVocabularyError(
-          f'SentencePiece vocabulary not found: {path}. Pass a path (flag --vocab / '
-          f'${VOCAB_ENV}) or train one: python -m pipelines.train_vocab --input=GLOB '
+          f'SentencePiece vocabulary not found: {path}. Point ${VOCAB_ENV} (or --vocab, or the '
+          f'vocabulary= of the task registration) at a .model file, or train one: '
+          f'python -m pipelines.train_vocab --input=GLOB '
           f'--vocab_size=N --output={path[:-len(".model")] if path.endswith(".model") else path}')
     return super()._model_context()
 
