@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -10,6 +11,12 @@ import pytest
 
 from trainer import models, optimizers, trainer
 from trainer.config import TransformerConfig
+
+# Compilation dominates these tests on a shared 2-core machine; the persistent cache lets the
+# repeated runs (same model, same shapes) reuse executables.
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'gemma_adapt_test_jax_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 LENGTH = 16
 VOCAB = 64

@@ -61,9 +61,12 @@ class Checkpointer:
            force: bool = False) -> bool:
     if step in self.manager.all_steps():
       return False
+    # orbax refuses empty trees (e.g. optax.set_to_zero's state): store a JSON marker instead.
+    opt_args = (ocp.args.StandardSave(opt_state) if jax.tree_util.tree_leaves(opt_state)
+                else ocp.args.JsonSave({'empty': True}))
     saved = self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
+        opt_state=opt_args,
         train_meta=ocp.args.StandardSave(train_meta),
         data=ocp.args.JsonSave(dict(data_state))), force=force)
     if saved:
@@ -71,12 +74,15 @@ class Checkpointer:
     return saved
 
   def restore(self, step: int, *, abstract_params, abstract_opt_state, abstract_train_meta):
+    empty_opt = not jax.tree_util.tree_leaves(abstract_opt_state)
     out = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        opt_state=(ocp.args.JsonRestore() if empty_opt
+                   else ocp.args.StandardRestore(abstract_opt_state)),
         train_meta=ocp.args.StandardRestore(abstract_train_meta),
         data=ocp.args.JsonRestore()))
-    return out.params, out.opt_state, out.train_meta, dict(out.data)
+    opt_state = abstract_opt_state if empty_opt else out.opt_state
+    return out.params, opt_state, out.train_meta, dict(out.data)
 
   def wait(self):
     self.manager.wait_until_finished()
