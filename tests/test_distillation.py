@@ -123,3 +123,108 @@ def test_teacher_features_packed_without_positions_is_a_clear_error():
     distillation.teacher_features(batch)
   with pytest.raises(ValueError, match="no 'encoder_input_tokens'"):
     distillation.teacher_features({'decoder_target_tokens': jnp.ones((1, 3), jnp.int32)})
+
+
+# --------------------------------------------------------------------------------------------------
+# DistillationModel: teacher run online, frozen, aligned to the student's targets.
+
+from trainer import freezing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import transformer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.config import EncoderDecoderConfig, TransformerConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
+import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flax.core import meta  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_TINY = TransformerConfig(vocab_size=53, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                          mlp_dim=64, query_pre_attn_scalar=8.0, sliding_window=3)
+_ED = EncoderDecoderConfig(encoder=_TINY, decoder=_TINY)
+
+
+def _unpacked_batch():
+  enc = np.array([[5, 6, 7, 1, 0, 0], [8, 9, 1, 0, 0, 0]], np.int32)
+  tgt = np.array([[11, 12, 1, 0, 0], [13, 14, 15, 1, 0]], np.int32)
+  return {'encoder_input_tokens': enc, 'decoder_target_tokens': tgt,
+          'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+          'decoder_loss_weights': (tgt != 0).astype(np.float32)}
+
+
+def _packed_batch():
+  """Both rows of `_unpacked_batch` packed into one row (as seqio's packing would)."""
+  return {
+      'encoder_input_tokens': np.array([[5, 6, 7, 1, 8, 9, 1, 0]], np.int32),
+      'encoder_segment_ids': np.array([[1, 1, 1, 1, 2, 2, 2, 0]], np.int32),
+      'encoder_positions': np.array([[0, 1, 2, 3, 0, 1, 2, 0]], np.int32),
+      'decoder_target_tokens': np.array([[11, 12, 1, 13, 14, 15, 1, 0]], np.int32),
+      'decoder_input_tokens': np.array([[0, 11, 12, 0, 13, 14, 15, 0]], np.int32),
+      'decoder_segment_ids': np.array([[1, 1, 1, 2, 2, 2, 2, 0]], np.int32),
+      'decoder_positions': np.array([[0, 1, 2, 0, 1, 2, 3, 0]], np.int32),
+      'decoder_loss_weights': np.array([[1, 1, 1, 1, 1, 1, 1, 0]], np.float32),
+  }
+
+
+def _model_and_params(**kw):
+  model = distillation.DistillationModel(config=_ED, **kw)
+  params = jax.tree_util.tree_map(np.asarray, meta.unbox(model.init(jax.random.PRNGKey(0), _unpacked_batch())))
+  return model, params
+
+
+def test_teacher_logits_are_the_decoder_over_prefix_plus_target():
+  model, params = _model_and_params()
+  assert set(params) == {'encoder', 'decoder', 'teacher'}
+  batch = _unpacked_batch()
+  got = np.asarray(model.teacher_logits(params['teacher'], batch))
+  # Row 0 by hand: teacher inputs [0, 5, 6, 7, 1, 11, 12], targets 11, 12, 1 at slots 4, 5, 6.
+  tokens = jnp.asarray([[0, 5, 6, 7, 1, 11, 12]])
+  direct = np.asarray(transformer.Decoder(_TINY).apply({'params': params['teacher']}, tokens))
+  np.testing.assert_allclose(got[0, :3], direct[0, 4:7], atol=1e-5)
+  # Packing gives the same teacher logits per segment as the unpacked rows.
+  packed = np.asarray(model.teacher_logits(params['teacher'], _packed_batch()))
+  np.testing.assert_allclose(packed[0, :3], got[0, :3], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 3:7], got[1, :4], atol=1e-5)
+
+
+def test_model_loss_weight_zero_is_the_encoder_decoder_loss_and_teacher_stays_frozen():
+  model, params = _model_and_params(distill_weight=0.0, temperature=2.0, z_loss=1e-4)
+  student = models.EncoderDecoderModel(config=_ED, z_loss=1e-4)
+  batch = {k: jnp.asarray(v) for k, v in _unpacked_batch().items()}
+  loss, metrics = model.loss_fn(params, batch, None)
+  plain, _ = student.loss_fn({k: params[k] for k in ('encoder', 'decoder')}, batch, None)
+  np.testing.assert_allclose(float(loss), float(plain), rtol=1e-6)
+  assert float(metrics['kl'][0]) > 0  # random student vs random teacher
+  assert model.num_params(params) == student.num_params({k: params[k] for k in ('encoder', 'decoder')})
+
+  # Train a few steps with the distillation loss: the teacher stays bit-identical (no gradient, zero
+  # updates even with weight decay, and no optimizer state), the student moves.
+  model = distillation.DistillationModel(config=_ED, distill_weight=0.7, temperature=2.0)
+  tx = freezing.freeze_teacher(optax.adamw(1e-2, weight_decay=0.1))
+  state = tx.init(params)
+  state_leaves = sum(x.size for x in jax.tree_util.tree_leaves(state))
+  student_leaves = sum(x.size for k in ('encoder', 'decoder') for x in jax.tree_util.tree_leaves(params[k]))
+  assert state_leaves < 2 * student_leaves + 10  # Adam's two moments for the student only
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(1))[0])(params)
+    assert set(grads) == {'encoder', 'decoder', 'teacher'}
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, grads
+
+  new = params
+  for _ in range(3):
+    new, state, grads = step(new, state)
+  for a, b in zip(jax.tree_util.tree_leaves(new['teacher']), jax.tree_util.tree_leaves(params['teacher'])):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  for g in jax.tree_util.tree_leaves(grads['teacher']):
+    np.testing.assert_array_equal(g, 0.0)
+  assert not np.array_equal(new['decoder']['layer_0']['mlp']['up_proj']['kernel'],
+                            params['decoder']['layer_0']['mlp']['up_proj']['kernel'])
+
+
+def test_model_arguments_are_checked():
+  with pytest.raises(ValueError, match='DISTILL_TEMPERATURE'):
+    distillation.DistillationModel(config=_ED, temperature=-1.0)
+  with pytest.raises(ValueError, match="teacher_side must be 'decoder' or 'encoder'"):
+    distillation.DistillationModel(config=_ED, teacher_side='both')
+  model, params = _model_and_params()
+  with pytest.raises(ValueError, match="no 'teacher' subtree"):
+    model.loss_fn({k: params[k] for k in ('encoder', 'decoder')}, _unpacked_batch(), None)

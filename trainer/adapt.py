@@ -302,8 +302,15 @@ def adapt_params(decoder_config: TransformerConfig, decoder_params: Mapping[str,
 def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
           decoder_only_config: Optional[str] = None, encoder_config: Optional[str] = None,
           cross_attn_init: str = 'auto', seed: int = 0, param_dtype: Optional[str] = None,
-          overwrite: bool = False, log=print) -> EncoderDecoderConfig:
-  """Loads the source(s), adapts, writes OUTPUT/params (orbax) and OUTPUT/model_config.json."""
+          teacher: Optional[str] = None, overwrite: bool = False, log=print) -> EncoderDecoderConfig:
+  """Loads the source(s), adapts, writes OUTPUT/params (orbax) and OUTPUT/model_config.json.
+
+  With `teacher='decoder'` (or 'encoder'), that source's decoder-only params are also stored, as
+  `params['teacher']`, for distillation (`trainer.distillation.DistillationModel`), and its config
+  under "teacher" in the JSON.
+  """
+  if teacher not in (None, 'decoder', 'encoder'):
+    raise AdaptError(f"teacher must be None, 'decoder' or 'encoder', got {teacher!r}")
   from trainer import checkpoints  # pylint: disable=g-import-not-at-top
   params_dir = os.path.join(os.path.abspath(output), PARAMS_DIR)
   if os.path.exists(params_dir) and not overwrite:
@@ -320,6 +327,14 @@ def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
                                             flag='encoder_from')
   config, params = adapt_params(dec_cfg, dec_params, encoder_config=enc_cfg, encoder_params=enc_params,
                                 cross_attn_init=cross_attn_init, seed=seed)
+  extra = {}
+  if teacher is not None:
+    use_encoder = teacher == 'encoder' and enc_params is not None
+    teacher_cfg, teacher_params = (enc_cfg, enc_params) if use_encoder else (dec_cfg, dec_params)
+    params['teacher'] = _copy(teacher_params)
+    extra['teacher'] = config_to_dict(teacher_cfg)
+    log(f'adapt: teacher for distillation: the {teacher} source ({teacher_cfg.num_layers} layers x '
+        f'd{teacher_cfg.embed_dim})')
   mode = cross_attn_init
   if mode == 'auto':
     mode = 'self_attn' if config.encoder.embed_dim == config.decoder.embed_dim else 'random'
@@ -331,7 +346,7 @@ def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
   save_encoder_decoder_config(config, os.path.join(output, MODEL_CONFIG_FILE), extra={'adapted_from': {
       'decoder_only': os.path.abspath(decoder_only),
       'encoder_from': os.path.abspath(encoder_from) if encoder_from else None,
-      'cross_attn_init': mode, 'seed': seed}})
+      'cross_attn_init': mode, 'seed': seed, 'teacher': teacher}, **extra})
   n = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params))
   log(f'adapt: encoder {config.encoder.num_layers} layers x d{config.encoder.embed_dim}, decoder '
       f'{config.decoder.num_layers} layers x d{config.decoder.embed_dim}, cross-attention from '
@@ -354,22 +369,32 @@ def check_model_matches(config: EncoderDecoderConfig, model_config: EncoderDecod
                        f'file gives {b.resolved_layer_types}')
 
 
-def adapted_checkpoint(*, decoder_only: str, output_dir: str, encoder_from: Optional[str] = None,
-                       model: Any = None, cross_attn_init: str = 'auto', seed: int = 0) -> str:
+def adapted_checkpoint(*, decoder_only: str, output_dir: Optional[str] = None,
+                       encoder_from: Optional[str] = None,
+                       model: Any = None, model_dir: Optional[str] = None,
+                       teacher: Optional[str] = None, cross_attn_init: str = 'auto',
+                       seed: int = 0) -> str:
   """Gin hook (`INIT_CHECKPOINT = @adapt.adapted_checkpoint()` in gin/runs/adapt.gin).
 
   Adapts the decoder-only source(s) into `output_dir` unless it already holds an adapted checkpoint,
   checks the result against the gin model (`model.config`), and returns `output_dir` for
   `train(init_checkpoint=...)`. The config JSON written there records what it was adapted from; a
-  checkpoint adapted from other sources is an error, not silently reused.
+  checkpoint adapted from other sources is an error, not silently reused. With `model_dir`, the
+  model's config is also written to MODEL_DIR/model_config.json, so that `trainer.export_hf
+  --checkpoint=MODEL_DIR` finds the shapes.
   """
   if not decoder_only:
     raise AdaptError('DECODER_ONLY_CHECKPOINT (adapted_checkpoint.decoder_only) must be set')
+  if not output_dir:
+    if not model_dir:
+      raise AdaptError('ADAPTED_DIR (adapted_checkpoint.output_dir) or MODEL_DIR must be set')
+    output_dir = os.path.join(model_dir, 'adapted_with_teacher' if teacher else 'adapted')
   config_file = os.path.join(output_dir, MODEL_CONFIG_FILE)
   if os.path.isfile(config_file) and os.path.isdir(os.path.join(output_dir, PARAMS_DIR)):
     recorded = _read_json(config_file).get('adapted_from', {})
     wanted = {'decoder_only': os.path.abspath(decoder_only),
-              'encoder_from': os.path.abspath(encoder_from) if encoder_from else None}
+              'encoder_from': os.path.abspath(encoder_from) if encoder_from else None,
+              'teacher': teacher}
     for key, value in wanted.items():
       if recorded.get(key) != value:
         raise AdaptError(f'{output_dir} holds a checkpoint adapted from {key}={recorded.get(key)!r}, '
@@ -378,14 +403,35 @@ def adapted_checkpoint(*, decoder_only: str, output_dir: str, encoder_from: Opti
   else:
     log = print if jax.process_index() == 0 else (lambda *a, **k: None)
     config = adapt(decoder_only=decoder_only, encoder_from=encoder_from, output=output_dir,
-                   cross_attn_init=cross_attn_init, seed=seed, log=log)
+                   cross_attn_init=cross_attn_init, seed=seed, teacher=teacher, log=log)
   model_config = getattr(model, 'config', None)
   if isinstance(model_config, EncoderDecoderConfig):
     check_model_matches(config, model_config, source=f'the adapted checkpoint {output_dir}')
+    teacher_config = getattr(model, 'teacher_config', None)
+    if teacher_config is not None:
+      if teacher is None:
+        raise AdaptError('a distillation MODEL needs the teacher in its init checkpoint: set '
+                         "adapted_checkpoint.teacher = 'decoder' or 'encoder' (gin/runs/distill.gin)")
+      recorded = transformer_config_from_dict(_read_json(config_file)['teacher'], f'{config_file}:teacher')
+      check_model_matches(EncoderDecoderConfig(encoder=recorded, decoder=recorded),
+                          EncoderDecoderConfig(encoder=teacher_config, decoder=teacher_config),
+                          source=f'the teacher in {output_dir}')
   elif model is not None:
     raise AdaptError(f'adaptation needs an encoder-decoder MODEL (a t5gemma gin model file), got '
                      f'{type(model).__name__}')
+  if model_dir and jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    save_encoder_decoder_config(
+        model_config if isinstance(model_config, EncoderDecoderConfig) else config,
+        os.path.join(model_dir, MODEL_CONFIG_FILE),
+        extra={'adapted_from': _read_json(config_file).get('adapted_from')})
   return output_dir
+
+
+def default_warmup_steps(*, encoder_from: Optional[str] = None, unbalanced_steps: int = 1000) -> int:
+  """CROSS_ATTN_WARMUP_STEPS default: `unbalanced_steps` when a separate encoder source is given
+  (cross-attention starts random), else 0 (balanced: cross-attention is a copy of self-attention)."""
+  return unbalanced_steps if encoder_from else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,13 +458,15 @@ def main(argv=None) -> int:
   parser.add_argument('--seed', type=int, default=0, help='seed of the random cross-attention init')
   parser.add_argument('--param_dtype', default=None, choices=('float32', 'bfloat16'),
                       help='cast params to this dtype (default: keep the sources\')')
+  parser.add_argument('--teacher', default=None, choices=('decoder', 'encoder'),
+                      help='also store this source as params["teacher"] for distillation')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing OUTPUT/params')
   args = parser.parse_args(argv)
   try:
     adapt(decoder_only=args.decoder_only, encoder_from=args.encoder_from, output=args.output,
           decoder_only_config=args.decoder_only_config, encoder_config=args.encoder_from_config,
           cross_attn_init=args.cross_attn_init, seed=args.seed, param_dtype=args.param_dtype,
-          overwrite=args.overwrite)
+          teacher=args.teacher, overwrite=args.overwrite)
   except AdaptError as e:
     print(f'adapt: error: {e}', file=sys.stderr)
     return 2

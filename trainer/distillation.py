@@ -166,3 +166,123 @@ def teacher_features(batch: Dict[str, jax.Array], *, start_token: int = 0) -> Di
 def gather_teacher_logits(teacher_logits: jax.Array, target_index: jax.Array) -> jax.Array:
   """`[B, Le + Ld, V]` teacher logits -> `[B, Ld, V]` aligned with the decoder targets."""
   return jnp.take_along_axis(teacher_logits, target_index[:, :, None], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model wrapper.
+
+TEACHER_KEY = 'teacher'
+
+
+class DistillationModel:
+  """Encoder-decoder student + frozen decoder-only teacher, for `trainer.trainer.train`.
+
+  The parameter tree is the student's `{'encoder', 'decoder'}` plus `'teacher'` (a `Decoder` tree
+  with the same logical axis names, so the partitioner shards the teacher exactly like the student).
+  The teacher's values come from the init checkpoint (`adapt.adapted_checkpoint(teacher=...)`
+  writes `{'encoder', 'decoder', 'teacher'}`); gradients never reach it (`stop_gradient`), and
+  `trainer.freezing.freeze_teacher` gives it exact zero updates and no optimizer state, so it stays
+  bit-identical through training and resumption.
+
+  Feature dicts: the student's (seqio `EncDecFeatureConverter`, packed or not); the teacher's causal
+  sequence is built from them by `teacher_features`.
+
+  Args:
+    config: the student's `EncoderDecoderConfig`.
+    distill_weight, temperature: the loss mix (`distillation_loss`); gin DISTILL_WEIGHT and
+      DISTILL_TEMPERATURE.
+    teacher_side: which source the teacher is: 'decoder' (the decoder-only checkpoint the decoder was
+      adapted from, config `config.decoder`) or 'encoder' (`config.encoder`, e.g. the 9B of a 9B-2B).
+    teacher_config: explicit teacher `TransformerConfig` (overrides `teacher_side`).
+    teacher_start_token: the teacher's input id at the start of each sequence (seqio: 0).
+    z_loss: z-loss coefficient on the student's logits.
+  """
+  FEATURE_CONVERTER_NAME = 'EncDecFeatureConverter'
+
+  def __init__(self, *, config, distill_weight: float = 0.5, temperature: float = 1.0,
+               teacher_side: str = 'decoder', teacher_config=None, teacher_start_token: int = 0,
+               z_loss: float = 0.0):
+    from trainer import models  # pylint: disable=g-import-not-at-top
+    from trainer import transformer  # pylint: disable=g-import-not-at-top
+    check_distillation_args(distill_weight=distill_weight, temperature=temperature)
+    if teacher_side not in ('decoder', 'encoder'):
+      raise ValueError(f"DistillationModel.teacher_side must be 'decoder' or 'encoder', got {teacher_side!r}")
+    self.student = models.EncoderDecoderModel(config=config, z_loss=z_loss)
+    self.config = config
+    self.module = self.student.module
+    self.z_loss = z_loss
+    self.distill_weight = float(distill_weight)
+    self.temperature = float(temperature)
+    self.teacher_config = teacher_config if teacher_config is not None else getattr(config, teacher_side)
+    if self.teacher_config.vocab_size != config.decoder.vocab_size:
+      raise ValueError(f'DistillationModel: teacher vocab_size={self.teacher_config.vocab_size} != '
+                       f'student decoder vocab_size={config.decoder.vocab_size}')
+    self.teacher_start_token = int(teacher_start_token)
+    self.teacher = transformer.Decoder(self.teacher_config)
+
+  def feature_converter(self, pack: bool = True):
+    return self.student.feature_converter(pack=pack)
+
+  @staticmethod
+  def split(params) -> Tuple[Any, Any]:
+    """(student params `{'encoder', 'decoder'}`, teacher params)."""
+    if TEACHER_KEY not in params:
+      raise ValueError(f'distillation params have no {TEACHER_KEY!r} subtree (keys: {sorted(params)}); '
+                       'start from a checkpoint written by adapt.adapted_checkpoint(teacher=...)')
+    student = {k: v for k, v in params.items() if k != TEACHER_KEY}
+    return student, params[TEACHER_KEY]
+
+  def init(self, rng: jax.Array, batch: Dict[str, jax.Array]):
+    student_rng, teacher_rng = jax.random.split(rng)
+    params = dict(self.student.init(student_rng, batch))
+    feats = teacher_features(batch, start_token=self.teacher_start_token)
+    params[TEACHER_KEY] = self.teacher.init(
+        teacher_rng, feats['tokens'], positions=feats['positions'],
+        segment_ids=feats['segment_ids'])['params']
+    return params
+
+  def teacher_logits(self, teacher_params, batch: Dict[str, jax.Array]) -> jax.Array:
+    """Teacher logits aligned with `decoder_target_tokens`: `[B, Ld, V]` fp32 (no gradient).
+
+    The teacher's hidden states are gathered at the target slots *before* the vocabulary projection,
+    so only `[B, Ld, V]` logits are materialised, not `[B, Le + Ld, V]`.
+    """
+    from trainer.attention import AttentionMask  # pylint: disable=g-import-not-at-top
+    feats = teacher_features(batch, start_token=self.teacher_start_token)
+    index = feats['target_index']
+
+    def run(module):
+      mask = AttentionMask(q_segment_ids=feats['segment_ids'], kv_segment_ids=feats['segment_ids'],
+                           causal=True)
+      hidden = module.hidden(feats['tokens'], feats['positions'], mask, None, None, True)
+      hidden = jnp.take_along_axis(hidden, index[:, :, None], axis=1)
+      return module.logits(hidden)
+
+    logits = self.teacher.apply({'params': jax.lax.stop_gradient(teacher_params)}, method=run)
+    return jax.lax.stop_gradient(logits.astype(jnp.float32))
+
+  def loss_fn(self, params, batch: Dict[str, jax.Array], dropout_rng: Optional[jax.Array]):
+    student, teacher = self.split(params)
+    logits = self.student.compute_logits(student, batch, dropout_rng)
+    metrics = distillation_loss(logits, self.teacher_logits(teacher, batch),
+                                batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+                                distill_weight=self.distill_weight, temperature=self.temperature,
+                                z_loss=self.z_loss)
+    return losses.mean_loss(metrics), metrics
+
+  def eval_fn(self, params, batch: Dict[str, jax.Array]):
+    return self.loss_fn(params, batch, None)[1]
+
+  def num_params(self, params: Any) -> int:
+    """Trainable (student) parameters only."""
+    return self.student.num_params(self.split(params)[0])
+
+  def tokens_per_example(self, batch_shapes) -> int:
+    return self.student.tokens_per_example(batch_shapes)
+
+  def training_flops_per_example(self, batch_shapes) -> float:
+    """Student training FLOPs + the teacher's forward pass over prefix + target (1/3 of training)."""
+    from trainer import flops as flops_lib  # pylint: disable=g-import-not-at-top
+    length = int(batch_shapes['encoder_input_tokens'][-1] + batch_shapes['decoder_target_tokens'][-1])
+    return (self.student.training_flops_per_example(batch_shapes)
+            + flops_lib.decoder_only_training_flops(self.teacher_config, length) / 3.0)

@@ -124,19 +124,48 @@ def cross_attention_warmup(optimizer: Union[optax.GradientTransformation, Callab
     raise ValueError(
         f'CROSS_ATTN_WARMUP_STEPS (cross_attention_warmup.warmup_steps) must be an int >= 0, '
         f'got {warmup_steps!r}')
+  return _wrap(optimizer, lambda tx: freeze_until(tx, trainable=is_cross_attention, num_steps=warmup_steps),
+               'cross_attention_warmup')
+
+
+def _wrap(optimizer, wrap_fn, what: str):
+  """Applies `wrap_fn` to an optax transformation, or to what a factory returns."""
   if isinstance(optimizer, optax.GradientTransformation):
-    return freeze_until(optimizer, trainable=is_cross_attention, num_steps=warmup_steps)
+    return wrap_fn(optimizer)
   if not callable(optimizer):
-    raise ValueError(
-        'cross_attention_warmup.optimizer must be an optax.GradientTransformation or a factory '
-        f'returning one, got {type(optimizer).__name__}')
+    raise ValueError(f'{what}.optimizer must be an optax.GradientTransformation or a factory '
+                     f'returning one, got {type(optimizer).__name__}')
 
   def factory(*args, **kwargs):
     inner = optimizer(*args, **kwargs)
     if not isinstance(inner, optax.GradientTransformation):
-      raise ValueError(
-          'cross_attention_warmup: the wrapped optimizer factory returned '
-          f'{type(inner).__name__}, not an optax.GradientTransformation')
-    return freeze_until(inner, trainable=is_cross_attention, num_steps=warmup_steps)
+      raise ValueError(f'{what}: the wrapped optimizer factory returned {type(inner).__name__}, '
+                       'not an optax.GradientTransformation')
+    return wrap_fn(inner)
 
   return factory
+
+
+def freeze_top_level(inner: optax.GradientTransformation, *,
+                     frozen_keys: Sequence[str]) -> optax.GradientTransformation:
+  """Never updates the top-level subtrees `frozen_keys` (e.g. a distillation teacher).
+
+  Built on `optax.multi_transform`: the frozen subtrees get `optax.set_to_zero()` (exact zero
+  updates, so they stay bit-identical) and keep NO optimizer state, which matters for a teacher as
+  large as the student; `inner` sees only the other parameters (its global-norm clipping too).
+  """
+  frozen_keys = tuple(frozen_keys)
+
+  def labels(params):
+    def label(path, _):
+      keys = path_keys(path)
+      return 'frozen' if keys and keys[0] in frozen_keys else 'train'
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return optax.multi_transform({'train': inner, 'frozen': optax.set_to_zero()}, labels)
+
+
+def freeze_teacher(optimizer: Union[optax.GradientTransformation, Callable[..., Any]]) -> Any:
+  """Gin-facing: keeps the distillation teacher (`params['teacher']`, see trainer/distillation.py)
+  frozen. Put it outermost (around `cross_attention_warmup`) so no inner optimizer sees the teacher."""
+  return _wrap(optimizer, lambda tx: freeze_top_level(tx, frozen_keys=('teacher',)), 'freeze_teacher')
