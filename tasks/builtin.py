@@ -8,7 +8,9 @@ sorted order, every 10th topic in `validation`, the rest in `train`. Documents a
 (blank-line separated), so the train file is also a ready input for
 `python -m pipelines.train_vocab --input=<that file>`.
 """
+import functools
 import os
+from typing import Optional
 
 from tasks import sources
 
@@ -36,9 +38,8 @@ def pydoc_split_texts():
   return {split: '\n\n'.join(texts) + '\n' for split, texts in parts.items()}
 
 
-def prepare_pydoc_corpus() -> None:
-  """Writes the pydoc corpus files if missing (atomically; idempotent)."""
-  out = pydoc_dir()
+def prepare_pydoc_corpus(out: str) -> None:
+  """Writes the pydoc corpus files into directory `out` if missing (atomically; idempotent)."""
   if all(os.path.isfile(os.path.join(out, f'{s}.txt')) for s in ('train', 'validation')):
     return
   os.makedirs(out, exist_ok=True)
@@ -50,10 +51,11 @@ def prepare_pydoc_corpus() -> None:
     os.replace(tmp, path)
 
 
-def pydoc_corpus() -> sources.CorpusSpec:
-  out = pydoc_dir()
+def pydoc_corpus(directory: Optional[str] = None) -> sources.CorpusSpec:
+  """The pydoc corpus, its files in `directory` (default `pydoc_dir()`), written on first use."""
+  out = os.path.expanduser(directory) if directory else pydoc_dir()
   return sources.CorpusSpec(
       name='pydoc', format='text', text_mode='paragraph',
       splits={'train': os.path.join(out, 'train.txt'),
               'validation': os.path.join(out, 'validation.txt')},
-      prepare=prepare_pydoc_corpus)
+      prepare=functools.partial(prepare_pydoc_corpus, out))
