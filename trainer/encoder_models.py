@@ -90,6 +90,38 @@ def encoder_params_from_decoder(params: Mapping[str, Any]) -> Dict[str, Any]:
   return copied
 
 
+def load_pretrained_params(path: str) -> Dict[str, Any]:
+  """Params to start an encoder from: an HF Gemma 2 directory or a trainer (orbax) checkpoint.
+
+  `path` may be: an HF Gemma 2 checkpoint directory (config.json + *.safetensors, read by
+  `trainer.hf_gemma2.load_decoder`); a trainer run's MODEL_DIR / its checkpoints dir / one step
+  dir; or a params-only dir written by `checkpoints.save_params` (e.g. `trainer.adapt`). The tree
+  is returned as saved (decoder-only, encoder-decoder or classifier); `EncoderClassifierModel`
+  takes the encoder part with `encoder_params_from_decoder`.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if not isinstance(path, str) or not os.path.isdir(path):
+    raise ValueError(f'pretrained checkpoint path {path!r} is not a directory')
+  if os.path.isfile(os.path.join(path, 'config.json')):
+    from trainer import hf_gemma2  # pylint: disable=g-import-not-at-top
+    _, params = hf_gemma2.load_decoder(path)
+    return params
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  params_dir = checkpoints._params_dir(path)  # pylint: disable=protected-access
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(params_dir)
+    tree = getattr(metadata, 'item_metadata', metadata)
+    tree = getattr(tree, 'tree', tree)
+    abstract = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
+                                       sharding=jax.sharding.SingleDeviceSharding(
+                                           jax.local_devices()[0])), tree)
+    return ocp.StandardCheckpointer().restore(params_dir, abstract)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ValueError(f'cannot read params from {params_dir!r}: {e}') from e
+
+
 def check_encoder_params_match(encoder_params: Mapping[str, Any],
                                expected: Mapping[str, Any]) -> None:
   """Raises ValueError naming the first path whose presence or shape differs."""
@@ -119,14 +151,21 @@ class EncoderClassifierModel:
     max_segments: packed examples per row (S); 1 without packing.
     pooled_dropout_rate: dropout on the pooled vector.
     pretrained_params: optional params to start from — a decoder-only tree, an encoder-decoder tree
-      (its encoder is used) or a full classifier tree; see `load_pretrained_params` for loading
-      them from a trainer checkpoint or an HF Gemma 2 directory. The pooler and head stay freshly
+      (its encoder is used) or a full classifier tree. The pooler and head stay freshly
       initialised unless the tree holds them.
+    pretrained_checkpoint: or a path to read them from (`load_pretrained_params`: a trainer
+      checkpoint, a params-only dir, or an HF Gemma 2 directory). Gin: `%INIT_CHECKPOINT`.
+
+  The swap happens in `init`, so `train()` places the pretrained values with the params'
+  shardings; they enter `init` as constants, which suits models up to a few billion params on
+  one host (for bigger ones write a full classifier tree with `checkpoints.save_params` and give
+  it to `train(init_checkpoint=...)`).
   """
 
   def __init__(self, *, config, head: heads_lib.HeadConfig = heads_lib.HeadConfig(),
                pooler: str = 'mean', max_segments: int = 1, pooled_dropout_rate: float = 0.0,
-               pretrained_params: Optional[Mapping[str, Any]] = None):
+               pretrained_params: Optional[Mapping[str, Any]] = None,
+               pretrained_checkpoint: Optional[str] = None):
     poolers_lib.validate_pooler_kind(pooler)
     if max_segments < 1:
       raise ValueError(f'max_segments={max_segments} must be >= 1')
@@ -139,6 +178,10 @@ class EncoderClassifierModel:
     self.module = EncoderClassifier(config=config, head=head, pooler=pooler,
                                     max_segments=max_segments,
                                     pooled_dropout_rate=pooled_dropout_rate)
+    if pretrained_params is not None and pretrained_checkpoint:
+      raise ValueError('give pretrained_params or pretrained_checkpoint, not both')
+    if pretrained_checkpoint:
+      pretrained_params = load_pretrained_params(pretrained_checkpoint)
     self.pretrained_params = pretrained_params
     if pretrained_params is not None:
       self._pretrained_full = meta.unbox(pretrained_params)
@@ -189,9 +232,16 @@ class EncoderClassifierModel:
             params[part], full[part], is_leaf=lambda x: isinstance(x, nn.Partitioned))
     return params
 
+  def _module_for(self, batch: Batch) -> EncoderClassifier:
+    # S follows the batch's targets: unpacked batches (eval) carry one slot, packed ones
+    # `max_segments`. The params do not depend on S.
+    width = next((batch[t].shape[-1] for t in self.target_features if t in batch),
+                 self.max_segments)
+    return self.module if width == self.max_segments else self.module.clone(max_segments=width)
+
   def compute_outputs(self, params, batch: Batch, dropout_rng: Optional[jax.Array] = None):
     rngs = {} if dropout_rng is None else {'dropout': dropout_rng}
-    return self.module.apply({'params': params}, batch['encoder_input_tokens'],
+    return self._module_for(batch).apply({'params': params}, batch['encoder_input_tokens'],
                              **self._inputs(batch), deterministic=dropout_rng is None,
                              rngs=rngs)
 
