@@ -186,3 +186,61 @@ def test_clear_errors_name_the_field_or_tensor(tmp_path):
   small = dataclasses.replace(BALANCED, decoder=_module(num_layers=2, mlp_dim=40))
   with pytest.raises(hf_t5gemma.HFConversionError, match='decoder/layer_0/mlp/gate_proj/kernel has shape'):
     hf_t5gemma.export_t5gemma(_random_params(BALANCED), small, str(tmp_path / 'bad_export'))
+
+
+def _run_export(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  return subprocess.run([sys.executable, '-m', 'trainer.export_hf', *args], capture_output=True,
+                        text=True, env=env, cwd=repo, timeout=300)
+
+
+def test_export_hf_command_line(tmp_path, capsys):
+  from trainer import adapt, checkpoints  # pylint: disable=g-import-not-at-top
+  # A params-only checkpoint with model_config.json beside it (what trainer.adapt writes).
+  ckpt = tmp_path / 'adapted'
+  params = _random_params(UNBALANCED, seed=3)
+  checkpoints.save_params(str(ckpt / 'params'), params)
+  adapt.save_encoder_decoder_config(UNBALANCED, str(ckpt / 'model_config.json'))
+  out = str(tmp_path / 'hf')
+  proc = _run_export(f'--checkpoint={ckpt}', f'--output={out}')
+  assert proc.returncode == 0, proc.stderr
+  assert 'T5GemmaForConditionalGeneration' in proc.stdout
+  enc, dec = _inputs()
+  np.testing.assert_allclose(_our_logits(UNBALANCED, params, enc, dec), _hf_logits(out, enc, dec), atol=1e-4, rtol=0)
+  # The same checkpoint, shapes from the gin model file instead of the JSON.
+  tiny = EncoderDecoderConfig(
+      encoder=TransformerConfig(vocab_size=97, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                                mlp_dim=128, query_pre_attn_scalar=16, sliding_window=8),
+      decoder=TransformerConfig(vocab_size=97, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                                mlp_dim=128, query_pre_attn_scalar=16, sliding_window=8))
+  tiny_ckpt = tmp_path / 'tiny'
+  tiny_params = _random_params(tiny, seed=4)
+  checkpoints.save_params(str(tiny_ckpt / 'params'), tiny_params)
+  out2 = str(tmp_path / 'hf_tiny')
+  import gin  # pylint: disable=g-import-not-at-top
+  from trainer import export_hf  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    assert export_hf.main([f'--checkpoint={tiny_ckpt}', f'--output={out2}', '--gin_file=gin/models/t5gemma_tiny.gin',
+                           '--gin.VOCAB_SIZE=97', '--dtype=bfloat16']) == 0
+  finally:
+    gin.clear_config()
+  config, imported = hf_t5gemma.import_t5gemma(out2, param_dtype='bfloat16')
+  assert config.decoder.embed_dim == 64
+  np.testing.assert_array_equal(imported['decoder']['final_norm']['scale'],
+                                tiny_params['decoder']['final_norm']['scale'].astype(imported['decoder']['final_norm']['scale'].dtype))
+  # Clear one-line errors (in-process: same main() as the command line).
+  def run(*args):
+    code = export_hf.main(list(args))
+    return code, capsys.readouterr().err
+
+  code, err = run(f'--checkpoint={tmp_path / "nope"}', f'--output={out}')
+  assert code == 2 and 'no such directory' in err
+  os.remove(ckpt / 'model_config.json')
+  code, err = run(f'--checkpoint={ckpt}', f'--output={out}')
+  assert code == 2 and 'no model_config.json' in err
+  adapt.save_encoder_decoder_config(BALANCED, str(ckpt / 'model_config.json'))
+  code, err = run(f'--checkpoint={ckpt}', f'--output={out}')
+  assert code == 2 and 'encoder/embedder/embedding has shape (97, 40), the config expects (97, 32)' in err, err
