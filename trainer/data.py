@@ -19,20 +19,45 @@ Feature dicts before / after the feature converter, e.g. decoder-only, packed, l
           'decoder_segment_ids':   [[1, 1, 1, 2, 2, 0, 0, 0]],
           'decoder_positions':     [[0, 1, 2, 0, 1, 0, 0, 0]]}
 """
+import contextlib
 import dataclasses
 import os
+import sys
 from typing import Callable, Iterator, Mapping, Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-import seqio
-import tensorflow as tf
 
-# Keep TF off the accelerators (JAX owns them) and quiet.
-tf.config.set_visible_devices([], 'GPU')
-tf.get_logger().setLevel('ERROR')
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+  """Silences file descriptor 2 (TF's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL).
+
+  Set GEMMA_ADAPT_VERBOSE_TF=1 to see them.
+  """
+  if os.environ.get('GEMMA_ADAPT_VERBOSE_TF', '') not in ('', '0'):
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+with quiet_native_stderr():
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # Keep TF off the accelerators (JAX owns them) and quiet.
+  tf.config.set_visible_devices([], 'GPU')
+  tf.get_logger().setLevel('ERROR')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +109,28 @@ class DatasetConfig:
                        f'{self.num_epochs!r}')
 
 
-def register_cache_dir(cache_dir: str) -> None:
-  """Makes the Beam job's caches under `cache_dir` readable by seqio (`use_cached=True`)."""
+def register_cache_dir(cache_dir: str) -> list:
+  """Registers the Beam job's completed cached tasks under `cache_dir`; returns their names."""
   if not tf.io.gfile.isdir(cache_dir):
     raise ValueError(f'DatasetConfig.cache_dir: {cache_dir!r} is not a directory')
-  from pipelines import cache_tasks  # pylint: disable=g-import-not-at-top
-  cache_tasks.register_cached_tasks(cache_dir)
+  from pipelines import cache_registry  # pylint: disable=g-import-not-at-top
+  return cache_registry.register_cached_tasks(cache_dir)
+
+
+def resolve_task_name(cfg: DatasetConfig) -> str:
+  """The seqio name to read: with `use_cached`, a source task name maps to its cached task.
+
+  The Beam job registers `<task>.<lengths>` (e.g. `wiki_ul2.in512_tg512`, see
+  `pipelines.cache_plan.cached_task_name`) holding finished examples at those lengths; a run that
+  names the source task and sets USE_CACHED_TASKS reads that cached task.
+  """
+  name = cfg.mixture_or_task_name
+  if cfg.use_cached and name in seqio.TaskRegistry.names():
+    from pipelines import cache_plan  # pylint: disable=g-import-not-at-top
+    cached = cache_plan.cached_task_name(name, cfg.task_feature_lengths)
+    if cached in seqio.TaskRegistry.names():
+      return cached
+  return name
 
 
 def _check_registered(name: str) -> None:
@@ -108,13 +149,14 @@ def get_tf_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter
   """This host's batched tf.data pipeline (deterministic for a given cfg)."""
   if cfg.cache_dir:
     register_cache_dir(cfg.cache_dir)
-  _check_registered(cfg.mixture_or_task_name)
+  name = resolve_task_name(cfg)
+  _check_registered(name)
   num_hosts = jax.process_count()
   if cfg.batch_size % num_hosts:
     raise ValueError(f'DatasetConfig.batch_size={cfg.batch_size} must divide by the number of '
                      f'processes ({num_hosts})')
   ds = seqio.get_dataset(
-      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+      name, task_feature_lengths=dict(cfg.task_feature_lengths),
       feature_converter=feature_converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
       shuffle=cfg.shuffle, num_epochs=cfg.num_epochs,
       shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=num_hosts),

@@ -96,6 +96,11 @@ def _one_line(e: BaseException) -> str:
   message = str(e).strip() or type(e).__name__
   lines = [l.strip() for l in message.splitlines() if l.strip()]
   first = lines[0]
+  if first.startswith('in user code') or first.startswith('in converted code'):
+    # TF autograph: the real error is the last line that is not a gin context line.
+    body = [l for l in lines if not l.startswith('In call to configurable') and
+            not l.startswith('File "')]
+    first = body[-1]
   required = _REQUIRED.match(first)
   if required:
     name = required.group(1)

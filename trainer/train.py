@@ -49,11 +49,10 @@ def main(flags: gin_utils.Flags) -> int:
 
 
 def run(argv=None) -> int:
-  try:
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  except ImportError:
-    pass
+  # TensorFlow (seqio) first, with its native start-up noise silenced, before tasks modules load.
+  from trainer import data  # pylint: disable=g-import-not-at-top,unused-import
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.ERROR)
   return gin_utils.run(main, argv, extra_flags=EXTRA_FLAGS, program='train')
 
 
