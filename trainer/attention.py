@@ -48,7 +48,8 @@ class AttentionMask:
     return self.replace(sliding_window=window)
 
   def materialize(self, q_len: int, kv_len: int) -> Optional[jax.Array]:
-    """Boolean `[B or 1, L, S]` (True = attend), or None when nothing is masked."""
+    """Boolean `[B or 1, L or 1, S]`, broadcastable to `[B, L, S]` (True = attend), or None when
+    nothing is masked."""
     mask = None
 
     def both(a, b):
