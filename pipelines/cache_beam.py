@@ -2,10 +2,13 @@
 
     units ──ProcessUnits──┬─ ((cached, split, shard, n), (key, unit, example)) ─┐
                           │                      empty-shard markers ───────────┴─ GBK ─ WriteShard
-                          ├─ 'dead'  ((cached, split), (unit, record)) ── GBK ─ WriteDeadLetters
-                          └─ 'stats' ((cached, split), stats) ── CombinePerKey ─ WriteStats
+                          ├─ ((cached, split), (unit, record)) ── GBK ─ WriteDeadLetters
+                          └─ ((cached, split), stats) ── GBK ─ merge ─ WriteStats
+    WriteShard, WriteDeadLetters, WriteStats ── Flatten ── GBK ── Done
 
-Only ParDo, GroupByKey, Flatten, Create and CombinePerKey: the DaskRunner translates exactly these.
+Only Create, ParDo (single output), GroupByKey and Flatten: the DaskRunner translates exactly
+these (its multi-output ParDo and CombinePerKey are broken in Beam 2.77, and it computes only the
+graph's last node, hence the final `Done` that depends on every branch).
 No Beam sink decides shard names or order (WriteToTFRecord would shard by bundle, which depends on
 the runner): each example's shard and its place in the shard come from its key
 (`cache_plan.example_key`), so the bytes do not depend on the runner or the number of workers.
@@ -34,7 +37,7 @@ def progress_file(progress_dir: str, unit: cache_plan.WorkUnit) -> str:
 
 
 class ProcessUnits(beam.DoFn):
-  """WorkUnit -> examples keyed by output shard; dead letters and stats as tagged outputs."""
+  """WorkUnit -> tagged (tag, key, value): examples by output shard, dead letters, stats."""
 
   def __init__(self, *, module_import: Sequence[str], feature_lengths: Mapping[str, int],
                max_document_chars: Optional[int], progress_dir: Optional[str]):
@@ -75,13 +78,20 @@ class ProcessUnits(beam.DoFn):
     Metrics.counter(_NS, "examples").inc(stats["examples"])
     for reason, n in stats["dead_letters"].items():
       Metrics.counter(_NS, f"dead_letter_{reason}").inc(n)
+    # One output stream of (tag, key, value), split by `_select`: the DaskRunner does not keep
+    # a multi-output ParDo's tagged outputs apart.
     for shard, key, data in result.examples:
-      yield (unit.cached_name, unit.split, shard, unit.num_shards), (key, unit.index, data)
+      yield "examples", (unit.cached_name, unit.split, shard, unit.num_shards), (
+          key, unit.index, data)
     for record in result.dead_letters:
-      yield beam.pvalue.TaggedOutput(
-          "dead", ((unit.cached_name, unit.split), (unit.index, record["record_key"],
-                                                     json.dumps(record, sort_keys=True))))
-    yield beam.pvalue.TaggedOutput("stats", ((unit.cached_name, unit.split), stats))
+      yield "dead", (unit.cached_name, unit.split), (
+          unit.index, record["record_key"], json.dumps(record, sort_keys=True))
+    yield "stats", (unit.cached_name, unit.split), stats
+
+
+def _select(element, tag):
+  if element[0] == tag:
+    yield element[1], element[2]
 
 
 def _atomic_write(path: str, write_fn) -> None:
@@ -153,7 +163,7 @@ class WriteStats(beam.DoFn):
     stats = cache_core.finish_stats(stats, self._feature_lengths)
     path = os.path.join(self._output_dirs[cached], f"stats.{split}.json")
     _atomic_write(path, lambda tmp: cache_core.write_json(tmp, stats))
-    yield cached, split
+    yield (cached, split), stats["examples"]
 
 
 def build_pipeline(pipeline: beam.Pipeline, *, units: Sequence[cache_plan.WorkUnit],
@@ -165,7 +175,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, units: Sequence[cache_plan.WorkUn
   shard_markers = [((c, s, i, n), None) for c, s, n in splits for i in range(n)]
   split_markers = [((c, s), None) for c, s, _ in splits]
 
-  outputs = (
+  tagged = (
       pipeline
       | "Units" >> beam.Create(list(units))
       # Spread the units over the workers (Create alone may hand them all to one bundle).
@@ -173,20 +183,32 @@ def build_pipeline(pipeline: beam.Pipeline, *, units: Sequence[cache_plan.WorkUn
       | "ProcessUnits" >> beam.ParDo(ProcessUnits(
           module_import=module_import, feature_lengths=feature_lengths,
           max_document_chars=max_document_chars, progress_dir=progress_dir,
-      )).with_outputs("dead", "stats", main="examples"))
+      )))
+  examples = tagged | "SelectExamples" >> beam.FlatMap(_select, "examples")
+  dead = tagged | "SelectDead" >> beam.FlatMap(_select, "dead")
+  stats = tagged | "SelectStats" >> beam.FlatMap(_select, "stats")
 
   markers = pipeline | "ShardMarkers" >> beam.Create(shard_markers)
-  _ = ((outputs.examples, markers)
-       | "FlattenShards" >> beam.Flatten()
-       | "GroupShards" >> beam.GroupByKey()
-       | "WriteShards" >> beam.ParDo(WriteShard(output_dirs)))
+  shards_done = ((examples, markers)
+                 | "FlattenShards" >> beam.Flatten()
+                 | "GroupShards" >> beam.GroupByKey()
+                 | "WriteShards" >> beam.ParDo(WriteShard(output_dirs)))
 
   dead_markers = pipeline | "DeadMarkers" >> beam.Create(split_markers)
-  _ = ((outputs.dead, dead_markers)
-       | "FlattenDead" >> beam.Flatten()
-       | "GroupDead" >> beam.GroupByKey()
-       | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(output_dirs)))
+  dead_done = ((dead, dead_markers)
+               | "FlattenDead" >> beam.Flatten()
+               | "GroupDead" >> beam.GroupByKey()
+               | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(output_dirs)))
 
-  _ = (outputs.stats
-       | "MergeStats" >> beam.CombinePerKey(_merge_all)
-       | "WriteStats" >> beam.ParDo(WriteStats(output_dirs, feature_lengths)))
+  # GroupByKey + merge rather than CombinePerKey: the DaskRunner mistranslates combiner lifting.
+  stats_done = (stats
+                | "GroupStats" >> beam.GroupByKey()
+                | "MergeStats" >> beam.MapTuple(lambda key, values: (key, _merge_all(values)))
+                | "WriteStats" >> beam.ParDo(WriteStats(output_dirs, feature_lengths)))
+
+  # One sink that depends on every branch: the DaskRunner computes only the graph's last bag.
+  _ = ((shards_done, dead_done, stats_done)
+       | "FlattenDone" >> beam.Flatten()
+       | "KeyDone" >> beam.Map(lambda _: ("done", 1))
+       | "GroupDone" >> beam.GroupByKey()
+       | "Done" >> beam.MapTuple(lambda key, ones: sum(ones)))

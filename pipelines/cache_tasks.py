@@ -366,7 +366,12 @@ def run_cache_job(config: cache_plan.CacheJobConfig, *, runner: str = "local",
           progress_dir=progress_dir)
       try:
         result = pipeline.run()
-        result.wait_until_finish()
+        try:
+          result.wait_until_finish()
+        finally:
+          client = getattr(result, "client", None)  # DaskRunnerResult keeps its own Client.
+          if client is not None:
+            client.close()
       except Exception as e:  # pylint: disable=broad-except
         if worker_log:
           raise CacheJobError(f"the pipeline failed: {_one_line(e)} (worker logs: {worker_log})"
