@@ -193,3 +193,73 @@ def test_missing_or_misshaped_tensor_names_the_tensor(hf_checkpoints, tmp_path):
             os.path.join(wrong, 'model.safetensors'), metadata={'format': 'pt'})
   with pytest.raises(hf_gemma2.HFCheckpointError, match=name):
     hf_gemma2.load_decoder(wrong)
+
+
+def test_encoder_decoder_module_computes_what_t5gemma_computes():
+  """EncoderDecoder vs transformers' T5Gemma (eager, fp32) on an unbalanced pair (encoder 64 wide,
+  decoder 48) with encoder padding and sliding window 3 < lengths (T5Gemma's bidirectional window is
+  inclusive: |i - j| <= 3). Layers map with the Gemma 2 per-layer map (T5Gemma norm names)."""
+  from transformers.models import t5gemma  # pylint: disable=g-import-not-at-top
+  from trainer.config import EncoderDecoderConfig, TransformerConfig  # pylint: disable=g-import-not-at-top
+  from trainer.transformer import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  common = dict(vocab_size=160, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                query_pre_attn_scalar=20, sliding_window=3, attn_logit_softcapping=3.0,
+                final_logit_softcapping=4.0, rms_norm_eps=1e-5, num_hidden_layers=3,
+                rope_parameters={'rope_type': 'default', 'rope_theta': 500.0})
+  hf_config = t5gemma.T5GemmaConfig(
+      encoder=t5gemma.T5GemmaModuleConfig(hidden_size=64, intermediate_size=96, **common),
+      decoder=t5gemma.T5GemmaModuleConfig(hidden_size=48, intermediate_size=80, **common),
+      attn_implementation='eager', vocab_size=160)
+  torch.manual_seed(0)
+  model = t5gemma.T5GemmaForConditionalGeneration(hf_config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.normal_(0.0, 0.3 if 'norm' in name else 0.15)
+  tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+  def get(name, shape):
+    assert tensors[name].shape == tuple(shape), name
+    return tensors[name]
+
+  def ours(d, f):
+    return TransformerConfig(vocab_size=160, embed_dim=d, num_layers=3, num_heads=4,
+                             num_kv_heads=2, head_dim=16, mlp_dim=f, query_pre_attn_scalar=20,
+                             attn_logits_soft_cap=3.0, final_logit_soft_cap=4.0, sliding_window=3,
+                             rope_theta=500.0, rms_norm_eps=1e-5)
+
+  norms = (('pre_self_attn_layernorm', 'pre_attention_norm'),
+           ('post_self_attn_layernorm', 'post_attention_norm'),
+           ('pre_feedforward_layernorm', 'pre_feedforward_norm'),
+           ('post_feedforward_layernorm', 'post_feedforward_norm'))
+  config = EncoderDecoderConfig(encoder=ours(64, 96), decoder=ours(48, 80))
+  params = {}
+  for side in ('encoder', 'decoder'):
+    cfg = getattr(config, side)
+    prefix = f'model.{side}.'
+    tree = {'embedder': {'embedding': tensors[prefix + 'embed_tokens.weight']},
+            'final_norm': {'scale': tensors[prefix + 'norm.weight']}}
+    for i in range(3):
+      layer = hf_gemma2.layer_from_hf(get, f'{prefix}layers.{i}.', cfg, norm_names=norms)
+      if side == 'decoder':
+        cross = f'{prefix}layers.{i}.cross_attn.'
+        layer['cross_attn'] = {
+            'q_proj': {'kernel': tensors[cross + 'q_proj.weight'].T.reshape(48, 4, 16)},
+            'k_proj': {'kernel': tensors[cross + 'k_proj.weight'].T.reshape(64, 2, 16)},
+            'v_proj': {'kernel': tensors[cross + 'v_proj.weight'].T.reshape(64, 2, 16)},
+            'o_proj': {'kernel': tensors[cross + 'o_proj.weight'].T.reshape(4, 16, 48)}}
+        for hf_name, name in (('pre_cross_attn_layernorm', 'pre_cross_attn_norm'),
+                              ('post_cross_attn_layernorm', 'post_cross_attn_norm')):
+          layer[name] = {'scale': tensors[f'{prefix}layers.{i}.{hf_name}.weight']}
+      tree[f'layer_{i}'] = layer
+    params[side] = tree
+  rs = np.random.RandomState(0)
+  enc_tokens = rs.randint(1, 160, size=(2, 10))
+  enc_tokens[1, 7:] = 0  # padding
+  dec_tokens = rs.randint(1, 160, size=(2, 7))
+  with torch.no_grad():
+    theirs = model(input_ids=torch.as_tensor(enc_tokens),
+                   attention_mask=torch.as_tensor((enc_tokens != 0).astype(np.int64)),
+                   decoder_input_ids=torch.as_tensor(dec_tokens)).logits.numpy()
+  logits = EncoderDecoder(config).apply({'params': params}, jnp.asarray(enc_tokens),
+                                        jnp.asarray(dec_tokens))
+  assert np.max(np.abs(np.asarray(logits) - theirs)) <= TOL
