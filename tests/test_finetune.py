@@ -132,3 +132,129 @@ def test_feature_converter_pads_and_packs_targets_including_zeros():
   np.testing.assert_array_equal(rows[1]['label'], [2, 0])  # slot 2 absent (segment id 2 unused)
   with pytest.raises(ValueError, match="'rating'"):
     encoder_models.make_feature_converter(target_features=('rating',))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning through the trainer (trainer.train / trainer.trainer.train) on real SST-2 rows.
+
+TINY = dict(embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128,
+            query_pre_attn_scalar=16, sliding_window=8)  # = gin/models/gemma2_tiny.gin
+
+
+@pytest.fixture(scope='module')
+def sst2_env(tmp_path_factory, shared_data):
+  """A SentencePiece vocab trained on SST-2 sentences + env vars for `--module_import=tasks`."""
+  from tasks import vocab as vocab_lib
+  root = tmp_path_factory.mktemp('ft')
+  lines = (shared_data / 'glue' / 'SST-2' / 'train.tsv').read_text().splitlines()[1:1500]
+  (root / 'text.txt').write_text('\n'.join(l.split('\t')[0] for l in lines) + '\n')
+  model_path, _ = vocab_lib.train_vocabulary(
+      input_files=[str(root / 'text.txt')], vocab_size=400, output_prefix=str(root / 'spm'),
+      num_sentinels=4, byte_fallback=False)
+  vocab = vocab_lib.get_vocabulary(model_path)
+  env = dict(os.environ, GEMMA_ADAPT_VOCAB=model_path,
+             GEMMA_ADAPT_GLUE_DIR=str(shared_data / 'glue'), JAX_PLATFORMS='cpu')
+  return {'root': root, 'vocab': vocab, 'env': env,
+          'rows': [l.split('\t') for l in lines[:64]]}
+
+
+def test_finetune_encoder_command_starts_from_a_decoder_only_checkpoint(sst2_env, tmp_path):
+  import subprocess
+  import sys
+  from trainer import checkpoints
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(encoder_models.__file__)))
+  cfg = TransformerConfig(vocab_size=sst2_env['vocab'].vocab_size, **TINY)
+  dec_params = meta.unbox(transformer.Decoder(cfg).init(jax.random.PRNGKey(7),
+                                                        jnp.ones((1, 8), jnp.int32))['params'])
+  checkpoints.save_params(str(tmp_path / 'pretrained'), dec_params)
+  cmd = [sys.executable, '-m', 'trainer.train', '--module_import=tasks',
+         '--gin_file=gin/models/gemma_encoder_tiny.gin',
+         '--gin_file=gin/runs/finetune_sst2_encoder.gin',
+         f'--gin.VOCAB_SIZE={cfg.vocab_size}', f'--gin.MODEL_DIR="{tmp_path / "ft"}"',
+         f'--gin.INIT_CHECKPOINT="{tmp_path / "pretrained"}"', '--gin.TRAIN_STEPS=2',
+         '--gin.BATCH_SIZE=4', '--gin.TASK_FEATURE_LENGTHS={"inputs": 32}',
+         '--gin.LEARNING_RATE=1e-6', '--gin.WARMUP_STEPS=0', '--gin.POOLER="attention"']
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=sst2_env['env'], cwd=repo,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'train: done at step 2' in proc.stdout
+  model = encoder_models.EncoderClassifierModel(config=cfg, pooler='attention')
+  abstract = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                                       {'encoder_input_tokens': jnp.ones((1, 32), jnp.int32)}))
+  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+  tuned = checkpoints.restore_params(str(tmp_path / 'ft'), abstract)
+  assert set(tuned) == {'encoder', 'pooler', 'head'}
+  # Two steps at lr 1e-6 from the decoder-only weights: still within 1e-4 of them everywhere.
+  start = _leaves(dec_params)
+  for path, value in _leaves(tuned['encoder']).items():
+    np.testing.assert_allclose(value, start[path], atol=1e-4, err_msg=path)
+  assert not np.allclose(_leaves(tuned['encoder'])["['embedder']['embedding']"],
+                         _leaves(dec_params)["['embedder']['embedding']"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('pooler', ['first', 'attention'])
+def test_encoder_classifier_learns_sst2_rows(pooler, sst2_env):
+  """Through trainer.train(): 24 steps on 16 real SST-2 rows drive the loss down."""
+  from trainer import trainer
+  import optax
+  vocab = sst2_env['vocab']
+  rows = sst2_env['rows'][:16]
+  length = 40
+  tokens = np.zeros((16, length), np.int32)
+  for i, (sentence, _) in enumerate(rows):
+    ids = (list(vocab.encode(sentence)) + [1])[:length]
+    tokens[i, :len(ids)] = ids
+  batch = {'encoder_input_tokens': tokens,
+           'encoder_segment_ids': (tokens > 0).astype(np.int32),
+           'encoder_positions': np.where(tokens > 0, np.arange(length)[None, :], 0).astype(np.int32),
+           'label': np.array([[int(l)] for _, l in rows], np.int32)}
+  cfg = TransformerConfig(vocab_size=vocab.vocab_size, **TINY)
+  model = encoder_models.EncoderClassifierModel(config=cfg, pooler=pooler)
+
+  def data_fn(start_batch=0):
+    del start_batch
+    while True:
+      yield batch
+
+  import tempfile
+  with tempfile.TemporaryDirectory() as model_dir:
+    result = trainer.train(model=model, model_dir=model_dir, optimizer=optax.adam(3e-3),
+                           total_steps=24, train_dataset_fn=data_fn, log_period=4,
+                           checkpoint_cfg=__import__('trainer.checkpoints').checkpoints
+                           .CheckpointConfig(period=0, async_save=False, save_on_signal=False),
+                           stream=open(os.devnull, 'w'))
+  losses = [result.losses[s] for s in sorted(result.losses)]
+  assert losses[0] > 0.5  # about log(2) at the start
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_finetune_gin_files_compose_for_all_three_model_kinds():
+  import gin
+  from trainer import gin_utils
+  from trainer import models
+  cases = [('gin/models/gemma2_tiny.gin', 'gin/runs/finetune_sst2.gin', 'DecoderOnlyModel',
+            'PrefixLMFeatureConverter', 'glue_sst2_text_to_text'),
+           ('gin/models/t5gemma_tiny.gin', 'gin/runs/finetune_sst2.gin', 'EncoderDecoderModel',
+            'EncDecFeatureConverter', 'glue_sst2_text_to_text'),
+           ('gin/models/gemma_encoder_tiny.gin', 'gin/runs/finetune_sst2_encoder.gin',
+            'EncoderClassifierModel', 'EncoderClassificationFeatureConverter',
+            'glue_sst2_classification')]
+  for model_file, run_file, model_cls, converter_cls, task in cases:
+    gin.clear_config()
+    flags = gin_utils.parse_flags([f'--gin_file={model_file}', f'--gin_file={run_file}',
+                                   '--gin.VOCAB_SIZE=400', '--gin.MODEL_DIR="/tmp/unused"',
+                                   '--gin.TRAIN_STEPS=10', '--gin.INIT_CHECKPOINT="/ckpt"'])
+    gin_utils.setup_gin(flags)
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+    assert type(model).__name__ == model_cls
+    assert type(model.feature_converter(pack=False)).__name__ == converter_cls
+    assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == task
+    if model_cls == 'EncoderClassifierModel':
+      # The checkpoint goes to the encoder, not to train(init_checkpoint=...).
+      assert gin.query_parameter('trainer.train.init_checkpoint') is None
+      assert gin.query_parameter('%ENCODER_INIT_CHECKPOINT') is not None
+    else:
+      assert gin.query_parameter('%INIT_CHECKPOINT') == '/ckpt'
+      if model_cls == 'DecoderOnlyModel':
+        assert model.prefix_lm
+  gin.clear_config()
