@@ -209,3 +209,76 @@ def test_cross_attention_warmup_through_the_trainer(tmp_path):
     else:
       assert trained[name].tobytes() == value.tobytes(), f'{name} changed during the warm-up'
   assert n_cross == DEC.num_layers * 6
+
+
+# --------------------------------------------------------------------------------------------------
+# Gin: gin/runs/adapt.gin and gin/runs/distill.gin composed with a T5Gemma model file, run through
+# the trainer's own entry-point plumbing (gin_utils) on synthetic batches.
+
+def _synthetic_enc_dec_batches(start_batch=0):
+  rng = np.random.default_rng(start_batch)
+  while True:
+    enc = rng.integers(1, 89, size=(2, 8)).astype(np.int32)
+    enc[:, 6:] = 0
+    tgt = rng.integers(1, 89, size=(2, 6)).astype(np.int32)
+    yield {'encoder_input_tokens': enc, 'decoder_target_tokens': tgt,
+           'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+           'decoder_loss_weights': np.ones_like(tgt, np.float32)}
+
+
+TINY = TransformerConfig(vocab_size=89, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                         mlp_dim=128, query_pre_attn_scalar=16, sliding_window=8)  # = gin/models/t5gemma_tiny.gin
+
+
+def _gin_train(run_file, bindings):
+  import gin
+  from trainer import gin_utils
+  from trainer import trainer as trainer_lib
+  gin.clear_config()
+  try:
+    gin.external_configurable(_synthetic_enc_dec_batches, 'test_adapt_synthetic_batches')
+    flags = gin_utils.Flags(gin_files=['gin/models/t5gemma_tiny.gin', run_file], gin_bindings=[
+        'VOCAB_SIZE = 89', 'MIXTURE_OR_TASK_NAME = "unused"', 'TASK_FEATURE_LENGTHS = {}',
+        'TRAIN_STEPS = 2', 'LOG_PERIOD = 1', 'OPTIMIZER = "adamw"', 'WEIGHT_DECAY = 0.1',
+        'LEARNING_RATE = 0.01', 'WARMUP_STEPS = 0', 'LR_DECAY = "constant"',
+        'trainer.train.train_dataset_cfg = None',
+        'trainer.train.train_dataset_fn = @test_adapt_synthetic_batches',
+        'checkpoints.CheckpointConfig.async_save = False'] + bindings)
+    gin_utils.setup_gin(flags)
+    return gin.get_configurable(trainer_lib.train)(stream=open(os.devnull, 'w'))
+  finally:
+    gin.clear_config()
+
+
+def test_adapt_and_distill_gin_runs(tmp_path):
+  from trainer import export_hf
+  src = _decoder_params(TINY, seed=5)
+  hf_src = str(tmp_path / 'gemma2_tiny_hf')
+  hf_gemma2.export_decoder(src, TINY, hf_src)
+  run_dir = str(tmp_path / 'adapt_run')
+  result = _gin_train('gin/runs/adapt.gin', [f'MODEL_DIR = "{run_dir}"', f'DECODER_ONLY_CHECKPOINT = "{hf_src}"'])
+  assert result.step == 2 and all(np.isfinite(v) for v in result.losses.values())
+  assert os.path.isdir(os.path.join(run_dir, 'adapted', 'params'))
+  assert adapt.load_encoder_decoder_config(run_dir) == EncoderDecoderConfig(encoder=TINY, decoder=TINY)
+  # The trained run exports to HF T5Gemma (shapes from MODEL_DIR/model_config.json).
+  config, kind = export_hf.export(checkpoint=run_dir, output=str(tmp_path / 'hf_out'), log=lambda *a: None)
+  assert kind == 'T5GemmaForConditionalGeneration'
+
+  # Distillation: the teacher (= the source) is stored in the init checkpoint and stays bit-identical.
+  distill_dir = str(tmp_path / 'distill_run')
+  result = _gin_train('gin/runs/distill.gin', [f'MODEL_DIR = "{distill_dir}"', f'DECODER_ONLY_CHECKPOINT = "{hf_src}"',
+                                               'DISTILL_WEIGHT = 0.5', 'DISTILL_TEMPERATURE = 2.0'])
+  assert result.step == 2 and 'kl' in result.last_metrics and result.last_metrics['kl'] >= 0
+  # Reported params are the student's only (the teacher is not trained).
+  assert result.num_params == sum(x.size for x in jax.tree_util.tree_leaves(adapt.adapt_params(TINY, src)[1]))
+  from trainer import distillation
+  abstract = jax.eval_shape(lambda: {**adapt.adapt_params(TINY, src)[1], 'teacher': src})
+  trained = checkpoints.restore_params(os.path.join(distill_dir, 'checkpoints'), abstract)
+  for name, value in _flat(src).items():
+    assert _flat(trained['teacher'])[name].tobytes() == value.tobytes(), name
+  assert distillation.TEACHER_KEY == 'teacher'
+  # Bad configuration is one clear message: the adapted checkpoint does not match the model file.
+  with pytest.raises(adapt.AdaptError, match='embed_dim=32 but the gin model file sets'):
+    small = str(tmp_path / 'small_hf')
+    hf_gemma2.export_decoder(_decoder_params(DEC, seed=0), DEC, small)
+    _gin_train('gin/runs/adapt.gin', [f'MODEL_DIR = "{tmp_path / "bad"}"', f'DECODER_ONLY_CHECKPOINT = "{small}"'])
