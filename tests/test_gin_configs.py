@@ -126,7 +126,6 @@ def test_cli_trains_on_a_seqio_task_end_to_end(tmp_path, shared_data):
          f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='gintest_bytes_lm'",
          "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", '--gin.TRAIN_STEPS=3', '--gin.BATCH_SIZE=4',
          '--gin.VOCAB_SIZE=259', '--gin.LOG_PERIOD=1', '--gin.EVAL_PERIOD=3', '--gin.EVAL_STEPS=1',
-         '--gin.trainer.train.eval_dataset_cfg=@eval/data.DatasetConfig()',
          '--gin.models.DecoderOnlyModel.config=@config.TransformerConfig()']
   proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -136,5 +135,6 @@ def test_cli_trains_on_a_seqio_task_end_to_end(tmp_path, shared_data):
   assert [r['step'] for r in records if r['split'] == 'train'] == [2, 3]
   assert [r['step'] for r in records if r['split'] == 'eval'] == [3]
   assert os.path.isdir(model_dir / 'checkpoints' / '3')
+  assert 'num_layers = 2' in (model_dir / 'config.gin').read_text()
   # Packed batches (PACK=True): segment ids and positions reached the model.
   assert "'decoder_segment_ids': (4, 32)" in proc.stdout

@@ -39,6 +39,15 @@ def main(flags: gin_utils.Flags) -> int:
     raise gin_utils.ConfigError(
         'no gin file configures trainer.train (add --gin_file=gin/runs/pretrain.gin)') from e
   try:
+    model_dir = gin.query_parameter('%MODEL_DIR')
+  except ValueError:
+    model_dir = None
+  if isinstance(model_dir, str) and jax_process_index() == 0:
+    # The full configuration next to the checkpoints (T5X writes config.gin the same way).
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, 'config.gin'), 'w', encoding='utf-8') as f:
+      f.write(gin.config_str())
+  try:
     result = train_fn()
   except trainer.TrainingDivergedError as e:
     print(f'train: {e}', file=sys.stderr)
@@ -46,6 +55,11 @@ def main(flags: gin_utils.Flags) -> int:
   status = 'interrupted, checkpoint saved' if result.interrupted else 'done'
   print(f'train: {status} at step {result.step}', flush=True)
   return 0
+
+
+def jax_process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
 
 
 def run(argv=None) -> int:
