@@ -228,3 +228,18 @@ def test_model_arguments_are_checked():
   model, params = _model_and_params()
   with pytest.raises(ValueError, match="no 'teacher' subtree"):
     model.loss_fn({k: params[k] for k in ('encoder', 'decoder')}, _unpacked_batch(), None)
+
+
+def test_teacher_is_sharded_like_the_student():
+  """The teacher's params carry the same logical axis names as the student's, so the partitioner's
+  rules (trainer/partitioning.py) map them to the same mesh axes."""
+  model = distillation.DistillationModel(config=_ED)
+  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), _unpacked_batch())
+  specs = meta.get_partition_spec(boxed)
+  flat = {'/'.join(freezing.path_keys(p)): s for p, s in jax.tree_util.tree_flatten_with_path(
+      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]}
+  teacher = {k[len('teacher/'):]: v for k, v in flat.items() if k.startswith('teacher/')}
+  assert len(teacher) == len([k for k in flat if k.startswith('decoder/') and 'cross' not in k]) > 10
+  for name, spec in teacher.items():
+    assert spec == flat['decoder/' + name], name
+  assert teacher['layer_0/self_attn/q_proj/kernel'] == jax.sharding.PartitionSpec('embed', 'heads', 'head_dim')
