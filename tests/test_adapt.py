@@ -165,6 +165,14 @@ def test_command_line_from_hf_and_orbax_sources(tmp_path):
   assert 'cross-attention from self_attn' in proc.stdout
   balanced = adapt.load_encoder_decoder_config(str(tmp_path / 'balanced'))
   assert balanced == EncoderDecoderConfig(encoder=DEC, decoder=DEC)
+  # An orbax source whose config is a gin model file (in-process: the same main() as the command).
+  tiny_src = tmp_path / 'orbax_tiny'
+  checkpoints.save_params(str(tiny_src / 'params'), _decoder_params(TINY, seed=2))
+  assert adapt.main([f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
+                     '--gin.VOCAB_SIZE=89', f'--output={tmp_path / "from_gin"}']) == 0
+  assert adapt.load_encoder_decoder_config(str(tmp_path / 'from_gin')).decoder == TINY
+  assert adapt.main([f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
+                     '--gin.VOCAB_SIZE=90', f'--output={tmp_path / "bad_vocab"}']) == 2
 
 
 def test_cross_attention_warmup_through_the_trainer(tmp_path):

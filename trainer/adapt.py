@@ -34,7 +34,7 @@ Output layout:
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +110,40 @@ def load_encoder_decoder_config(path: str) -> EncoderDecoderConfig:
                               decoder=transformer_config_from_dict(d['decoder'], f'{path}:decoder'))
 
 
-def _load_transformer_config(path: str) -> TransformerConfig:
+def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
+  """The model config a gin model file builds (EncoderDecoderConfig, else TransformerConfig).
+
+  Parses into a clean gin state and clears it afterwards. `gin_bindings` like 'VOCAB_SIZE = 1000'.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+  from trainer import gin_utils  # pylint: disable=g-import-not-at-top
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    try:
+      gin_utils.setup_gin(gin_utils.Flags(gin_files=list(gin_files), gin_bindings=list(gin_bindings)),
+                          finalize=False)
+    except gin_utils.ConfigError as e:
+      raise AdaptError(str(e)) from e
+    errors = []
+    for cls in (config_lib.EncoderDecoderConfig, config_lib.TransformerConfig):
+      try:
+        return gin.get_configurable(cls)()
+      except (ValueError, TypeError) as e:
+        errors.append(f'{cls.__name__}: {str(e).splitlines()[0]}')
+    raise AdaptError(f'the gin files {list(gin_files)} do not build a model config ({"; ".join(errors)})')
+  finally:
+    gin.clear_config()
+
+
+def _load_transformer_config(path: str, gin_bindings: Sequence[str] = ()) -> TransformerConfig:
+  if path.endswith('.gin'):
+    config = config_from_gin([path], gin_bindings)
+    if not isinstance(config, TransformerConfig):
+      raise AdaptError(f'{path} configures an encoder-decoder model; the source must be decoder-only')
+    return config
+  if not os.path.isfile(path):
+    raise AdaptError(f'config file {path} not found')
   d = _read_json(path)
   if 'decoder' in d and 'encoder' in d:
     raise AdaptError(f'{path} is an encoder-decoder config; the source must be decoder-only')
@@ -158,14 +191,15 @@ def _restore_orbax_params(path: str) -> Dict[str, Any]:
 
 
 def load_decoder_only(path: str, *, config_path: Optional[str] = None,
-                      param_dtype: Optional[str] = None,
+                      gin_bindings: Sequence[str] = (), param_dtype: Optional[str] = None,
                       flag: str = 'decoder_only') -> Tuple[TransformerConfig, Dict[str, Any]]:
   """A decoder-only source -> (TransformerConfig, Decoder params as numpy).
 
   Args:
     path: an HF Gemma 2 directory (has config.json) or a trainer orbax checkpoint directory.
-    config_path: JSON TransformerConfig for an orbax source (default: model_config.json found in
-      `path` or up to three parents).
+    config_path: the TransformerConfig of an orbax source: a JSON file, or a gin model file (.gin,
+      e.g. gin/models/gemma2_tiny.gin, with `gin_bindings` such as 'VOCAB_SIZE = 1000'); default:
+      model_config.json found in `path` or up to three parents.
     param_dtype: cast params (and the config's param_dtype) to this; default keeps them.
     flag: the command-line flag / gin binding that named `path` (for error messages).
   """
@@ -184,7 +218,7 @@ def load_decoder_only(path: str, *, config_path: Optional[str] = None,
     raise AdaptError(
         f'--{flag}={path} is not an HF checkpoint (no config.json), and no {MODEL_CONFIG_FILE} was '
         f'found for this orbax checkpoint; pass its TransformerConfig as JSON with --{flag}_config')
-  config = _load_transformer_config(config_path)
+  config = _load_transformer_config(config_path, gin_bindings)
   params = _unbox(_restore_orbax_params(path))
   if 'encoder' in params or 'decoder' in params:
     raise AdaptError(f'--{flag}={path} holds encoder-decoder params; the source must be decoder-only')
@@ -301,6 +335,7 @@ def adapt_params(decoder_config: TransformerConfig, decoder_params: Mapping[str,
 
 def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
           decoder_only_config: Optional[str] = None, encoder_config: Optional[str] = None,
+          gin_bindings: Sequence[str] = (),
           cross_attn_init: str = 'auto', seed: int = 0, param_dtype: Optional[str] = None,
           teacher: Optional[str] = None, overwrite: bool = False, log=print) -> EncoderDecoderConfig:
   """Loads the source(s), adapts, writes OUTPUT/params (orbax) and OUTPUT/model_config.json.
@@ -318,11 +353,13 @@ def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
                      'choose another directory or pass --overwrite')
   log(f'adapt: reading decoder-only source {decoder_only}')
   dec_cfg, dec_params = load_decoder_only(decoder_only, config_path=decoder_only_config,
-                                          param_dtype=param_dtype, flag='decoder_only')
+                                          gin_bindings=gin_bindings, param_dtype=param_dtype,
+                                          flag='decoder_only')
   enc_cfg = enc_params = None
   if encoder_from:
     log(f'adapt: reading encoder source {encoder_from}')
     enc_cfg, enc_params = load_decoder_only(encoder_from, config_path=encoder_config,
+                                            gin_bindings=gin_bindings,
                                             param_dtype=param_dtype or dec_cfg.param_dtype,
                                             flag='encoder_from')
   config, params = adapt_params(dec_cfg, dec_params, encoder_config=enc_cfg, encoder_params=enc_params,
@@ -451,9 +488,10 @@ def main(argv=None) -> int:
                       help='optional separate encoder source (unbalanced, e.g. 9B encoder + 2B decoder)')
   parser.add_argument('--output', required=True, help='output directory')
   parser.add_argument('--decoder_only_config', default=None,
-                      help='TransformerConfig JSON for an orbax --decoder_only source')
+                      help='config of an orbax --decoder_only source: TransformerConfig JSON or a gin '
+                           'model file (e.g. gin/models/gemma2_tiny.gin; bindings via --gin.NAME=VALUE)')
   parser.add_argument('--encoder_from_config', default=None,
-                      help='TransformerConfig JSON for an orbax --encoder_from source')
+                      help='config of an orbax --encoder_from source (JSON or gin model file)')
   parser.add_argument('--cross_attn_init', default='auto', choices=CROSS_ATTN_INITS)
   parser.add_argument('--seed', type=int, default=0, help='seed of the random cross-attention init')
   parser.add_argument('--param_dtype', default=None, choices=('float32', 'bfloat16'),
@@ -461,10 +499,19 @@ def main(argv=None) -> int:
   parser.add_argument('--teacher', default=None, choices=('decoder', 'encoder'),
                       help='also store this source as params["teacher"] for distillation')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing OUTPUT/params')
-  args = parser.parse_args(argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # T5X-style `--gin.NAME=VALUE` bindings for gin model files given as configs.
+  bindings = [a[len('--gin.'):].replace('=', ' = ', 1) for a in argv if a.startswith('--gin.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
+  try:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs through absl
+  except ImportError:
+    pass
   try:
     adapt(decoder_only=args.decoder_only, encoder_from=args.encoder_from, output=args.output,
           decoder_only_config=args.decoder_only_config, encoder_config=args.encoder_from_config,
+          gin_bindings=bindings,
           cross_attn_init=args.cross_attn_init, seed=args.seed, param_dtype=args.param_dtype,
           teacher=args.teacher, overwrite=args.overwrite)
   except AdaptError as e:

@@ -24,30 +24,15 @@ class ExportError(ValueError):
   """Bad input to the export; the message names the flag, file or field."""
 
 
-def _config_from_gin(gin_files: Sequence[str], bindings: Sequence[str]):
-  import gin  # pylint: disable=g-import-not-at-top
-  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainer import gin_utils  # pylint: disable=g-import-not-at-top
-  for path in [gin_utils.REPO_ROOT, os.getcwd()]:
-    gin.add_config_file_search_path(path)
-  try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
-    for cls in (config_lib.EncoderDecoderConfig, config_lib.TransformerConfig):
-      try:
-        return gin.get_configurable(cls)()
-      except (ValueError, TypeError) as e:
-        last = e
-    raise ExportError(f'the gin files {list(gin_files)} do not configure a model config: {last}')
-  except (ValueError, TypeError, IOError) as e:
-    raise ExportError(f'gin: {e}'.splitlines()[0]) from e
-
-
 def load_model_config(checkpoint: str, *, config_path: Optional[str] = None,
                       gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()):
   """EncoderDecoderConfig or TransformerConfig for a checkpoint (see the module docstring)."""
   from trainer import adapt  # pylint: disable=g-import-not-at-top
   if gin_files:
-    return _config_from_gin(gin_files, gin_bindings)
+    try:
+      return adapt.config_from_gin(gin_files, gin_bindings)
+    except adapt.AdaptError as e:
+      raise ExportError(str(e)) from e
   if config_path is None:
     config_path = adapt._find_config_json(checkpoint)  # pylint: disable=protected-access
     if config_path is None:
@@ -55,10 +40,13 @@ def load_model_config(checkpoint: str, *, config_path: Optional[str] = None,
                         'or the gin model file with --gin_file')
   if not os.path.isfile(config_path):
     raise ExportError(f'--config={config_path}: no such file')
-  content = adapt._read_json(config_path)  # pylint: disable=protected-access
-  if 'encoder' in content and 'decoder' in content:
-    return adapt.load_encoder_decoder_config(config_path)
-  return adapt._load_transformer_config(config_path)  # pylint: disable=protected-access
+  try:
+    content = adapt._read_json(config_path)  # pylint: disable=protected-access
+    if 'encoder' in content and 'decoder' in content:
+      return adapt.load_encoder_decoder_config(config_path)
+    return adapt._load_transformer_config(config_path)  # pylint: disable=protected-access
+  except adapt.AdaptError as e:
+    raise ExportError(str(e)) from e
 
 
 def export(*, checkpoint: str, output: str, config_path: Optional[str] = None,
