@@ -125,19 +125,25 @@ def cached_task_name(task_name: str, feature_lengths: Mapping[str, int]) -> str:
 
 
 def select_task_names(registered: Iterable[str], include: Sequence[str],
-                      exclude: Sequence[str] = ()) -> list[str]:
+                      exclude: Sequence[str] = (),
+                      mixtures: Optional[Mapping[str, Sequence[str]]] = None) -> list[str]:
   """Names matching one of `include` (full match) and none of `exclude`, sorted.
 
-  Unlike seqio's tool (which warns and does nothing), a regex that matches no registered task is
-  an error naming it and the closest registered names.
+  A pattern that matches a mixture (`mixtures`: name -> its leaf task names) selects the mixture's
+  tasks. Unlike seqio's tool (which warns and does nothing), a regex that matches nothing is an
+  error naming it and the closest registered names.
   """
   registered = sorted(registered)
+  mixtures = dict(mixtures or {})
   selected = set()
   for pattern in include:
     rx = re.compile(pattern)
     hits = [n for n in registered if rx.fullmatch(n)]
+    for name, leaves in mixtures.items():
+      if rx.fullmatch(name):
+        hits.extend(leaves)
     if not hits:
-      close = difflib.get_close_matches(pattern, registered, n=5, cutoff=0.5)
+      close = difflib.get_close_matches(pattern, registered + sorted(mixtures), n=5, cutoff=0.5)
       hint = f"; close names: {', '.join(close)}" if close else ""
       raise CacheJobError(f"--tasks: no registered task matches {pattern!r}{hint} "
                           f"({len(registered)} tasks registered; check --module_import)")
@@ -147,6 +153,10 @@ def select_task_names(registered: Iterable[str], include: Sequence[str],
   if not names:
     raise CacheJobError("--tasks/--excluded_tasks: every matching task is excluded")
   return names
+
+
+def mixture_file_name(cached_mixture: str) -> str:
+  return f"{cached_mixture}.mixture.json"
 
 
 def derive_seed(*parts) -> int:

@@ -28,7 +28,11 @@ JOB_INFO = "cache_job.json"
 
 def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[str]] = None,
                           replace: bool = True) -> list[str]:
-  """Registers every completed cached task under `cache_dir`; returns their names (sorted).
+  """Registers every completed cached task (and cached mixture) under `cache_dir`.
+
+  Returns the registered names, sorted. A mixture selected by the job's --tasks pattern is
+  registered as `<mixture>.<lengths>` over its cached tasks, with the same rates, once all of them
+  are complete.
 
   Args:
     cache_dir: the cache job's `--output_cache_dir`.
@@ -68,6 +72,20 @@ def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[st
         postprocess_fn=source_task.postprocessor,
         metric_fns=source_task.metric_fns)
     names.append(cached_name)
+  # Mixtures cached by pattern (`<mixture>.<lengths>.mixture.json`), once all their tasks are.
+  for path in sorted(tf.io.gfile.glob(os.path.join(cache_dir, "*.mixture.json"))):
+    with tf.io.gfile.GFile(path) as f:
+      record = json.load(f)
+    tasks = [(t, float(r)) for t, r in record["tasks"]]
+    if not all(t in names for t, _ in tasks):
+      continue
+    if record["cached_mixture"] in seqio.MixtureRegistry.names():
+      if not replace:
+        names.append(record["cached_mixture"])
+        continue
+      seqio.MixtureRegistry.remove(record["cached_mixture"])
+    seqio.MixtureRegistry.add(record["cached_mixture"], tasks)
+    names.append(record["cached_mixture"])
   return sorted(names)
 
 

@@ -122,13 +122,27 @@ def plan_job(config: cache_plan.CacheJobConfig, *, splits: Optional[Sequence[str
   from pipelines import cache_core  # pylint: disable=g-import-not-at-top
 
   cache_core.import_modules(config.module_import)
-  names = cache_plan.select_task_names(seqio.TaskRegistry.names(), config.tasks,
-                                       config.excluded_tasks)
+  mixtures = {}
+  for mixture_name in seqio.MixtureRegistry.names():
+    mixture = seqio.MixtureRegistry.get(mixture_name)
+    mixtures[mixture_name] = [(t.name, float(mixture.get_rate(t))) for t in mixture.tasks]
+  names = cache_plan.select_task_names(
+      seqio.TaskRegistry.names(), config.tasks, config.excluded_tasks,
+      mixtures={m: [t for t, _ in leaves] for m, leaves in mixtures.items()})
   check_writable(config.output_cache_dir)
   lengths = config.lengths
   processor = cache_core.UnitProcessor(module_import=(), feature_lengths=lengths,
                                        max_document_chars=config.max_document_chars)
   units, output_dirs, todo = [], {}, {}
+  # Mixtures selected by a pattern get a cached mixture of their cached tasks (same rates).
+  for mixture_name, leaves in sorted(mixtures.items()):
+    if (any(re.fullmatch(p, mixture_name) for p in config.tasks)
+        and all(t in names for t, _ in leaves)):
+      record = {"mixture": mixture_name,
+                "cached_mixture": cache_plan.cached_task_name(mixture_name, lengths),
+                "tasks": [[cache_plan.cached_task_name(t, lengths), r] for t, r in leaves]}
+      cache_core.write_json(os.path.join(
+          config.output_cache_dir, cache_plan.mixture_file_name(record["cached_mixture"])), record)
   for name in names:
     task = seqio.TaskRegistry.get(name)
     task_splits = [s for s in task.splits if splits is None or s in splits]

@@ -48,6 +48,13 @@ TASK_MODULE = textwrap.dedent('''
         seqio.TaskRegistry.add(name, source=spec.data_source(),
                                output_features=_features(["inputs", "targets"]),
                                preprocessors=_SPAN)
+    # The project's own tasks (tasks.pretraining): UL2 and PrefixLM, and their mixture.
+    from tasks import pretraining
+    pretraining.register_corpus_tasks(
+        corpus=sources.CorpusSpec(name="cachetestul2", format="text",
+                                  splits={"train": os.environ["CACHE_TEST_ONE"]}),
+        vocabulary=os.environ["CACHE_TEST_VOCAB"], objectives_to_register=("ul2", "prefix_lm"),
+        mixtures={"ul2_prefix_lm": {"ul2": 0.5, "prefix_lm": 0.5}})
     if "cachetestbad_tokens" not in seqio.TaskRegistry.names():
       seqio.TaskRegistry.add(
           "cachetestbad_tokens", source=JSONL.data_source(), output_features=_features(["targets"]),
@@ -324,3 +331,27 @@ def test_cli_errors_are_one_line_without_traceback(cache_env, tmp_path):
     lines = [l for l in stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith(cases[name][1]), (name, stderr)
     assert "Traceback" not in stdout + stderr
+
+
+def test_project_ul2_and_prefix_lm_mixture(cache_env, tmp_path):
+  """A mixture pattern caches its tasks and registers a cached mixture; UL2 modes are counted."""
+  lengths = {"inputs": 64, "targets": 32}
+  result = run_job(tmp_path, ["cachetestul2_ul2_prefix_lm"], feature_lengths=lengths,
+                   min_input_ranges=1)
+  names = cache_registry.register_cached_tasks(str(tmp_path))
+  assert names == ["cachetestul2_prefix_lm.in64_tg32", "cachetestul2_ul2.in64_tg32",
+                   "cachetestul2_ul2_prefix_lm.in64_tg32"]
+  ul2 = result["summary"]["cachetestul2_ul2.in64_tg32"]["train"]
+  assert set(ul2["mode_examples"]) == {"[NLU]", "[NLG]", "[S2S]"}
+  assert sum(ul2["mode_examples"].values()) == ul2["examples"] > 50
+  assert any(line.startswith("  examples per mode token: [NLG]") for line in result["logs"])
+  assert ul2["inputs_truncated_tokens"] == ul2["targets_truncated_tokens"] == 0
+  # PrefixLM loses no token: every source token and each document's EOS is in an example.
+  plm = result["summary"]["cachetestul2_prefix_lm.in64_tg32"]["train"]
+  assert plm["inputs_length_tokens"] + plm["targets_length_tokens"] == (
+      plm["source_tokens"] + plm["documents"])
+  ds = seqio.get_dataset("cachetestul2_ul2_prefix_lm.in64_tg32", task_feature_lengths=lengths,
+                         use_cached=True, shuffle=False, num_epochs=1,
+                         feature_converter=seqio.EncDecFeatureConverter(pack=True))
+  batch = next(ds.as_numpy_iterator())
+  assert batch["encoder_input_tokens"].shape == (64,)
