@@ -131,3 +131,53 @@ def test_bad_arguments_name_the_field(tmp_path):
   with pytest.raises(ValueError, match='train.optimizer must be an optax.GradientTransformation'):
     trainer.train(model=tiny_model(), model_dir=str(tmp_path), total_steps=1,
                   optimizer='adam', train_dataset_fn=dataset_fn)
+
+
+def _init(model, batch):
+  from flax.core import meta
+  return jax.jit(lambda r: meta.unbox(model.init(r, batch)))(jax.random.PRNGKey(0))
+
+
+def _enc_dec_model():
+  from trainer.config import EncoderDecoderConfig
+  enc = TransformerConfig(vocab_size=VOCAB, embed_dim=48, num_layers=1, num_heads=4,
+                          num_kv_heads=2, head_dim=8, mlp_dim=64, query_pre_attn_scalar=8,
+                          sliding_window=4)
+  dec = TransformerConfig(vocab_size=VOCAB, embed_dim=32, num_layers=1, num_heads=4,
+                          num_kv_heads=2, head_dim=8, mlp_dim=64, query_pre_attn_scalar=8,
+                          sliding_window=4)
+  return models.EncoderDecoderModel(config=EncoderDecoderConfig(encoder=enc, decoder=dec))
+
+
+def test_encoder_decoder_wrapper_ignores_unpacked_padding():
+  model = _enc_dec_model()
+  rng = np.random.RandomState(0)
+  enc = rng.randint(2, VOCAB, size=(1, 6)).astype(np.int32)
+  tgt = rng.randint(2, VOCAB, size=(1, 5)).astype(np.int32)
+  short = {'encoder_input_tokens': enc, 'decoder_target_tokens': tgt,
+           'decoder_input_tokens': np.concatenate([[[0]], tgt[:, :-1]], 1).astype(np.int32),
+           'decoder_loss_weights': np.ones((1, 5), np.float32)}
+  padded = {'encoder_input_tokens': np.pad(enc, ((0, 0), (0, 4))),
+            'decoder_target_tokens': np.pad(tgt, ((0, 0), (0, 3))),
+            'decoder_input_tokens': np.pad(short['decoder_input_tokens'], ((0, 0), (0, 3))),
+            'decoder_loss_weights': np.pad(short['decoder_loss_weights'], ((0, 0), (0, 3)))}
+  params = _init(model, padded)
+  loss_fn = jax.jit(lambda p, b: model.loss_fn(p, b, None))  # jit: eager flax is slow on CPU
+  loss_short, m_short = loss_fn(params, short)
+  loss_padded, m_padded = loss_fn(params, padded)
+  assert float(m_short['loss'][1]) == float(m_padded['loss'][1]) == 5
+  np.testing.assert_allclose(float(loss_padded), float(loss_short), rtol=1e-5)
+  assert model.tokens_per_example({k: v.shape for k, v in padded.items()}) == 10 + 8
+  assert model.num_params(params) > 0
+
+
+def test_prefix_lm_wrapper_passes_the_bidirectional_prefix():
+  model = models.DecoderOnlyModel(config=tiny_model().config, prefix_lm=True)
+  assert model.FEATURE_CONVERTER_NAME == 'PrefixLMFeatureConverter'
+  batch = make_batch(0, batch_size=2)
+  params = _init(model, batch)
+  loss_fn = jax.jit(lambda p, b: model.loss_fn(p, b, None)[0])
+  causal = loss_fn(params, batch)
+  prefix = dict(batch, decoder_causal_attention=np.array([[1] * 6 + [0] * 10] * 2, np.int32))
+  with_prefix = loss_fn(params, prefix)
+  assert abs(float(with_prefix) - float(causal)) > 1e-6
