@@ -51,10 +51,10 @@ def register_bench_tasks(bench_dir: str) -> None:
   # `sequence_length` argument before the placeholder): bind ours in a wrapper without it.
   objective_fn, bound = preps[-1], dict(lengths)
 
-  def objective(dataset, output_features):
+  def bound_objective(dataset, output_features):
     return objective_fn(dataset, sequence_length=bound, output_features=output_features)
 
-  preps[-1] = objective
+  preps[-1] = bound_objective
   name = f"bench_{objective}_seqio"
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(name, source=ours.source, output_features=ours.output_features,
