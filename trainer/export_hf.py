@@ -9,7 +9,8 @@ gin/runs/adapt.gin copies it into MODEL_DIR), or from `--config=FILE` (same JSON
 model file the run used (`--gin_file=gin/models/t5gemma_2b_2b.gin [--gin.VOCAB_SIZE=...]`).
 
 Encoder-decoder params are written as HF T5Gemma (`T5GemmaForConditionalGeneration`), decoder-only
-params as HF Gemma 2 (`Gemma2ForCausalLM`). `--dtype=bfloat16` converts; default keeps fp32.
+params as HF Gemma 2 (`Gemma2ForCausalLM`). `--dtype=bfloat16` converts; default keeps the params'
+dtype. Weights over `--max_shard_size` (default 5GB) are sharded with an index, as `save_pretrained`.
 Exit status 0 on success, 2 with a one-line message on bad input.
 """
 import os
@@ -51,7 +52,7 @@ def load_model_config(checkpoint: str, *, config_path: Optional[str] = None,
 
 def export(*, checkpoint: str, output: str, config_path: Optional[str] = None,
            gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
-           dtype: Optional[str] = None, log=print) -> Tuple[Any, str]:
+           dtype: Optional[str] = None, max_shard_size: Any = '5GB', log=print) -> Tuple[Any, str]:
   """Reads the checkpoint's params, checks them against the config, writes the HF checkpoint."""
   from trainer import adapt  # pylint: disable=g-import-not-at-top
   from trainer import hf_gemma2  # pylint: disable=g-import-not-at-top
@@ -71,7 +72,7 @@ def export(*, checkpoint: str, output: str, config_path: Optional[str] = None,
       raise ExportError(f'{checkpoint} holds decoder-only params (top-level keys {sorted(params)}) but '
                         'the config is encoder-decoder')
     try:
-      hf_t5gemma.export_t5gemma(params, config, output, dtype=dtype)
+      hf_t5gemma.export_t5gemma(params, config, output, dtype=dtype, max_shard_size=max_shard_size)
     except hf_t5gemma.HFConversionError as e:
       raise ExportError(str(e)) from e
     kind = 'T5GemmaForConditionalGeneration'
@@ -80,7 +81,7 @@ def export(*, checkpoint: str, output: str, config_path: Optional[str] = None,
       raise ExportError(f'{checkpoint} holds encoder-decoder params but the config is decoder-only')
     try:
       adapt.check_decoder_params(params, config, what=checkpoint)
-      hf_gemma2.export_decoder(params, config, output, dtype=dtype)
+      hf_gemma2.export_decoder(params, config, output, dtype=dtype, max_shard_size=max_shard_size)
     except ValueError as e:
       raise ExportError(str(e)) from e
     kind = 'Gemma2ForCausalLM'
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
   parser.add_argument('--config', default=None, help='model_config.json to use (default: found beside the checkpoint)')
   parser.add_argument('--gin_file', action='append', default=[], help='gin model file giving the config')
   parser.add_argument('--dtype', default=None, choices=('float32', 'bfloat16'))
+  parser.add_argument('--max_shard_size', default='5GB',
+                      help='split the weights into shards of at most this size (as save_pretrained)')
   # `--gin.NAME=VALUE` bindings (T5X style) are collected before argparse sees them.
   argv = list(sys.argv[1:] if argv is None else argv)
   bindings = [a[len('--gin.'):] for a in argv if a.startswith('--gin.')]
@@ -109,7 +112,8 @@ def main(argv=None) -> int:
     pass
   try:
     export(checkpoint=args.checkpoint, output=args.output, config_path=args.config,
-           gin_files=args.gin_file, gin_bindings=bindings, dtype=args.dtype)
+           gin_files=args.gin_file, gin_bindings=bindings, dtype=args.dtype,
+           max_shard_size=args.max_shard_size)
   except ExportError as e:
     print(f'export_hf: error: {e}', file=sys.stderr)
     return 2

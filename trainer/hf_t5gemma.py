@@ -400,8 +400,8 @@ def _read_tensors(path: str) -> Dict[str, Any]:
     file_path = os.path.join(path, name)
     if not os.path.exists(file_path):
       raise HFConversionError(f'weight file {file_path} (listed in {INDEX_FILE}) is missing')
-    # framework='flax' reads bfloat16 too (numpy has no bf16); arrays are converted to numpy below.
-    with safe_open(file_path, framework='flax') as f:
+    # framework='np' reads bfloat16 as ml_dtypes.bfloat16 (host memory only, no device copies).
+    with safe_open(file_path, framework='np') as f:
       for key in f.keys():
         tensors[key] = np.asarray(f.get_tensor(key))
   return tensors
@@ -436,24 +436,75 @@ def import_t5gemma(path: str, *, param_dtype: str = 'float32') -> Tuple[EncoderD
   return config, cast(params)
 
 
+def _parse_size(size: Any) -> int:
+  """'5GB' / '200MB' / '50KB' / bytes -> bytes (decimal units, as transformers' save_pretrained)."""
+  if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+    return size
+  units = {'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12, 'B': 1}
+  text = str(size).strip().upper()
+  for unit, factor in units.items():
+    if text.endswith(unit) and text[:-len(unit)].strip().replace('.', '', 1).isdigit():
+      return int(float(text[:-len(unit)]) * factor)
+  raise HFConversionError(f'max_shard_size must be bytes or like "5GB", got {size!r}')
+
+
+def _write_weights(tensors: Dict[str, np.ndarray], out_dir: str, max_shard_size: Any) -> list:
+  """One model.safetensors, or numbered shards + model.safetensors.index.json (save_pretrained's
+  layout) when the tensors exceed `max_shard_size`. Returns the files written."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  limit = None if max_shard_size is None else _parse_size(max_shard_size)
+  shards, current, size = [], {}, 0
+  for name in sorted(tensors):
+    nbytes = tensors[name].nbytes
+    if limit is not None and current and size + nbytes > limit:
+      shards.append(current)
+      current, size = {}, 0
+    current[name] = tensors[name]
+    size += nbytes
+  shards.append(current)
+  for stale in os.listdir(out_dir):  # a previous export with another sharding
+    if stale.endswith('.safetensors') or stale == INDEX_FILE:
+      os.remove(os.path.join(out_dir, stale))
+  if len(shards) == 1:
+    path = os.path.join(out_dir, WEIGHTS_FILE)
+    save_file(shards[0], path, metadata={'format': 'pt'})
+    return [path]
+  paths, weight_map = [], {}
+  for i, shard in enumerate(shards):
+    name = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
+    save_file(shard, os.path.join(out_dir, name), metadata={'format': 'pt'})
+    paths.append(os.path.join(out_dir, name))
+    weight_map.update({k: name for k in shard})
+  index = {'metadata': {'total_size': int(sum(t.nbytes for t in tensors.values()))},
+           'weight_map': weight_map}
+  with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
+    json.dump(index, f, indent=2, sort_keys=True)
+  return paths
+
+
 def export_t5gemma(params: Mapping[str, Any], config: EncoderDecoderConfig, out_dir: str, *,
-                   dtype: Optional[str] = None) -> Dict[str, str]:
-  """Writes `config.json` + `model.safetensors` that `T5GemmaForConditionalGeneration.from_pretrained`
-  loads. `dtype` None keeps the params' dtype; 'float32' / 'bfloat16' converts. Returns the paths."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from safetensors.flax import save_file  # pylint: disable=g-import-not-at-top  (writes bf16)
+                   dtype: Optional[str] = None, max_shard_size: Any = None) -> Dict[str, Any]:
+  """Writes `config.json` + safetensors that `T5GemmaForConditionalGeneration.from_pretrained` loads.
+
+  `dtype` None keeps the params' dtype; 'float32' / 'bfloat16' converts. `max_shard_size` (e.g.
+  '5GB') splits the weights into shards with an index, as `save_pretrained` does. Returns the paths.
+  Arrays are converted on the host (numpy), never copied to an accelerator.
+  """
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
   hf_config = config_to_hf(config)
   tensors = params_to_hf(params, config)
   if dtype is not None:
     if dtype not in ('float32', 'bfloat16'):
       raise HFConversionError(f'export dtype must be "float32" or "bfloat16", got {dtype!r}')
-    tensors = {k: np.asarray(jnp.asarray(v).astype(dtype)) for k, v in tensors.items()}
+    target = np.dtype(ml_dtypes.bfloat16) if dtype == 'bfloat16' else np.dtype(np.float32)
+    tensors = {k: v if v.dtype == target else v.astype(target) for k, v in tensors.items()}
   dtypes = {str(v.dtype) for v in tensors.values()}
+  if not dtypes <= {'float32', 'bfloat16'}:
+    raise HFConversionError(f'cannot export params of dtype {sorted(dtypes)}; pass dtype="float32"')
   hf_config['dtype'] = 'bfloat16' if dtypes == {'bfloat16'} else 'float32'
   os.makedirs(out_dir, exist_ok=True)
-  weights_path = os.path.join(out_dir, WEIGHTS_FILE)
-  save_file({k: jnp.asarray(v) for k, v in tensors.items()}, weights_path, metadata={'format': 'pt'})
+  weights = _write_weights(tensors, out_dir, max_shard_size)
   config_path = os.path.join(out_dir, CONFIG_FILE)
   with open(config_path, 'w') as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)
-  return {'config': config_path, 'weights': weights_path}
+  return {'config': config_path, 'weights': weights}
