@@ -69,6 +69,8 @@ class _SignalCatcher:
 
   def _handler(self, signum, frame):
     del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the checkpoint
     self.received = signal.Signals(signum).name
 
   def __enter__(self):
