@@ -202,37 +202,36 @@ def _chunk_stream(dataset: tf.data.Dataset, lengths: Sequence[int],
   """
   num = len(lengths)
   lengths_t = tf.constant(list(lengths), tf.int32)
+  min_length = min(lengths)
   logits = tf.math.log(tf.constant([list(rates)], tf.float64) / sum(rates))
 
-  def sample(seed, i):
+  def sample(seed, count):
+    """`count` denoiser indices drawn from `rates` (deterministic in `seed`)."""
     if num == 1:
-      return tf.constant(0, tf.int32)
-    s = tf.random.experimental.stateless_fold_in(seed, i)
-    return tf.cast(tf.random.stateless_categorical(logits, 1, seed=s)[0, 0], tf.int32)
+      return tf.zeros([count], tf.int32)
+    return tf.cast(tf.random.stateless_categorical(logits, count, seed=seed)[0], tf.int32)
 
+  # Vectorized per document (no per-chunk loop): draw enough denoisers for every chunk this
+  # document can complete, after the pending one carried from the previous document.
   def scan_fn(state, x):
-    carry, d = state
+    carry, pending = state
     buf = tf.concat([carry, x['tokens']], axis=0)
     size = tf.size(buf)
-    d = tf.where(d < 0, sample(x['seed'], 0), d)
-
-    def cond(pos, d, j, lens, ds):
-      del j, lens, ds
-      return size - pos >= lengths_t[d]
-
-    def body(pos, d, j, lens, ds):
-      n = lengths_t[d]
-      return pos + n, sample(x['seed'], j), j + 1, lens.write(lens.size(), n), ds.write(ds.size(), d)
-
-    pos, d, _, lens, ds = tf.while_loop(
-        cond, body, (tf.constant(0), d, tf.constant(1),
-                     tf.TensorArray(tf.int32, size=0, dynamic_size=True),
-                     tf.TensorArray(tf.int32, size=0, dynamic_size=True)))
+    count = size // min_length + 1
+    drawn = sample(x['seed'], count)
+    choices = tf.concat([tf.where(pending < 0, drawn[:1], [pending]), drawn[1:]], axis=0)
+    ends = tf.cumsum(tf.gather(lengths_t, choices))
+    full = tf.reduce_sum(tf.cast(ends <= size, tf.int32))  # < count: ends[-1] > size.
+    lens = tf.gather(lengths_t, choices[:full])
+    pos = tf.reduce_sum(lens)
+    pending = choices[full]
+    # At the end of the stream, the rest (shorter than its chunk length) is one more chunk.
     flush = tf.logical_and(x['final'], size > pos)
-    lens = tf.cond(flush, lambda: lens.write(lens.size(), size - pos), lambda: lens)
-    ds = tf.cond(flush, lambda: ds.write(ds.size(), d), lambda: ds)
+    rows = full + tf.cast(flush, tf.int32)
+    lens = tf.concat([lens, [size - pos]], axis=0)[:rows]
+    ds = tf.concat([choices[:full], [pending]], axis=0)[:rows]
     end = tf.where(flush, size, pos)
-    return (buf[end:], d), (buf[:end], lens.stack(), ds.stack())
+    return (buf[end:], pending), (buf[:end], lens, ds)
 
   docs = _attach_seed(dataset)
   final = tf.data.Dataset.from_tensors({
