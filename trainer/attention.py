@@ -122,11 +122,9 @@ class Attention(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
 
-    def proj(features, axes, name, axis=-1):
-      return nn.DenseGeneral(
-          features=features, axis=axis, use_bias=False, dtype=dtype,
-          param_dtype=cfg.parameter_dtype,
-          kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes), name=name)
+    def proj(features, axes, name, num_input_axes=1):
+      return layers.Projection(features=features, axes=axes, num_input_axes=num_input_axes,
+                               dtype=dtype, param_dtype=cfg.parameter_dtype, name=name)
 
     is_self = kv_inputs is None
     kv_x = x if is_self else kv_inputs
@@ -145,4 +143,4 @@ class Attention(nn.Module):
     out = dot_product_attention(q, k, v, mask=mask, scale=cfg.query_pre_attn_scalar**-0.5,
                                 soft_cap=cfg.attn_logits_soft_cap, impl=cfg.attention_impl)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'head_dim'))
-    return proj(cfg.embed_dim, ('heads', 'head_dim', 'embed'), 'o_proj', axis=(-2, -1))(out)
+    return proj((cfg.embed_dim,), ('heads', 'head_dim', 'embed'), 'o_proj', num_input_axes=2)(out)

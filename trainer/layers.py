@@ -4,7 +4,7 @@ Each computes what Hugging Face `Gemma2*` / `T5Gemma*` compute (checked by tests
 including where HF casts: RMSNorm in fp32, the sqrt(D) embedding normaliser in the compute dtype,
 RoPE cos/sin computed in fp32 and cast to the activations' dtype.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -65,6 +65,32 @@ class Embedder(nn.Module):
                       preferred_element_type=jnp.float32)
 
 
+class Projection(nn.Module):
+  """Bias-free projection: contracts the last `num_input_axes` axes of x with a kernel
+  `[*input_shape, *features]` (e.g. q_proj [D, H, Dh], o_proj [H, Dh, D]).
+
+  Not `nn.DenseGeneral`: its initialiser creates the kernel flat and reshapes it afterwards, so a
+  logically partitioned kernel with more than two axes gets a rank-2 sharding constraint and fails
+  under a mesh (`jax.set_mesh` + logical rules), at init and at apply (flax re-checks shapes).
+  """
+  features: Tuple[int, ...]
+  axes: Tuple[str, ...]
+  num_input_axes: int = 1
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in, n_out = self.num_input_axes, len(self.features)
+    init = nn.initializers.variance_scaling(  # lecun_normal over the real fan-in / fan-out axes
+        1.0, 'fan_in', 'truncated_normal', in_axis=tuple(range(n_in)),
+        out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
+                        tuple(x.shape[-n_in:]) + tuple(self.features), self.param_dtype)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+
+
 class MLP(nn.Module):
   """GeGLU feed-forward: `down(gelu_tanh(gate(x)) * up(x))`, dropout before `down` (T5Gemma)."""
   config: TransformerConfig
@@ -74,10 +100,8 @@ class MLP(nn.Module):
     cfg = self.config
 
     def dense(features, axes, name):
-      return nn.DenseGeneral(
-          features=features, use_bias=False, dtype=cfg.compute_dtype,
-          param_dtype=cfg.parameter_dtype,
-          kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes), name=name)
+      return Projection(features=(features,), axes=axes, dtype=cfg.compute_dtype,
+                        param_dtype=cfg.parameter_dtype, name=name)
 
     gate = dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate_proj')(x)
     up = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up_proj')(x)
