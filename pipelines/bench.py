@@ -135,9 +135,9 @@ def main(argv=None) -> int:
   parser.add_argument("--corpus_mb", type=float, default=20.0)
   parser.add_argument("--num_files", type=int, default=8)
   parser.add_argument("--vocab_size", type=int, default=8000)
-  parser.add_argument("--objective", default="ul2",
+  parser.add_argument("--objective", default="span_corruption",
                       choices=["ul2", "prefix_lm", "span_corruption"])
-  parser.add_argument("--feature_lengths", default="inputs:512,targets:512")
+  parser.add_argument("--feature_lengths", default="inputs:512,targets:128")
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--skip_seqio", action="store_true")
   args = parser.parse_args(argv)
