@@ -64,7 +64,7 @@ QUICK = Settings(vocab_size=1024, embed_dim=64, num_layers=2, num_heads=4, num_k
                  head_dim=16, mlp_dim=256, sliding_window=32, pretrain_steps=300,
                  pretrain_length=128, adapt_steps=100, adapt_lengths=(64, 64), batch_size=16,
                  finetune_steps=150, finetune_batch_size=16, finetune_lr=1e-3, pretrain_lr=3e-3,
-                 sst2_inputs_length=64, sst2_targets_length=8, dev_examples=0)
+                 sst2_inputs_length=80, sst2_targets_length=8, dev_examples=0)
 FULL = Settings(vocab_size=8192, embed_dim=256, num_layers=6, num_heads=4, num_kv_heads=2,
                 head_dim=64, mlp_dim=1024, sliding_window=128, pretrain_steps=5000,
                 pretrain_length=256, adapt_steps=1000, adapt_lengths=(128, 128), batch_size=64,

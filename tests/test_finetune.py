@@ -243,18 +243,23 @@ def test_finetune_gin_files_compose_for_all_three_model_kinds():
     gin.clear_config()
     flags = gin_utils.parse_flags([f'--gin_file={model_file}', f'--gin_file={run_file}',
                                    '--gin.VOCAB_SIZE=400', '--gin.MODEL_DIR="/tmp/unused"',
-                                   '--gin.TRAIN_STEPS=10', '--gin.INIT_CHECKPOINT="/ckpt"'])
+                                   '--gin.TRAIN_STEPS=10',
+                                   # (encoder: nothing to read here; the CLI test above reads one)
+                                   '--gin.INIT_CHECKPOINT=' + (
+                                       'None' if model_cls == 'EncoderClassifierModel'
+                                       else '"/ckpt"')])
     gin_utils.setup_gin(flags)
+    if model_cls == 'EncoderClassifierModel':
+      # The checkpoint goes to the encoder (read when the model is built), not to train().
+      assert gin.query_parameter('trainer.train.init_checkpoint') is None
+      assert str(gin.query_parameter('%ENCODER_INIT_CHECKPOINT')) == '%INIT_CHECKPOINT'
     model = gin.query_parameter('%MODEL').scoped_configurable_fn()
     assert type(model).__name__ == model_cls
     assert type(model.feature_converter(pack=False)).__name__ == converter_cls
     assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == task
-    if model_cls == 'EncoderClassifierModel':
-      # The checkpoint goes to the encoder, not to train(init_checkpoint=...).
-      assert gin.query_parameter('trainer.train.init_checkpoint') is None
-      assert gin.query_parameter('%ENCODER_INIT_CHECKPOINT') is not None
-    else:
+    if model_cls != 'EncoderClassifierModel':
       assert gin.query_parameter('%INIT_CHECKPOINT') == '/ckpt'
-      if model_cls == 'DecoderOnlyModel':
-        assert model.prefix_lm
+      assert gin.query_parameter('trainer.train.init_checkpoint') is not None
+    if model_cls == 'DecoderOnlyModel':
+      assert model.prefix_lm
   gin.clear_config()
