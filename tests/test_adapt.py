@@ -246,7 +246,7 @@ def _gin_train(run_file, bindings):
   try:
     gin.external_configurable(_synthetic_enc_dec_batches, 'test_adapt_synthetic_batches')
     flags = gin_utils.Flags(gin_files=['gin/models/t5gemma_tiny.gin', run_file], gin_bindings=[
-        'VOCAB_SIZE = 89', 'MIXTURE_OR_TASK_NAME = "unused"', 'TASK_FEATURE_LENGTHS = {}',
+        'VOCAB_SIZE = 89', 'MIXTURE_OR_TASK_NAME = "unused"', "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 6}",
         'TRAIN_STEPS = 2', 'LOG_PERIOD = 1', 'OPTIMIZER = "adamw"', 'WEIGHT_DECAY = 0.1',
         'LEARNING_RATE = 0.01', 'WARMUP_STEPS = 0', 'LR_DECAY = "constant"',
         'trainer.train.train_dataset_cfg = None',
