@@ -263,3 +263,18 @@ def test_finetune_gin_files_compose_for_all_three_model_kinds():
     if model_cls == 'DecoderOnlyModel':
       assert model.prefix_lm
   gin.clear_config()
+
+
+def test_encoder_starts_from_an_hf_gemma2_directory(decoder_params, tmp_path):
+  """INIT_CHECKPOINT may be an HF Gemma 2 directory (config.json + safetensors)."""
+  from trainer import hf_gemma2
+  hf_gemma2.export_decoder(decoder_params, CFG, str(tmp_path / 'hf'))
+  model = encoder_models.EncoderClassifierModel(config=CFG,
+                                                pretrained_checkpoint=str(tmp_path / 'hf'))
+  params = model.init(jax.random.PRNGKey(0), {'encoder_input_tokens': jnp.ones((1, 4), jnp.int32)})
+  got, want = _leaves(params['encoder']), _leaves(decoder_params)
+  assert set(got) == set(want)
+  for path in want:
+    np.testing.assert_allclose(got[path], want[path], rtol=1e-6, err_msg=path)
+  with pytest.raises(ValueError, match='is not a directory'):
+    encoder_models.EncoderClassifierModel(config=CFG, pretrained_checkpoint=str(tmp_path / 'no'))
