@@ -167,6 +167,8 @@ class Comparison:
                                                     save_on_signal=True),
         init_checkpoint=init_checkpoint, seed=seed, log_period=max(1, steps // 5),
         stream=sys.stdout)
+    if result.interrupted:  # SIGTERM/SIGINT: the trainer saved a checkpoint; do not mark done
+      raise SystemExit(f'compare: {name} interrupted at step {result.step}; rerun to redo it')
     losses = [result.losses[k] for k in sorted(result.losses)]
     info = {'first_loss': losses[0], 'last_loss': losses[-1], 'steps': result.step,
             'seconds': round(time.time() - start, 1), 'num_params': result.num_params}
