@@ -17,6 +17,12 @@ REQUIRED = ["--gin.MODEL_DIR='/tmp/unused'", "--gin.MIXTURE_OR_TASK_NAME='some_t
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", '--gin.TRAIN_STEPS=10']
 
 
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  yield
+  gin.clear_config()  # leave no bindings behind for other test modules
+
+
 def load(model_file, extra=()):
   gin.clear_config()
   argv = [f'--gin_file=gin/models/{model_file}.gin', '--gin_file=gin/runs/pretrain.gin']

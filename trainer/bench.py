@@ -117,8 +117,10 @@ def benchmark(*, model, steps: int = 5, batch_size: int = 8, length: int = 512,
   print(f"bench: {out['params']:,} params | {out['devices']} x {out['device_kind']} | mesh "
         f"{out['mesh']} | batch {batch_size} | compile {compile_s:.1f} s", file=stream)
   mfu_text = f'{100 * mfu:.1f}%' if mfu is not None else 'n/a (unknown peak; set peak_flops)'
+  achieved = flops_step / step_time
+  rate = f'{achieved / 1e12:.2f} TFLOP/s' if achieved >= 1e12 else f'{achieved / 1e9:.2f} GFLOP/s'
   print(f'bench: step time {step_time * 1e3:.1f} ms | {out["tokens_per_s"]:,.0f} tokens/s | '
-        f'{flops_step / 1e12 / step_time:.2f} TFLOP/s | MFU {mfu_text} | loss {loss:.3f}',
+        f'{rate} | MFU {mfu_text} | loss {loss:.3f}',
         file=stream, flush=True)
   return out
 
@@ -134,9 +136,9 @@ def run_cli(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   # The benchmark's own arguments are configurable as `benchmark.NAME` (registered here).
   argv = [a.replace('--gin.benchmark.', '--gin.bench.benchmark.', 1) for a in argv]
-  gin_utils.PRELUDE.extend(['from __gin__ import dynamic_registration', 'from trainer import bench',
-                            'bench.benchmark.model = %MODEL'])
-  return gin_utils.run(main, argv, program='bench')
+  prelude = ['from __gin__ import dynamic_registration', 'from trainer import bench',
+             'bench.benchmark.model = %MODEL']
+  return gin_utils.run(main, argv, program='bench', prelude=prelude)
 
 
 if __name__ == '__main__':

@@ -27,10 +27,6 @@ import gin
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# Gin lines an entry point parses after the --gin_file files and before the flag bindings.
-PRELUDE: List[str] = []
-
-
 class ConfigError(Exception):
   """Bad configuration or flags; its message is shown to the user as is."""
 
@@ -112,8 +108,11 @@ def _one_line(e: BaseException) -> str:
   return first + (f' ({context[0]})' if context else '')
 
 
-def setup_gin(flags: Flags, *, finalize: bool = True) -> None:
-  """Imports modules, parses gin files, checks macro bindings, then parses the bindings."""
+def setup_gin(flags: Flags, *, finalize: bool = True, prelude: Sequence[str] = ()) -> None:
+  """Imports modules, parses gin files, checks macro bindings, then parses the bindings.
+
+  `prelude`: gin lines an entry point parses after the files and before the flag bindings.
+  """
   for module in flags.module_imports:
     try:
       importlib.import_module(module)
@@ -134,8 +133,8 @@ def setup_gin(flags: Flags, *, finalize: bool = True) -> None:
     gin.parse_config_files_and_bindings(flags.gin_files, None, finalize_config=False)
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(f'gin file error: {_one_line(e)}') from e
-  if PRELUDE:
-    gin.parse_config('\n'.join(PRELUDE))
+  if prelude:
+    gin.parse_config('\n'.join(prelude))
   for binding in flags.gin_bindings:
     macro = _MACRO_BINDING.match(binding)
     if macro and '.' not in macro.group(1) and not _macro_defined(macro.group(1)):
@@ -153,7 +152,7 @@ def setup_gin(flags: Flags, *, finalize: bool = True) -> None:
 
 
 def run(main: Callable[[Flags], int], argv: Optional[Sequence[str]] = None, *,
-        extra_flags: Sequence[str] = (), program: str = '') -> int:
+        extra_flags: Sequence[str] = (), program: str = '', prelude: Sequence[str] = ()) -> int:
   """Parses flags + gin and calls `main(flags)`; configuration errors become one line on stderr.
 
   Errors of configuration (gin, our configs' validation: ValueError/TypeError raised while gin
@@ -164,7 +163,7 @@ def run(main: Callable[[Flags], int], argv: Optional[Sequence[str]] = None, *,
   show_traceback = os.environ.get('GIN_TRACEBACK', '') not in ('', '0')
   try:
     flags = parse_flags(argv, extra_flags=extra_flags)
-    setup_gin(flags)
+    setup_gin(flags, prelude=prelude)
     return main(flags) or 0
   except ConfigError as e:
     if show_traceback:
