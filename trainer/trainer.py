@@ -21,6 +21,7 @@ the loop finish the current step, save a checkpoint (params, optimiser state, st
 position) and return with `interrupted=True`; a rerun resumes from it and sees the same batches.
 """
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -210,6 +211,8 @@ def train(*, model, model_dir: str, optimizer: Union[optax.GradientTransformatio
                                       model.feature_converter(pack=eval_dataset_cfg.pack))
 
   writer = metrics_lib.MetricsWriter(model_dir, total_steps=total_steps, stream=stream)
+  if writer.enabled:
+    write_model_config(model, model_dir)
   ckpt = checkpoints_lib.Checkpointer(os.path.join(model_dir, 'checkpoints'), checkpoint_cfg)
   latest = ckpt.latest_step()
   start_batch = 0
@@ -350,6 +353,29 @@ def train(*, model, model_dir: str, optimizer: Union[optax.GradientTransformatio
       writer.close()
   result.step = step
   return result
+
+
+def write_model_config(model, model_dir: str) -> Optional[str]:
+  """Writes MODEL_DIR/model_config.json in `trainer.adapt`'s format (what adapt/export read).
+
+  TransformerConfig -> its fields; EncoderDecoderConfig -> {"encoder": {...}, "decoder": {...}}.
+  Models without such a `config` write nothing.
+  """
+  from trainer import adapt  # pylint: disable=g-import-not-at-top  (owns the format)
+  from trainer.config import EncoderDecoderConfig, TransformerConfig  # pylint: disable=g-import-not-at-top
+  config = getattr(model, 'config', None)
+  if isinstance(config, EncoderDecoderConfig):
+    content = {'encoder': adapt.config_to_dict(config.encoder),
+               'decoder': adapt.config_to_dict(config.decoder)}
+  elif isinstance(config, TransformerConfig):
+    content = adapt.config_to_dict(config)
+  else:
+    return None
+  path = os.path.join(model_dir, adapt.MODEL_CONFIG_FILE)
+  os.makedirs(model_dir, exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(content, f, indent=2, sort_keys=True)
+  return path
 
 
 def _next_batch(iterator, position: int):
