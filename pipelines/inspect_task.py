@@ -7,7 +7,6 @@ Token features are shown with their token count and decoded text in which specia
 visible: mode tokens as `[NLU]`/`[NLG]`/`[S2S]`, sentinels as their pieces (`<extra_id_0>`, or
 `<unusedN>` in Gemma-style vocabularies), and `<eos>`/`<pad>`/`<bos>`/`<unk>`.
 """
-import contextlib
 import difflib
 import os
 import sys
@@ -149,24 +148,6 @@ def format_examples(task_name: str, *, split: str = 'train', n: int = 5,
   return '\n'.join(lines)
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-  """Sends file descriptor 2 to /dev/null: TF/XLA/SentencePiece C++ start-up lines (CUDA probes,
-  `normalizer.cc` notices) bypass Python logging. Python exceptions still reach the user: they
-  are printed by `main` after this block."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  os.close(devnull)
-  try:
-    yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
 def main(argv):
   if len(argv) != 2:
     print('usage: python -m pipelines.inspect_task TASK [--split=train] [--n=5] '
@@ -175,11 +156,11 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   if _VOCAB.value:
     os.environ['GEMMA_ADAPT_VOCAB'] = os.path.abspath(os.path.expanduser(_VOCAB.value))
-  with _quiet_native_stderr():
-    from tasks import module_import  # pylint: disable=g-import-not-at-top
+  from tasks import module_import  # pylint: disable=g-import-not-at-top
+  with module_import.quiet_native_stderr():
     from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   try:
-    with _quiet_native_stderr():
+    with module_import.quiet_native_stderr():
       module_import.import_modules(_MODULE_IMPORT.value)
       text = format_examples(argv[1], split=_SPLIT.value, n=_N.value,
                              feature_lengths=parse_feature_lengths(_FEATURE_LENGTHS.value),

@@ -1,6 +1,11 @@
 r"""Trains a SentencePiece vocabulary with our special pieces (Gemma's special ids).
 
   python -m pipelines.train_vocab --input='corpus/*.txt' --vocab_size=32000 --output=vocab/spm
+  python -m pipelines.train_vocab --corpus=pydoc --vocab_size=2000 --output=vocab/spm
+
+With --input, text files are read as they are (one sentence per line). With --corpus, the valid
+documents of a registered corpus (any format: JSONL, TFRecord, ...; see --module_import) are
+written to a temporary text file first.
 
 writes `vocab/spm.model` and `vocab/spm.vocab`: pad=0, eos=1, bos=2, unk=3, then `[NLU]`, `[NLG]`,
 `[S2S]`, `<extra_id_0>`..`<extra_id_{K-1}>` (K = --num_sentinels), then learned pieces. The same
@@ -9,6 +14,7 @@ input files and flags give the same bytes. SentencePiece reads one sentence per 
 import glob
 import os
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -16,12 +22,16 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
-from tasks import vocab as vocab_lib
 
 _INPUT = flags.DEFINE_string('input', None, 'Glob (or comma-separated globs) of text files.')
+_CORPUS = flags.DEFINE_string('corpus', None, 'Instead of --input: a corpus registered by '
+                              'tasks.pretraining.register_corpus_tasks (e.g. pydoc).')
+_SPLIT = flags.DEFINE_string('split', 'train', 'Split of --corpus to read.')
+_MODULE_IMPORT = flags.DEFINE_multi_string('module_import', ['tasks'],
+                                           'Modules that register --corpus (with --corpus only).')
 _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', None, 'Total number of pieces.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output prefix: writes PREFIX.model, PREFIX.vocab.')
-_NUM_SENTINELS = flags.DEFINE_integer('num_sentinels', vocab_lib.DEFAULT_NUM_SENTINELS,
+_NUM_SENTINELS = flags.DEFINE_integer('num_sentinels', 100,
                                       'Number of <extra_id_i> sentinel pieces.')
 _BYTE_FALLBACK = flags.DEFINE_boolean('byte_fallback', True,
                                       'Add 256 byte pieces so no text maps to <unk> (as Gemma).')
@@ -38,19 +48,57 @@ def main(argv):
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     return 2
   logging.set_verbosity(logging.WARNING)
-  for flag in (_INPUT, _VOCAB_SIZE, _OUTPUT):
+  for flag in (_VOCAB_SIZE, _OUTPUT):
     if flag.value is None:
       print(f'error: --{flag.name} is required (see --help)', file=sys.stderr)
       return 2
-  files = sorted({f for pattern in _INPUT.value.split(',') if pattern
-                  for f in glob.glob(os.path.expanduser(pattern), recursive=True)
-                  if os.path.isfile(f)})
-  if not files:
-    print(f'error: --input={_INPUT.value!r} matches no file', file=sys.stderr)
+  if (_INPUT.value is None) == (_CORPUS.value is None):
+    print('error: pass exactly one of --input and --corpus', file=sys.stderr)
     return 2
+  with tempfile.TemporaryDirectory() as tmp:
+    if _CORPUS.value:
+      try:
+        files = [_write_corpus_text(_CORPUS.value, _SPLIT.value, _MODULE_IMPORT.value, tmp)]
+      except (ValueError, ImportError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    else:
+      files = sorted({f for pattern in _INPUT.value.split(',') if pattern
+                      for f in glob.glob(os.path.expanduser(pattern), recursive=True)
+                      if os.path.isfile(f)})
+      if not files:
+        print(f'error: --input={_INPUT.value!r} matches no file', file=sys.stderr)
+        return 2
+    return _train(files)
+
+
+def _write_corpus_text(corpus: str, split: str, modules, tmp: str) -> str:
+  """Valid documents of a registered corpus as one text file (newlines inside kept)."""
+  from tasks import module_import  # pylint: disable=g-import-not-at-top
+  with module_import.quiet_native_stderr():
+    from tasks import pretraining  # pylint: disable=g-import-not-at-top
+    module_import.import_modules(modules)
+  if corpus not in pretraining.CORPORA:
+    raise ValueError(f'--corpus={corpus!r} is not registered; registered corpora: '
+                     f'{sorted(pretraining.CORPORA)} (see --module_import)')
+  spec = pretraining.CORPORA[corpus]
+  path = os.path.join(tmp, f'{corpus}-{split}.txt')
+  count = 0
+  with open(path, 'w', encoding='utf-8') as f:
+    for doc in spec.iter_documents(split):
+      f.write(doc.rstrip('\n') + '\n')
+      count += 1
+  print(f'Corpus {corpus!r} split {split!r}: {count} documents', flush=True)
+  return path
+
+
+def _train(files):
   total = sum(os.path.getsize(f) for f in files)
   print(f'Training a {_VOCAB_SIZE.value}-piece SentencePiece model on {len(files)} file(s), '
         f'{total / 1e6:.1f} MB ...', flush=True)
+  from tasks import module_import  # pylint: disable=g-import-not-at-top
+  with module_import.quiet_native_stderr():
+    from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   try:
     model, vocab_file = vocab_lib.train_vocabulary(
         input_files=files, vocab_size=_VOCAB_SIZE.value, output_prefix=_OUTPUT.value,

@@ -19,9 +19,13 @@ import os as _os
 _os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from tasks import builtin
-from tasks import downstream
-from tasks import pretraining
+from tasks import module_import
+
+# The first TensorFlow import writes C++ start-up lines to stderr; keep them out of tool output.
+with module_import.quiet_native_stderr():
+  from tasks import builtin
+  from tasks import downstream
+  from tasks import pretraining
 
 pretraining.register_corpus_tasks(corpus=builtin.pydoc_corpus())
 downstream.register_glue_tasks()

@@ -5,6 +5,7 @@
 
 The current directory is put on `sys.path` first, so a `my_tasks.py` beside you is found.
 """
+import contextlib
 import importlib
 import os
 import sys
@@ -42,3 +43,24 @@ def import_modules(names: Iterable[str]) -> List[str]:
             f'--module_import={name}: importing it raised {type(e).__name__}: {e}') from e
       done.append(name)
   return done
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+  """Sends file descriptor 2 to /dev/null for the block.
+
+  TF/XLA/SentencePiece C++ code writes start-up lines (CUDA probes, absl pre-init warnings,
+  `normalizer.cc` notices) straight to fd 2, past Python logging. Entry points wrap imports and
+  dataset construction in this; Python exceptions still reach the user (printed after the block).
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.close(devnull)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)

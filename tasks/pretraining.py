@@ -16,7 +16,7 @@ Every task's preprocessors are, in order:
   `CacheDatasetPlaceholder`: the Beam cache job runs the whole list itself.
 """
 import functools
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Sequence, Tuple, Union
 
 import seqio
 
@@ -30,6 +30,8 @@ DEFAULT_MIXTURES: Mapping[str, Mapping[str, float]] = {
 }
 
 VocabLike = Union[None, str, seqio.Vocabulary]
+# Corpora registered by `register_corpus_tasks`, by name (e.g. for `pipelines.train_vocab --corpus`).
+CORPORA: Dict[str, sources.CorpusSpec] = {}
 
 
 def as_vocabulary(vocabulary: VocabLike) -> seqio.Vocabulary:
@@ -100,6 +102,7 @@ def register_corpus_tasks(
   objectives.validate_mixture(ul2_denoisers)
   vocabulary = as_vocabulary(vocabulary)
   source = corpus.data_source()
+  CORPORA[corpus.name] = corpus
   names = []
   for objective in objectives_to_register:
     name = f'{corpus.name}_{objective}'

@@ -287,13 +287,14 @@ def train_vocabulary(*, input_files: Sequence[str], vocab_size: int, output_pref
       max_sentence_length=max_sentence_length, input_sentence_size=input_sentence_size,
       shuffle_input_sentence=input_sentence_size > 0, num_threads=1,
       minloglevel=2)
-  # The trainer records the output prefix in the model; clear it so the bytes do not depend on where
-  # the model was written.
+  # The trainer records the input and output paths in the model; clear them so the bytes depend only
+  # on the text and the options, not on where files were read from or written to.
   from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
   model_path = output_prefix + '.model'
   with open(model_path, 'rb') as f:
     proto = sentencepiece_model_pb2.ModelProto.FromString(f.read())
   proto.trainer_spec.ClearField('model_prefix')
+  proto.trainer_spec.ClearField('input')
   with open(model_path, 'wb') as f:
     f.write(proto.SerializeToString(deterministic=True))
   return model_path, output_prefix + '.vocab'

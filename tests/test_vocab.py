@@ -149,3 +149,18 @@ def test_train_vocabulary_rejects_too_small_vocab(corpus_file, tmp_path):
   with pytest.raises(ValueError, match="vocab_size=300 is too small"):
     vocab_lib.train_vocabulary(input_files=[corpus_file], vocab_size=300,
                                output_prefix=str(tmp_path / "x"))
+
+
+def test_train_vocab_cli_from_a_registered_corpus(tmp_path, repo_root):
+  """--corpus reads any registered corpus (here the built-in pydoc one) through CorpusSpec."""
+  out = tmp_path / "pydoc_spm"
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GEMMA_ADAPT_DATA": str(tmp_path / "data")}
+  proc = subprocess.run(
+      [sys.executable, "-m", "pipelines.train_vocab", "--corpus=pydoc", "--vocab_size=700",
+       f"--output={out}"], cwd=repo_root, capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr.strip() == ""  # No TF/absl start-up noise.
+  assert "Corpus 'pydoc' split 'train': " in proc.stdout
+  special = vocab_lib.special_tokens(f"{out}.model")
+  assert special.mode_ids == {"[NLU]": 4, "[NLG]": 5, "[S2S]": 6}
+  assert vocab_lib.get_vocabulary(f"{out}.model").encode("def") != []
