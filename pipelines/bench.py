@@ -174,8 +174,7 @@ def main(argv=None) -> int:
   ours_wall, ours_log = _run(
       [sys.executable, "-m", "pipelines.cache_tasks", "--module_import=pipelines.bench",
        f"--tasks=bench_{args.objective}", f"--output_cache_dir={ours_dir}",
-       f"--feature_lengths={lengths_flag}", f"--min_input_ranges={args.num_files}",
-       f"--min_shards={args.num_files}", f"--direct_num_workers={n}", "--overwrite",
+       f"--feature_lengths={lengths_flag}", f"--min_shards={args.num_files}", f"--direct_num_workers={n}", "--overwrite",
        "--progress_interval_s=30"], env, "cache_tasks")
   print(ours_log.rstrip())
   cached = cache_plan.cached_task_name(f"bench_{args.objective}", lengths)

@@ -442,7 +442,7 @@ def main(argv: Sequence[str]) -> int:
   flags.DEFINE_integer("min_shards", 16, "Minimum number of output shards per split.")
   flags.DEFINE_integer("max_shards", 0, "Maximum number of output shards per split (0: none).")
   flags.DEFINE_integer("input_range_bytes", 8 << 20, "Largest input range (bytes).")
-  flags.DEFINE_integer("min_input_ranges", 16, "Split each task split into at least this many "
+  flags.DEFINE_integer("min_input_ranges", 4, "Split each task split into at least this many "
                        "input ranges (ranges are never below --min_range_bytes).")
   flags.DEFINE_integer("min_range_bytes", 64 << 10, "Smallest input range (bytes).")
   flags.DEFINE_integer("max_document_chars", None, "Override the corpora's document length limit.")
