@@ -6,7 +6,7 @@ import sys
 import pytest
 import seqio
 
-import tasks  # Registers the built-in tasks (reads no file).
+import tasks  # noqa: F401  pylint: disable=unused-import  (registers the built-in tasks; reads no file)
 from pipelines import inspect_task
 from tasks import builtin
 from tasks import downstream
