@@ -107,7 +107,7 @@ def main(argv=None) -> int:
   args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
   try:
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns through absl
   except ImportError:
     pass
   try:
