@@ -172,9 +172,17 @@ def dataset_fn(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter
   """The trainer's data interface: `fn(start_batch=0)` -> iterator of numpy batches."""
 
   def make(start_batch: int = 0) -> Iterator[Mapping[str, np.ndarray]]:
-    ds = get_tf_dataset(cfg, feature_converter)
-    if start_batch:
-      ds = ds.skip(start_batch)
-    return ds.prefetch(2).as_numpy_iterator()
+    # Building the pipeline and reading its first batch load the vocabularies, whose native code
+    # logs to stderr (e.g. SentencePiece's normalizer notes): keep those out of the progress output.
+    with quiet_native_stderr():
+      ds = get_tf_dataset(cfg, feature_converter)
+      if start_batch:
+        ds = ds.skip(start_batch)
+      iterator = ds.prefetch(2).as_numpy_iterator()
+      first = next(iterator, None)
+    if first is None:
+      return
+    yield first
+    yield from iterator
 
   return make
