@@ -163,6 +163,18 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
   return stages
 
 
+def shell_quote(arg: str) -> str:
+  """Quotes for a POSIX shell the way a person writes gin flags: --gin.X="'v'"."""
+  if "'" in arg and not any(c in arg for c in '"$`\\!'):
+    return f'"{arg}"'
+  return shlex.quote(arg)
+
+
+def shell_command(argv: Sequence[str]) -> str:
+  """The stage's command as a user would type it (`python -m ...`)."""
+  return ' '.join(['python'] + [shell_quote(a) for a in argv[1:]])
+
+
 def _done_path(work: str, stage: Stage) -> str:
   return os.path.join(work, 'stages', f'{stage.name}.done')
 
@@ -181,8 +193,7 @@ def run_stage(*, work: str, stage: Stage, env: Dict[str, str], index: int, total
   if _is_done(work, stage):
     print(f'{header}: done before, reused (delete {_done_path(work, stage)} to redo)', flush=True)
     return 0.0
-  shown = ' '.join(['python'] + [shlex.quote(a) for a in stage.argv[1:]])
-  print(f'{header}\n    $ {shown}', flush=True)
+  print(f'{header}\n    $ {shell_command(stage.argv)}', flush=True)
   os.makedirs(os.path.join(work, 'logs'), exist_ok=True)
   log_path = os.path.join(work, 'logs', f'{stage.name}.log')
   start = time.time()
