@@ -42,11 +42,12 @@ def _tokens():
   return jnp.asarray(np.random.default_rng(3).integers(1, 89, size=(2, 9)), jnp.int32)
 
 
-def _stack_logits(config, params, tokens, mask):
+def _stack_logits(config, params, tokens, mask, *, hidden_only=False):
   """Runs the shared block stack (what Encoder and Decoder are built from) with a given mask."""
   stack = transformer._Stack(config)  # pylint: disable=protected-access
   def fn(module):
-    return module.logits(module.hidden(tokens, None, mask, None, None, True))
+    hidden = module.hidden(tokens, None, mask, None, None, True)
+    return hidden if hidden_only else module.logits(hidden)
   return np.asarray(stack.apply({'params': params}, method=fn))
 
 
@@ -59,6 +60,11 @@ def test_balanced_encoder_with_causal_mask_reproduces_the_source():
   causal = AttentionMask(q_segment_ids=None, kv_segment_ids=None, causal=True)
   enc_causal = _stack_logits(config.encoder, params['encoder'], tokens, causal)
   np.testing.assert_allclose(enc_causal, source_logits, atol=1e-5, rtol=0)
+  # Hidden states too: the source Decoder's own stack vs the adapted encoder's, both causal.
+  source_hidden = np.asarray(transformer.Decoder(DEC).apply(
+      {'params': src}, method=lambda m: m.hidden(tokens, None, causal, None, None, True)))
+  np.testing.assert_allclose(_stack_logits(config.encoder, params['encoder'], tokens, causal, hidden_only=True),
+                             source_hidden, atol=1e-5, rtol=0)
   # The adapted encoder is bidirectional: run as an Encoder it sees the future, so it differs.
   bidi = AttentionMask(q_segment_ids=None, kv_segment_ids=None, causal=False)
   assert np.abs(_stack_logits(config.encoder, params['encoder'], tokens, bidi) - source_logits).max() > 1e-2
