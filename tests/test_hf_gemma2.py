@@ -200,7 +200,8 @@ def test_encoder_decoder_module_computes_what_t5gemma_computes():
   decoder 48) with encoder padding and sliding window 3 < lengths (T5Gemma's bidirectional window is
   inclusive: |i - j| <= 3). Layers map with the Gemma 2 per-layer map (T5Gemma norm names)."""
   from transformers.models import t5gemma  # pylint: disable=g-import-not-at-top
-  from trainer.config import EncoderDecoderConfig, TransformerConfig  # pylint: disable=g-import-not-at-top
+  from trainer.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
+  from trainer.config import TransformerConfig  # pylint: disable=g-import-not-at-top
   from trainer.transformer import EncoderDecoder  # pylint: disable=g-import-not-at-top
   common = dict(vocab_size=160, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                 query_pre_attn_scalar=20, sliding_window=3, attn_logit_softcapping=3.0,

@@ -1,5 +1,6 @@
 """Model assemblies: parameter tree contract, masks seen through outputs, dtypes, remat, dropout."""
 import dataclasses
+import functools
 import os
 
 import flax.linen as nn
@@ -33,11 +34,18 @@ def _params(module, *args, seed=0, **kwargs):
       lambda s: jnp.asarray(rs.normal(scale=0.2, size=s.shape), s.dtype), shapes)
 
 
-def _run(module, params, *args, method=None, deterministic=True, rngs=None, **kwargs):
-  """`module.apply` under jit (one compile instead of one per op: much faster on a busy CPU)."""
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(module_type, config, method, deterministic):
+  module = module_type(config)
   return jax.jit(lambda p, a, kw, r: module.apply({'params': p}, *a, method=method, rngs=r,
-                                                  deterministic=deterministic, **kw))(
-                                                      params, args, kwargs, rngs)
+                                                  deterministic=deterministic, **kw))
+
+
+def _run(module, params, *args, method=None, deterministic=True, rngs=None, **kwargs):
+  """`module.apply` under jit, compiled once per (module, config, method, shapes): much faster
+  than op-by-op dispatch on a busy CPU."""
+  fn = _jitted_apply(type(module), module.config, method, deterministic)
+  return fn(params, args, kwargs, rngs)
 
 
 def _shapes(tree):
@@ -45,14 +53,15 @@ def _shapes(tree):
 
 
 def test_decoder_param_tree_matches_design_contract():
-  variables = jax.jit(Decoder(CFG).init)(jax.random.PRNGKey(0), _tokens())
+  variables = _abstract(Decoder(CFG), _tokens())
   shapes = _shapes(variables['params'])
   assert sorted(shapes) == ['embedder', 'final_norm', 'layer_0', 'layer_1']
   assert shapes['embedder'] == {'embedding': (128, 32)}
   assert shapes['final_norm'] == {'scale': (32,)}
   layer = shapes['layer_0']
-  assert layer['self_attn'] == {'q_proj': {'kernel': (32, 4, 16)}, 'k_proj': {'kernel': (32, 2, 16)},
-                                'v_proj': {'kernel': (32, 2, 16)}, 'o_proj': {'kernel': (4, 16, 32)}}
+  assert layer['self_attn'] == {
+      'q_proj': {'kernel': (32, 4, 16)}, 'k_proj': {'kernel': (32, 2, 16)},
+      'v_proj': {'kernel': (32, 2, 16)}, 'o_proj': {'kernel': (4, 16, 32)}}
   assert layer['mlp'] == {'gate_proj': {'kernel': (32, 64)}, 'up_proj': {'kernel': (32, 64)},
                           'down_proj': {'kernel': (64, 32)}}
   for norm in ('pre_attention_norm', 'post_attention_norm', 'pre_feedforward_norm',
@@ -66,8 +75,21 @@ def test_decoder_param_tree_matches_design_contract():
   assert tuple(specs['layer_0']['self_attn']['o_proj']['kernel']) == ('heads', 'head_dim', 'embed')
   assert tuple(specs['layer_1']['mlp']['down_proj']['kernel']) == ('mlp', 'embed')
   assert tuple(specs['final_norm']['scale']) == ('embed',)
-  # RMSNorm scale starts at 0 (applied as 1 + w).
-  assert not np.any(nn.unbox(variables['params'])['final_norm']['scale'])
+
+
+def test_initial_values():
+  # RMSNorm scale starts at 0 (applied as 1 + w); embedding stddev D**-0.5; projections
+  # lecun-normal over their real fan-in (D for q_proj, H * Dh for o_proj).
+  from trainer import layers  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((1, 2, 512))
+  norm = layers.RMSNorm().init(jax.random.PRNGKey(0), x)
+  assert not np.any(nn.unbox(norm)['params']['scale'])
+  emb = layers.Embedder(vocab_size=1000, embed_dim=64).init(
+      jax.random.PRNGKey(0), jnp.ones((1, 1), jnp.int32), method=layers.Embedder.encode)
+  assert abs(float(jnp.std(nn.unbox(emb)['params']['embedding'])) - 64**-0.5) < 0.01
+  o_proj = layers.Projection(features=(64,), axes=('heads', 'head_dim', 'embed'),
+                             num_input_axes=2).init(jax.random.PRNGKey(0), jnp.ones((1, 8, 32)))
+  assert abs(float(jnp.std(nn.unbox(o_proj)['params']['kernel'])) - 256**-0.5) < 0.01
 
 
 def test_encoder_decoder_param_tree_unbalanced_widths():
@@ -116,16 +138,18 @@ def test_encoder_is_bidirectional():
 
 def test_remat_gives_same_gradients():
   tokens = _tokens()
-  params = _params(Decoder(CFG), tokens)
+  cfg = dataclasses.replace(CFG, num_layers=1, dropout_rate=0.2)
+  params = _params(Decoder(cfg), tokens)
+  rngs = {'dropout': jax.random.PRNGKey(3)}
 
   def loss(params, config):
-    return jnp.mean(Decoder(config).apply({'params': params}, tokens) ** 2)
+    logits = Decoder(config).apply({'params': params}, tokens, deterministic=False, rngs=rngs)
+    return jnp.mean(logits ** 2)
 
-  grad = jax.jit(jax.grad(loss), static_argnums=1)
-  base = grad(params, CFG)
-  for remat in ('full', 'dots'):
-    other = grad(params, dataclasses.replace(CFG, remat=remat))
-    for a, b in zip(jax.tree_util.tree_leaves(base), jax.tree_util.tree_leaves(other)):
+  configs = [dataclasses.replace(cfg, remat=remat) for remat in ('none', 'full', 'dots')]
+  grads = jax.jit(lambda p: [jax.grad(loss)(p, c) for c in configs])(params)
+  for other in grads[1:]:
+    for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(other)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -335,23 +359,30 @@ def test_packed_encoder_decoder_matches_separate_runs():
   da, db = np.asarray(_tokens(1, 4, seed=14)[0]), np.asarray(_tokens(1, 3, seed=15)[0])
   enc, enc_seg, enc_pos = _pack(ea, eb, length=14)
   dec, dec_seg, dec_pos = _pack(da, db, length=9)
-  # Row 0 packed; rows 1, 2 alone and right-padded, with the defaults: encoder padding from
-  # tokens != 0, decoder positions 0.. and no decoder segment ids (causal: padding is never seen).
+  # Row 0 packed; rows 1, 2 alone and right-padded (segment ids 1 on real tokens, 0 on padding).
   enc_b, dec_b = _rows(enc[0], ea, eb, length=14), _rows(dec[0], da, db, length=9)
+  enc_seg_b = _rows(enc_seg[0], np.ones(5), np.ones(7), length=14)
+  enc_pos_b = _rows(enc_pos[0], np.arange(5), np.arange(7), length=14)
+  dec_seg_b = _rows(dec_seg[0], np.ones(4), np.ones(3), length=9)
+  dec_pos_b = _rows(dec_pos[0], np.arange(4), np.arange(3), length=9)
   params = _params(model, enc_b, dec_b, seed=5)
-  packed = _run(model, params, enc_b[:1], dec_b[:1], encoder_segment_ids=enc_seg,
-                encoder_positions=enc_pos, decoder_segment_ids=dec_seg, decoder_positions=dec_pos)
-  alone = _run(model, params, enc_b[1:], dec_b[1:])
-  np.testing.assert_allclose(packed[0, :4], alone[0, :4], atol=1e-5)
-  np.testing.assert_allclose(packed[0, 4:7], alone[1, :3], atol=1e-5)
+  kwargs = dict(encoder_segment_ids=enc_seg_b, encoder_positions=enc_pos_b,
+                decoder_segment_ids=dec_seg_b, decoder_positions=dec_pos_b)
+  logits = _run(model, params, enc_b, dec_b, **kwargs)
+  np.testing.assert_allclose(logits[0, :4], logits[1, :4], atol=1e-5)
+  np.testing.assert_allclose(logits[0, 4:7], logits[2, :3], atol=1e-5)
+
   # encode/decode compose to __call__.
-  encoded = _run(model, params, enc_b[:1], encoder_segment_ids=enc_seg, encoder_positions=enc_pos,
-                 method=EncoderDecoder.encode)
-  assert encoded.shape == (1, 14, 48)
-  decoded = _run(model, params, encoded, dec_b[:1], encoder_segment_ids=enc_seg,
-                 decoder_segment_ids=dec_seg, decoder_positions=dec_pos,
-                 method=EncoderDecoder.decode)
-  np.testing.assert_allclose(decoded, packed, atol=1e-6)
+  def encode_decode(variables):
+    encoded = model.apply(variables, enc_b, encoder_segment_ids=enc_seg_b,
+                          encoder_positions=enc_pos_b, method=EncoderDecoder.encode)
+    return encoded, model.apply(variables, encoded, dec_b, encoder_segment_ids=enc_seg_b,
+                                decoder_segment_ids=dec_seg_b, decoder_positions=dec_pos_b,
+                                method=EncoderDecoder.decode)
+
+  encoded, decoded = jax.jit(encode_decode)({'params': params})
+  assert encoded.shape == (3, 14, 48)
+  np.testing.assert_allclose(decoded, logits, atol=1e-6)
 
 
 _SHARDED_SCRIPT = r'''

@@ -117,7 +117,8 @@ class TransformerConfig:
     _check_optional_positive_number('rope_theta', self.rope_theta)
     _check_optional_positive_number('rms_norm_eps', self.rms_norm_eps)
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}')
+      raise ValueError(
+          f'TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}')
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f'TransformerConfig.{name} must be one of {DTYPES}, got '

@@ -87,7 +87,8 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> TransformerConfig:
   activation = hf.get('hidden_activation') or hf.get('hidden_act') or 'gelu_pytorch_tanh'
   if activation != 'gelu_pytorch_tanh':
     raise HFConfigError(
-        f"config.json: hidden_activation={activation!r} is not supported (only 'gelu_pytorch_tanh')")
+        f'config.json: hidden_activation={activation!r} is not supported '
+        "(only 'gelu_pytorch_tanh')")
   if hf.get('attention_bias'):
     raise HFConfigError('config.json: attention_bias=true is not supported')
   if hf.get('tie_word_embeddings') is False:
@@ -319,8 +320,7 @@ def layer_to_hf(layer: Mapping[str, Any], prefix: str, *, self_attn: str = 'self
 
 
 def _unbox(tree):
-  """Strip flax partitioning boxes (params straight from `model.init`) without importing flax here
-  unless needed."""
+  """Strips flax partitioning boxes (params straight from `model.init`)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return nn.unbox(tree)
 

@@ -31,8 +31,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
-                       (x.shape[-1],), self.param_dtype)
+    init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',))
+    scale = self.param('scale', init, (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
     return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
@@ -60,7 +60,8 @@ class Embedder(nn.Module):
     return x * jnp.asarray(np.sqrt(self.embed_dim), self.dtype)
 
   def attend(self, x: jax.Array) -> jax.Array:
-    """Hidden `[B, L, D]` -> fp32 logits `[B, L, V]` (inputs in the compute dtype, fp32 accumulate)."""
+    """Hidden `[B, L, D]` -> fp32 logits `[B, L, V]` (inputs in the compute dtype, accumulated in
+    fp32; HF computes these in the model dtype)."""
     return jnp.einsum('bld,vd->blv', x.astype(self.dtype), self.embedding.astype(self.dtype),
                       preferred_element_type=jnp.float32)
 
@@ -88,7 +89,8 @@ class Projection(nn.Module):
     kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
                         tuple(x.shape[-n_in:]) + tuple(self.features), self.param_dtype)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                               (contract, ((), ())))
 
 
 class MLP(nn.Module):
@@ -112,8 +114,11 @@ class MLP(nn.Module):
 
 
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple:
-  """cos, sin `[B, L, head_dim]` for integer positions `[B, L]` (HF default RoPE: frequencies
-  `theta ** (-2i / head_dim)`, duplicated across the two halves; computed in fp32, cast to dtype)."""
+  """cos, sin `[B, L, head_dim]` for integer positions `[B, L]`.
+
+  HF default RoPE: frequencies `theta ** (-2i / head_dim)`, duplicated across the two halves;
+  computed in fp32, cast to dtype.
+  """
   inv_freq = 1.0 / (theta**(np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
   emb = jnp.concatenate([freqs, freqs], axis=-1)

@@ -1,7 +1,7 @@
 """Gemma 2 assemblies: `Decoder` (decoder-only / PrefixLM), `Encoder`, `EncoderDecoder` (T5Gemma).
 
-All three are built from one `Block` (pre/post-norm attention, optional pre/post-norm cross-attention,
-pre/post-norm GeGLU MLP) and compute what HF `Gemma2ForCausalLM` / `T5GemmaEncoder` /
+All three are built from one `Block` (pre/post-norm attention, optional pre/post-norm
+cross-attention, pre/post-norm GeGLU MLP) and compute what HF `Gemma2ForCausalLM` / `T5GemmaEncoder` /
 `T5GemmaForConditionalGeneration` compute. Contracts (call signatures, parameter names, logical axis
 names) are in docs/DESIGN.md ("Model").
 
@@ -32,7 +32,7 @@ _REMAT_POLICIES = {
 
 
 class Block(nn.Module):
-  """One Gemma 2 layer. With `cross_attention`, a T5Gemma decoder layer (self-attn, cross-attn, MLP).
+  """One Gemma 2 layer; with `cross_attention`, a T5Gemma decoder layer (self, cross, MLP).
 
   Each sub-layer: `x + dropout(post_norm(sublayer(pre_norm(x))))`.
   """
@@ -107,7 +107,8 @@ class _Stack(nn.Module):
     x = self.dropout(x, deterministic=deterministic)
     rope = layers.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.compute_dtype)
     for i in range(cfg.num_layers):
-      x = getattr(self, f'layer_{i}')(x, rope, self_mask.with_window(cfg.layer_window(i)), encoded, cross_mask,
+      block = getattr(self, f'layer_{i}')
+      x = block(x, rope, self_mask.with_window(cfg.layer_window(i)), encoded, cross_mask,
                 deterministic)
     x = self.final_norm(x)
     return self.dropout(x, deterministic=deterministic)
