@@ -134,7 +134,7 @@ def _run_cli(*args):
                         env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
 
 
-def test_command_line_from_hf_and_orbax_sources(tmp_path):
+def test_command_line_from_hf_and_orbax_sources(tmp_path, capsys):
   dec_src, enc_src = _decoder_params(DEC, seed=0), _decoder_params(ENC, seed=1)
   hf_dec, hf_enc = str(tmp_path / 'hf_dec'), str(tmp_path / 'hf_enc')
   hf_gemma2.export_decoder(dec_src, DEC, hf_dec)
@@ -155,20 +155,26 @@ def test_command_line_from_hf_and_orbax_sources(tmp_path):
   _, expected = adapt.adapt_params(DEC, dec_src, encoder_config=ENC, encoder_params=enc_src, seed=7)
   for k, v in _flat(expected).items():
     np.testing.assert_array_equal(_flat(restored)[k], v, err_msg=k)
+  # The rest in-process (the same main() as the command line, without a new interpreter each time).
+  def run(*args):
+    code = adapt.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
   # Refuses to overwrite; bad sources are one-line errors.
-  proc = _run_cli(f'--decoder_only={hf_dec}', f'--output={out}')
-  assert proc.returncode == 2 and 'already holds an adapted checkpoint' in proc.stderr
-  proc = _run_cli(f'--decoder_only={tmp_path / "missing"}', f'--output={tmp_path / "x"}')
-  assert proc.returncode == 2 and 'no such directory' in proc.stderr and 'Traceback' not in proc.stderr
+  code, _, err = run(f'--decoder_only={hf_dec}', f'--output={out}')
+  assert code == 2 and 'already holds an adapted checkpoint' in err
+  code, _, err = run(f'--decoder_only={tmp_path / "missing"}', f'--output={tmp_path / "x"}')
+  assert code == 2 and 'no such directory' in err
   # Balanced from a trainer orbax checkpoint (params-only dir + model_config.json beside it).
   orbax_src = tmp_path / 'orbax_dec'
   checkpoints.save_params(str(orbax_src / 'params'), dec_src)
-  proc = _run_cli(f'--decoder_only={orbax_src}', f'--output={tmp_path / "no_config"}')
-  assert proc.returncode == 2 and '--decoder_only_config' in proc.stderr
+  code, _, err = run(f'--decoder_only={orbax_src}', f'--output={tmp_path / "no_config"}')
+  assert code == 2 and '--decoder_only_config' in err
   (orbax_src / 'model_config.json').write_text(json.dumps(adapt.config_to_dict(DEC)))
-  proc = _run_cli(f'--decoder_only={orbax_src}', f'--output={tmp_path / "balanced"}')
-  assert proc.returncode == 0, proc.stderr
-  assert 'cross-attention from self_attn' in proc.stdout
+  code, out_text, err = run(f'--decoder_only={orbax_src}', f'--output={tmp_path / "balanced"}')
+  assert code == 0, err
+  assert 'cross-attention from self_attn' in out_text
   balanced = adapt.load_encoder_decoder_config(str(tmp_path / 'balanced'))
   assert balanced == EncoderDecoderConfig(encoder=DEC, decoder=DEC)
   # An orbax source whose config is a gin model file (in-process: the same main() as the command).
@@ -177,8 +183,9 @@ def test_command_line_from_hf_and_orbax_sources(tmp_path):
   assert adapt.main([f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
                      '--gin.VOCAB_SIZE=89', f'--output={tmp_path / "from_gin"}']) == 0
   assert adapt.load_encoder_decoder_config(str(tmp_path / 'from_gin')).decoder == TINY
-  assert adapt.main([f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
-                     '--gin.VOCAB_SIZE=90', f'--output={tmp_path / "bad_vocab"}']) == 2
+  code, _, err = run(f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
+                     '--gin.VOCAB_SIZE=90', f'--output={tmp_path / "bad_vocab"}')
+  assert code == 2 and 'parameter embedder/embedding has shape (89, 64), its config implies (90, 64)' in err, err
 
 
 def test_cross_attention_warmup_through_the_trainer(tmp_path):
