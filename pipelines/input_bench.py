@@ -1,0 +1,211 @@
+r"""Input-pipeline benchmark: read a materialised Beam cache through the trainer's data path.
+
+Reads a cached task (written by `pipelines.cache_tasks`) with `trainer.data.dataset_fn` and the
+model's own feature converter (packing on), exactly as training does, and prints examples/s
+(packed rows) and tokens/s. It compares that with what the trainer consumes at a target MFU:
+
+  tokens/s needed = MFU x peak FLOP/s / (training FLOPs per token)
+
+with FLOPs per token from the model wrapper (`trainer/flops.py`: `training_flops_per_example /
+tokens_per_example`, tokens = encoder + decoder positions), and says whether the reader has the
+wanted headroom (default 10x).
+
+  # an existing cache (any task the cache job wrote; name the source task or the cached one):
+  python -m pipelines.input_bench --gin_file=gin/models/t5gemma_2b_2b.gin \
+      --cache_dir=/data/cache --task=wiki_prefix_lm --module_import=my_tasks \
+      --feature_lengths=inputs:2048,targets:2048 --batch_size=8 --batches=40
+  # or build a small PrefixLM cache from a text file first (trains a small vocabulary):
+  python -m pipelines.input_bench --gin_file=gin/models/t5gemma_2b_2b.gin \
+      --text_file=../shared/data/wikitext-2/valid.txt --work_dir=/tmp/input_bench
+
+Output (one line per phase, then a summary):
+  input_bench: read 320 rows in 4.1 s | 78.0 examples/s | 319,488 tokens/s (real 301,002)
+  input_bench: trainer at 55% MFU of 989 TFLOP/s needs 35,612 tokens/s -> reader 8.97x (want 10x)
+"""
+import os
+import sys
+import textwrap
+import time
+from typing import Mapping, Optional
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from trainer import gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
+
+_TASK_MODULE = textwrap.dedent('''
+    """Written by pipelines.input_bench: the PrefixLM task over {text_file!r}."""
+    from tasks import pretraining, sources
+    CORPUS = sources.CorpusSpec(name='input_bench', format='text', text_mode='paragraph',
+                                splits={{'train': {text_file!r}}})
+    pretraining.register_corpus_tasks(CORPUS, {vocab!r}, objectives_to_register=('prefix_lm',),
+                                      mixtures={{}})
+''')
+TASK_MODULE_NAME = 'input_bench_tasks'
+TASK_NAME = 'input_bench_prefix_lm'
+
+
+def parse_lengths(text: str) -> dict:
+  """'inputs:2048,targets:2048' -> {'inputs': 2048, 'targets': 2048}."""
+  out = {}
+  for item in str(text).split(','):
+    name, _, value = item.partition(':')
+    if not name or not value.isdigit() or int(value) <= 0:
+      raise ValueError(f'--feature_lengths: expected NAME:LENGTH,..., got {text!r}')
+    out[name.strip()] = int(value)
+  return out
+
+
+def build_cache(*, text_file: str, work_dir: str, feature_lengths: Mapping[str, int],
+                vocab_size: int = 2000, log=print) -> str:
+  """Trains a small vocabulary on `text_file`, registers a PrefixLM task over it and runs the
+  Beam cache job (in-process runner) into `work_dir/cache`. Returns the cache dir.
+
+  The task module is written to `work_dir` (put on sys.path) so the job's `module_import` finds it.
+  """
+  from pipelines import cache_plan, cache_tasks  # pylint: disable=g-import-not-at-top
+  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(text_file):
+    raise ValueError(f'--text_file: {text_file!r} is not a file')
+  os.makedirs(work_dir, exist_ok=True)
+  vocab_path = os.path.join(work_dir, 'spm.model')
+  if not os.path.exists(vocab_path):
+    t0 = time.perf_counter()
+    vocab_lib.train_vocabulary(input_files=[text_file], vocab_size=vocab_size,
+                               output_prefix=os.path.join(work_dir, 'spm'), num_sentinels=8)
+    log(f'input_bench: trained a {vocab_size}-piece vocabulary in {time.perf_counter() - t0:.1f} s')
+  with open(os.path.join(work_dir, TASK_MODULE_NAME + '.py'), 'w') as f:
+    f.write(_TASK_MODULE.format(text_file=os.path.abspath(text_file), vocab=vocab_path))
+  if work_dir not in sys.path:
+    sys.path.insert(0, work_dir)
+  __import__(TASK_MODULE_NAME)
+  cache_dir = os.path.join(work_dir, 'cache')
+  config = cache_plan.CacheJobConfig(
+      tasks=(TASK_NAME,), output_cache_dir=cache_dir,
+      feature_lengths=tuple(sorted(feature_lengths.items())),
+      module_import=(TASK_MODULE_NAME,), min_shards=4)
+  t0 = time.perf_counter()
+  cache_tasks.run_cache_job(config, runner='local', num_workers=1, running_mode='in_memory',
+                            progress_interval_s=60, log=lambda _: None)
+  log(f'input_bench: cache job wrote {cache_dir} in {time.perf_counter() - t0:.1f} s')
+  return cache_dir
+
+
+def required_tokens_per_s(model, feature_lengths: Mapping[str, int], *, mfu: float,
+                          peak_flops: float) -> dict:
+  """Tokens/s (and rows/s) the trainer consumes at `mfu` of `peak_flops` (one device)."""
+  fc = model.feature_converter(pack=True)
+  shapes = {k: (1, v) for k, v in fc.get_model_feature_lengths(dict(feature_lengths)).items()}
+  flops_example = model.training_flops_per_example(shapes)
+  tokens_example = model.tokens_per_example(shapes)
+  rows_per_s = mfu * peak_flops / flops_example
+  return {'flops_per_token': flops_example / tokens_example, 'tokens_per_example': tokens_example,
+          'rows_per_s': rows_per_s, 'tokens_per_s': rows_per_s * tokens_example}
+
+
+def read_throughput(dataset_cfg, feature_converter, *, batches: int, warmup_batches: int = 2
+                    ) -> dict:
+  """Reads `warmup_batches + batches` batches with `trainer.data.dataset_fn`; times the last
+  `batches`. Tokens: all positions of the model features (what a step consumes) and the real
+  (non-padding) ones."""
+  from trainer import data  # pylint: disable=g-import-not-at-top  (imports TF)
+  if batches <= 0 or warmup_batches < 0:
+    raise ValueError(f'batches must be > 0 and warmup_batches >= 0, got {batches}, '
+                     f'{warmup_batches}')
+  iterator = data.dataset_fn(dataset_cfg, feature_converter)()
+  t_start = time.perf_counter()
+  for _ in range(warmup_batches):
+    next(iterator)
+  first_s = time.perf_counter() - t_start
+  rows = slots = real = 0
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    batch = next(iterator)
+    token_keys = [k for k in ('encoder_input_tokens', 'decoder_target_tokens') if k in batch]
+    rows += batch[token_keys[0]].shape[0]
+    slots += sum(batch[k].size for k in token_keys)
+    real += sum(int((batch[k] != 0).sum()) for k in token_keys)
+  elapsed = time.perf_counter() - t0
+  return {'rows': rows, 'seconds': elapsed, 'startup_s': first_s,
+          'examples_per_s': rows / elapsed, 'tokens_per_s': slots / elapsed,
+          'real_tokens_per_s': real / elapsed}
+
+
+def configured_model(model):
+  """Gin hook: `input_bench.configured_model.model = %MODEL`."""
+  return model
+
+
+def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] = None,
+        task: Optional[str] = None, text_file: Optional[str] = None,
+        work_dir: Optional[str] = None, batch_size: int = 8, batches: int = 20,
+        mfu: float = 0.55, peak_flops: float = 989e12, headroom: float = 10.0,
+        seed: int = 0, log=print) -> dict:
+  """Builds (optional) and reads the cache; prints and returns the figures."""
+  from trainer import data  # pylint: disable=g-import-not-at-top
+  if (cache_dir is None) == (text_file is None):
+    raise ValueError('give either --cache_dir (with --task) or --text_file (with --work_dir)')
+  if text_file is not None:
+    if not work_dir:
+      raise ValueError('--text_file needs --work_dir (where the vocabulary and cache go)')
+    cache_dir = build_cache(text_file=text_file, work_dir=work_dir,
+                            feature_lengths=feature_lengths, log=log)
+    task = TASK_NAME
+  if not task:
+    raise ValueError('--cache_dir needs --task (the source task name or the cached task name)')
+  cfg = data.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=dict(feature_lengths),
+                           batch_size=batch_size, seed=seed, use_cached=True, cache_dir=cache_dir,
+                           pack=True, shuffle=True)
+  figures = read_throughput(cfg, model.feature_converter(pack=True), batches=batches)
+  need = required_tokens_per_s(model, feature_lengths, mfu=mfu, peak_flops=peak_flops)
+  ratio = figures['tokens_per_s'] / need['tokens_per_s']
+  figures.update({'needed_tokens_per_s': need['tokens_per_s'],
+                  'needed_examples_per_s': need['rows_per_s'],
+                  'flops_per_token': need['flops_per_token'], 'headroom': ratio,
+                  'enough': ratio >= headroom, 'cpu_count': os.cpu_count()})
+  log(f"input_bench: read {figures['rows']} rows in {figures['seconds']:.2f} s (first batches "
+      f"{figures['startup_s']:.1f} s) | {figures['examples_per_s']:,.1f} examples/s | "
+      f"{figures['tokens_per_s']:,.0f} tokens/s (real {figures['real_tokens_per_s']:,.0f}) | "
+      f"{os.cpu_count()} CPUs")
+  log(f"input_bench: trainer at {100 * mfu:.0f}% MFU of {peak_flops / 1e12:.0f} TFLOP/s needs "
+      f"{need['tokens_per_s']:,.0f} tokens/s ({need['rows_per_s']:.2f} examples/s, "
+      f"{need['flops_per_token'] / 1e9:.2f} GFLOP/token) -> reader {ratio:,.2f}x "
+      f"({'enough' if figures['enough'] else 'NOT enough'}: want {headroom:g}x)")
+  return figures
+
+
+_EXTRA = ('cache_dir', 'task', 'text_file', 'work_dir', 'feature_lengths', 'batch_size',
+          'batches', 'mfu', 'peak_flops', 'headroom')
+
+
+def main(flags: gin_utils.Flags) -> int:
+  import gin  # pylint: disable=g-import-not-at-top
+  from pipelines import input_bench  # pylint: disable=g-import-not-at-top  (not __main__'s copy)
+  extra = flags.extra
+  model = gin.get_configurable(input_bench.configured_model)()
+  try:
+    kwargs = dict(
+        feature_lengths=parse_lengths(extra.get('feature_lengths', 'inputs:2048,targets:2048')),
+        cache_dir=extra.get('cache_dir'), task=extra.get('task'),
+        text_file=extra.get('text_file'), work_dir=extra.get('work_dir'),
+        batch_size=int(extra.get('batch_size', 8)), batches=int(extra.get('batches', 20)),
+        mfu=float(extra.get('mfu', 0.55)), peak_flops=float(extra.get('peak_flops', 989e12)),
+        headroom=float(extra.get('headroom', 10.0)))
+  except ValueError as e:
+    raise gin_utils.ConfigError(str(e)) from e
+  input_bench.run(model=model, **kwargs)
+  return 0
+
+
+def run_cli(argv=None) -> int:
+  # t5/seqio register gin configurables on import, which must happen before gin is finalised.
+  from trainer import data  # pylint: disable=g-import-not-at-top
+  with data.quiet_native_stderr():
+    import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  return gin_utils.run(main, argv, extra_flags=_EXTRA, program='input_bench',
+                       prelude=['from __gin__ import dynamic_registration',
+                                'from pipelines import input_bench',
+                                'input_bench.configured_model.model = %MODEL'])
+
+
+if __name__ == '__main__':
+  sys.exit(run_cli())
