@@ -116,7 +116,20 @@ def test_soft_cap_changes_output_and_unknown_impl_is_named():
   assert not np.allclose(capped, free)
   with pytest.raises(ValueError, match='flash'):
     attention.dot_product_attention(q, k, v, mask=None, scale=1.0, soft_cap=None, impl='flash')
-  assert set(ATTENTION_IMPLS) == {'reference'}
+  assert set(ATTENTION_IMPLS) == {'reference', 'fused'}
+
+
+def test_fused_impl_is_wired_and_matches_reference_here():
+  """'fused' dispatches to trainer.fused_attention (the reference path off GPU)."""
+  rs = np.random.RandomState(3)
+  q = jnp.asarray(rs.normal(size=(2, 10, 4, 8)).astype(np.float32))
+  k, v = (jnp.asarray(rs.normal(size=(2, 10, 2, 8)).astype(np.float32)) for _ in range(2))
+  seg = jnp.asarray(np.stack([SEG, np.ones(10, int)]))
+  mask = AttentionMask(q_segment_ids=seg, kv_segment_ids=seg, causal=True, sliding_window=3)
+  fused = attention.dot_product_attention(q, k, v, mask=mask, scale=0.3, soft_cap=2.0,
+                                          impl='fused')
+  reference = attention.dot_product_attention(q, k, v, mask=mask, scale=0.3, soft_cap=2.0)
+  np.testing.assert_allclose(np.asarray(fused)[:, :9], np.asarray(reference)[:, :9], atol=1e-5)
 
 
 def test_bfloat16_inputs_keep_dtype():

@@ -2,8 +2,9 @@
 
 The mask is described, not materialised: `AttentionMask` holds segment ids, an optional
 bidirectional-prefix marker, causality and the sliding window. The reference kernel builds a
-`[B, L, S]` boolean from it by broadcasting (never `[B, H, L, S]`); a fused kernel added later to
-`_IMPLS` can read the same description (segment ids + window) directly.
+`[B, L, S]` boolean from it by broadcasting (never `[B, H, L, S]`); the fused kernel
+(`trainer.fused_attention`, `attention_impl='fused'`) turns the same description into per-query
+key ranges.
 
 Kernel interface (`dot_product_attention`):
   query [B, L, H, Dh], key/value [B, S, K, Dh] (H a multiple of K: grouped-query attention),
@@ -94,7 +95,16 @@ def reference_attention(query, key, value, *, mask: Optional[AttentionMask], sca
   return out.reshape(batch, q_len, num_heads, head_dim)
 
 
-_IMPLS = {'reference': reference_attention}
+def _fused_attention(query, key, value, *, mask: Optional[AttentionMask], scale: float,
+                     soft_cap: Optional[float]) -> jax.Array:
+  """tokamax flash attention on GPU (`trainer.fused_attention`); the reference elsewhere."""
+  # Imported on use: trainer.fused_attention imports this module.
+  from trainer import fused_attention  # pylint: disable=g-import-not-at-top
+  return fused_attention.fused_attention(query, key, value, mask=mask, scale=scale,
+                                         soft_cap=soft_cap)
+
+
+_IMPLS = {'reference': reference_attention, 'fused': _fused_attention}
 assert tuple(_IMPLS) == ATTENTION_IMPLS, 'keep trainer.config.ATTENTION_IMPLS in sync'
 
 

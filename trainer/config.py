@@ -16,7 +16,7 @@ import jax.numpy as jnp
 LAYER_TYPES = ('sliding', 'global')
 # Names accepted by `trainer.attention.dot_product_attention` (kept here so a config can be
 # validated without importing the model).
-ATTENTION_IMPLS = ('reference',)
+ATTENTION_IMPLS = ('reference', 'fused')
 REMAT_POLICIES = ('none', 'full', 'dots')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
