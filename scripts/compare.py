@@ -245,6 +245,12 @@ class Comparison:
     result['train'] = info
     return result
 
+  def finished(self, key, seed, classifier):
+    task = 'glue_sst2_classification' if classifier else 'glue_sst2_text_to_text'
+    model_dir = os.path.join(self.workdir, f'ft_{key}_seed{seed}')
+    return (os.path.isfile(os.path.join(model_dir, 'DONE.json')) and
+            os.path.isfile(os.path.join(model_dir, 'eval', f'eval_{task}_validation_task.json')))
+
   # -- cost figures -----------------------------------------------------------------------------
 
   def dev_lengths(self):
@@ -278,6 +284,9 @@ class Comparison:
   def run(self):
     from trainer import encoder_models, models
     self.register_tasks()
+    if self.args.report_only and not os.path.isfile(
+        os.path.join(self.workdir, 'pretrain_causal_lm', 'DONE.json')):
+      raise SystemExit('compare: --report_only but nothing is pretrained in --workdir yet')
     pretrained = self.pretrain()
     adapted = self.adapted(pretrained)
     starts = {'prefix_lm': self.adapt_pretrain('prefix_lm', adapted),
@@ -297,6 +306,9 @@ class Comparison:
                             pretrained_checkpoint=pretrained), None, True))
       for key, label, model, init, classifier in systems:
         if self.args.only and not any(o in key for o in self.args.only):
+          continue
+        if self.args.report_only and not self.finished(key, seed, classifier):
+          log(f'{key} seed {seed}: not measured yet (--report_only), left out of the table')
           continue
         result = self.finetune_and_eval(key, model, seed=seed, init_checkpoint=init,
                                         classifier=classifier)
@@ -395,6 +407,9 @@ def main(argv=None):
   parser.add_argument('--adapt_steps', type=int, default=None)
   parser.add_argument('--dev_examples', type=int, default=None, help='0 = all 872')
   parser.add_argument('--markdown', default=None, help='write the results page here')
+  parser.add_argument('--report_only', action='store_true',
+                      help='train nothing: tabulate the fine-tunes already finished in --workdir '
+                           '(e.g. while other processes run other --seeds)')
   args = parser.parse_args(argv)
   settings = QUICK if args.quick else FULL
   overrides = {k: getattr(args, k) for k in ('finetune_steps', 'pretrain_steps', 'adapt_steps',
