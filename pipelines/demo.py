@@ -144,7 +144,9 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
                 f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {s.inputs_length}, "
                 f"'targets': {s.targets_length}}}",
                 f'--gin.VOCAB_SIZE={s.vocab_size}', "--gin.EVAL_SPLIT='validation'",
-                f'--gin.OUTPUT_DIR={_gin_str(os.path.join(work, "eval", "teacher"))}'),
+                f'--gin.EVAL_OUTPUT_DIR={_gin_str(os.path.join(work, "eval", "teacher"))}',
+                # The teacher is a causal LM: score the same targets with a causal prefix.
+                '--gin.models.DecoderOnlyModel.bidirectional_prefix=False'),
             {'teacher eval': os.path.join(work, 'eval', 'teacher')}),
       Stage('eval_t5gemma', 'held-out loss of the encoder-decoder (PrefixLM targets)',
             _py('trainer.eval', f'--module_import={corpus_module}',
@@ -154,7 +156,7 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
                 f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {s.inputs_length}, "
                 f"'targets': {s.targets_length}}}",
                 f'--gin.VOCAB_SIZE={s.vocab_size}', "--gin.EVAL_SPLIT='validation'",
-                f'--gin.OUTPUT_DIR={_gin_str(os.path.join(work, "eval", "t5gemma"))}'),
+                f'--gin.EVAL_OUTPUT_DIR={_gin_str(os.path.join(work, "eval", "t5gemma"))}'),
             {'encoder-decoder eval': os.path.join(work, 'eval', 't5gemma')}),
       Stage('export', 'export the encoder-decoder as a Hugging Face T5Gemma checkpoint',
             _py('trainer.export_hf', f'--checkpoint={student}', f'--output={hf_out}'),

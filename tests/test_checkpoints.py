@@ -107,3 +107,22 @@ def test_restore_params_errors_name_the_path(tmp_path):
     checkpoints.restore_params(str(tmp_path / 'missing'), {})
   with pytest.raises(ValueError, match='CheckpointConfig.period must be an int >= 0'):
     checkpoints.CheckpointConfig(period=-1)
+
+
+def test_restore_params_takes_the_models_entries_from_a_larger_checkpoint(tmp_path):
+  # A distillation run saves {'encoder', 'decoder', 'teacher'}; the student alone restores from it.
+  student = {'encoder': {'w': np.arange(6, dtype=np.float32).reshape(2, 3)},
+             'decoder': {'w': np.full((3,), 2.0, np.float32)}}
+  checkpoints.save_params(str(tmp_path / 'distill'),
+                          dict(student, teacher={'w': np.ones((4, 4), np.float32)}))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), student)
+  restored = checkpoints.restore_params(str(tmp_path / 'distill'), abstract)
+  assert sorted(restored) == ['decoder', 'encoder']
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(student)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # A model needing an entry the checkpoint lacks still fails, naming the directory.
+  bigger = dict(abstract, head={'w': jax.ShapeDtypeStruct((2,), np.float32, sharding=device)})
+  with pytest.raises(ValueError, match='init_checkpoint: cannot restore params from .*distill'):
+    checkpoints.restore_params(str(tmp_path / 'distill'), bigger)

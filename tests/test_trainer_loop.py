@@ -185,3 +185,17 @@ def test_prefix_lm_wrapper_passes_the_bidirectional_prefix():
   prefix = dict(batch, decoder_causal_attention=np.array([[1] * 6 + [0] * 10] * 2, np.int32))
   with_prefix = loss_fn(params, prefix)
   assert abs(float(with_prefix) - float(causal)) > 1e-6
+
+
+def test_prefix_lm_wrapper_can_read_the_prefix_causally():
+  # bidirectional_prefix=False: PrefixLM features scored as a causal LM would score them.
+  config = tiny_model().config
+  batch = make_batch(0, batch_size=2)
+  prefix = dict(batch, decoder_causal_attention=np.array([[1] * 6 + [0] * 10] * 2, np.int32))
+  causal_reader = models.DecoderOnlyModel(config=config, prefix_lm=True, bidirectional_prefix=False)
+  params = _init(causal_reader, batch)
+  plain = models.DecoderOnlyModel(config=config)
+  loss = lambda m, b: float(jax.jit(lambda p, x: m.loss_fn(p, x, None)[0])(params, b))
+  assert loss(causal_reader, prefix) == pytest.approx(loss(plain, batch), abs=1e-6)
+  bidirectional = models.DecoderOnlyModel(config=config, prefix_lm=True)
+  assert abs(loss(bidirectional, prefix) - loss(plain, batch)) > 1e-6

@@ -124,8 +124,24 @@ def restore_params(path: str, abstract_params):
   try:
     return ocp.StandardCheckpointer().restore(params_dir, abstract_params)
   except (ValueError, KeyError, FileNotFoundError) as e:
+    error = e
+  # A checkpoint may hold more than this model: a distillation run keeps its frozen teacher in
+  # params['teacher'] beside the student's 'encoder'/'decoder'. Restore just this model's entries;
+  # anything the model has that the checkpoint lacks still fails (with the first error).
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=abstract_params,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
+        partial_restore=True))
+  except (ValueError, KeyError, FileNotFoundError):
+    restored = None
+  if (restored is None
+      or jax.tree_util.tree_structure(restored) != jax.tree_util.tree_structure(abstract_params)
+      or any(not hasattr(x, 'dtype') or isinstance(x, jax.ShapeDtypeStruct)
+             for x in jax.tree_util.tree_leaves(restored))):
     raise ValueError(f'init_checkpoint: cannot restore params from {params_dir!r} into this '
-                     f'model: {e}') from e
+                     f'model: {error}') from error
+  return restored
 
 
 def abstract_like(tree, shardings=None):

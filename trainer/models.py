@@ -81,13 +81,19 @@ class DecoderOnlyModel(BaseModel):
   """Gemma-2-style decoder-only LM (causal LM, or PrefixLM with `decoder_causal_attention`)."""
 
   def __init__(self, *, config, prefix_lm: bool = False, z_loss: float = 0.0,
-               module: Optional[nn.Module] = None):
+               bidirectional_prefix: bool = True, module: Optional[nn.Module] = None):
+    """`prefix_lm`: read PrefixLM features (inputs + targets, loss on targets only).
+
+    `bidirectional_prefix=False` ignores their `decoder_causal_attention`, so the prefix is read
+    causally: how a causal-LM (e.g. a distillation teacher) is scored on the same PrefixLM targets.
+    """
     if module is None:
       from trainer import transformer  # pylint: disable=g-import-not-at-top
       module = transformer.Decoder(config)
     super().__init__(module=module, z_loss=z_loss)
     self.config = config
     self.prefix_lm = prefix_lm
+    self.bidirectional_prefix = bidirectional_prefix
     self.FEATURE_CONVERTER_NAME = ('PrefixLMFeatureConverter' if prefix_lm
                                    else 'DecoderFeatureConverter')
 
@@ -95,7 +101,8 @@ class DecoderOnlyModel(BaseModel):
     return dict(
         positions=batch.get('decoder_positions'),
         segment_ids=_segments_or_nonpad(batch, 'decoder_segment_ids', 'decoder_target_tokens'),
-        causal_attention=batch.get('decoder_causal_attention'))
+        causal_attention=(batch.get('decoder_causal_attention') if self.bidirectional_prefix
+                          else None))
 
   def init(self, rng: jax.Array, batch: Batch):
     params_rng, dropout_rng = jax.random.split(rng)
