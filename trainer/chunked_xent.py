@@ -66,11 +66,14 @@ def chunked_cross_entropy_with_z_loss(hidden: jax.Array, embedding: jax.Array,
   h = h.reshape(num_chunks, chunk, width)
   t = t.reshape(num_chunks, chunk)
   w = w.reshape(num_chunks, chunk)
-  emb = embedding.astype(dtype)
+  # The embedding enters the scan in its own dtype (fp32 master) and is cast per chunk, so its
+  # gradient is accumulated over chunks in that dtype, not in the bf16 compute dtype.
+  emb = embedding
 
   @jax.checkpoint
   def chunk_sums(h_c, t_c, w_c, emb):
-    logits = jnp.einsum('nd,vd->nv', h_c.astype(dtype), emb, preferred_element_type=jnp.float32)
+    logits = jnp.einsum('nd,vd->nv', h_c.astype(dtype), emb.astype(dtype),
+                        preferred_element_type=jnp.float32)
     logits = layers.soft_cap(logits, final_logit_soft_cap)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0]
