@@ -44,11 +44,12 @@ class Settings:
   adapt_steps: int = 200
   learning_rate: float = 0.01
   warmup_steps: int = 50
+  log_period: int = 10
 
   @classmethod
   def quick(cls) -> 'Settings':
     return cls(vocab_size=600, causal_length=64, inputs_length=64, targets_length=64,
-               batch_size=8, teacher_steps=12, adapt_steps=8, warmup_steps=4)
+               batch_size=8, teacher_steps=12, adapt_steps=8, warmup_steps=4, log_period=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
       f'--gin.CACHE_DIR={_gin_str(cache)}',
       f'--gin.LEARNING_RATE={s.learning_rate}',
       f'--gin.WARMUP_STEPS={s.warmup_steps}',
-      '--gin.LOG_PERIOD=10',
+      f'--gin.LOG_PERIOD={s.log_period}',
       '--gin.CHECKPOINT_PERIOD=100',
   ]
   stages = []
@@ -224,6 +225,12 @@ def _read_jsonl(path: str) -> List[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _train_rows(model_dir: str) -> List[dict]:
+  """The training rows of a run's MODEL_DIR/metrics.jsonl (one JSON object per logged step)."""
+  return [r for r in _read_jsonl(os.path.join(model_dir, 'metrics.jsonl'))
+          if r.get('split') == 'train' and 'loss' in r and 'step' in r]
+
+
 def plot_losses(*, runs: Dict[str, str], out_png: str) -> Optional[str]:
   """Plots training loss against step for each run's MODEL_DIR/metrics.jsonl; returns the path."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -232,10 +239,9 @@ def plot_losses(*, runs: Dict[str, str], out_png: str) -> Optional[str]:
   fig, ax = plt.subplots(figsize=(7, 4))
   plotted = 0
   for label, model_dir in runs.items():
-    rows = [r for r in _read_jsonl(os.path.join(model_dir, 'metrics.jsonl'))
-            if 'train/loss' in r and 'step' in r]
+    rows = _train_rows(model_dir)
     if rows:
-      ax.plot([r['step'] for r in rows], [r['train/loss'] for r in rows], label=label)
+      ax.plot([r['step'] for r in rows], [r['loss'] for r in rows], marker='.', label=label)
       plotted += 1
   if not plotted:
     plt.close(fig)
@@ -280,10 +286,10 @@ def summarize(*, work: str, stages: Sequence[Stage], seconds: float) -> str:
                                                                          'num_tokens'))
     lines.append(f'  {label:28s} {shown or "(no eval output)"}')
   for label, sub in (('teacher', 'teacher'), ('encoder-decoder', 't5gemma')):
-    rows = [r for r in _read_jsonl(os.path.join(work, sub, 'metrics.jsonl')) if 'train/loss' in r]
+    rows = _train_rows(os.path.join(work, sub))
     if rows:
-      lines.append(f'  {label + " train loss":28s} first {rows[0]["train/loss"]:.4g} -> '
-                   f'last {rows[-1]["train/loss"]:.4g} (step {rows[-1].get("step")})')
+      lines.append(f'  {label + " train loss":28s} step {rows[0]["step"]}: {rows[0]["loss"]:.4g} -> '
+                   f'step {rows[-1]["step"]}: {rows[-1]["loss"]:.4g}')
   lines.append(f'Wall time of this invocation: {seconds / 60:.1f} min')
   return '\n'.join(lines)
 
