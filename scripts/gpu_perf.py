@@ -181,6 +181,8 @@ def main(argv=None) -> int:
   parser.add_argument('--iters', type=int, default=10)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--run_timeout', type=int, default=240)
+  parser.add_argument('--levers', default='',
+                      help='comma-separated LEVERS indices to run (default: all), e.g. 0,1,2,3')
   args = parser.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   print(f'# gpu_perf: {jax.device_count()} x {jax.devices()[0].device_kind}, jax '
@@ -203,7 +205,9 @@ def main(argv=None) -> int:
   if args.part in ('levers', 'all'):
     label, gin_file, bindings = LEVER_SHAPE
     rows = []
-    for lever, extra, env in LEVERS:
+    chosen = ([LEVERS[int(i)] for i in args.levers.split(',') if i.strip()] if args.levers
+              else LEVERS)
+    for lever, extra, env in chosen:
       rows.append((lever,) + bench_run(gin_file, bindings + extra, env, steps=args.steps,
                                        timeout=args.run_timeout))
       print(f'# done: {lever} -> {rows[-1][1:]}', flush=True)
