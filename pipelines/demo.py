@@ -64,6 +64,12 @@ class StageFailed(RuntimeError):
   pass
 
 
+# Start-up lines from native libraries (TF, XLA, TF-Text's SentencePiece op) that say nothing about
+# the run; they stay in the stage's log file but are not echoed.
+_NOISE = ('normalizer.cc(51) LOG(INFO)', 'cudart_stub.cc', 'WARNING: All log messages before absl',
+          'apitools not found', 'Could not find cuda drivers')
+
+
 def _py(*args: str) -> List[str]:
   return [sys.executable, '-m', *args]
 
@@ -205,7 +211,8 @@ def run_stage(*, work: str, stage: Stage, env: Dict[str, str], index: int, total
       text=True, bufsize=1) as proc:
     for line in proc.stdout:
       log.write(line)
-      print(f'    {line.rstrip()}', flush=True)
+      if not any(n in line for n in _NOISE):
+        print(f'    {line.rstrip()}', flush=True)
     code = proc.wait()
   took = time.time() - start
   if code != 0:
