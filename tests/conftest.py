@@ -22,3 +22,15 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
+
+
+def pytest_configure(config):  # pylint: disable=unused-argument
+  """Compilation dominates many tests on a 2-core machine: share a persistent XLA cache."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  jax.config.update('jax_compilation_cache_dir',
+                    os.path.join(tempfile.gettempdir(), 'gemma_adapt_test_jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
