@@ -142,3 +142,39 @@ def test_bad_arguments_name_the_field():
                                                    chunk_size=0)
   with pytest.raises(ValueError, match='embedding'):
     chunked_xent.chunked_cross_entropy_with_z_loss(hidden, embedding.T, targets, weights)
+
+
+@pytest.mark.parametrize('kind', ['decoder_only', 'encoder_decoder'])
+def test_wrappers_loss_chunk_size_gives_the_same_loss_and_gradients(kind):
+  """`loss_chunk_size` on the model wrappers: same loss, metrics and gradients as unchunked."""
+  from flax.core import meta
+  from trainer import config as config_lib
+  from trainer import models
+  cfg = config_lib.TransformerConfig(
+      vocab_size=50, embed_dim=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8,
+      mlp_dim=32, query_pre_attn_scalar=8, final_logit_soft_cap=5.0, sliding_window=4)
+  rng = np.random.RandomState(1)
+  targets = rng.randint(2, 50, size=(2, 12)).astype(np.int32)
+  batch = {'decoder_input_tokens': np.concatenate([np.zeros((2, 1), np.int32), targets[:, :-1]], 1),
+           'decoder_target_tokens': targets,
+           'decoder_loss_weights': (rng.rand(2, 12) > 0.2).astype(np.float32)}
+  if kind == 'decoder_only':
+    make = lambda **kw: models.DecoderOnlyModel(config=cfg, z_loss=1e-3, **kw)
+  else:
+    batch['encoder_input_tokens'] = rng.randint(2, 50, size=(2, 10)).astype(np.int32)
+    enc_dec = config_lib.EncoderDecoderConfig(encoder=cfg, decoder=cfg)
+    make = lambda **kw: models.EncoderDecoderModel(config=enc_dec, z_loss=1e-3, **kw)
+  plain, chunked = make(), make(loss_chunk_size=5)
+  params = meta.unbox(plain.init(jax.random.PRNGKey(0), batch))
+  (ref, ref_m), ref_g = jax.value_and_grad(lambda p: plain.loss_fn(p, batch, None),
+                                           has_aux=True)(params)
+  (got, got_m), got_g = jax.value_and_grad(lambda p: chunked.loss_fn(p, batch, None),
+                                           has_aux=True)(params)
+  np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
+  for name in ('accuracy', 'z_loss'):
+    np.testing.assert_allclose(np.asarray(got_m[name]), np.asarray(ref_m[name]), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(got_g), jax.tree_util.tree_leaves(ref_g)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5 * float(np.abs(b).max()) + 1e-8)
+  with pytest.raises(ValueError, match='loss_chunk_size'):
+    make(loss_chunk_size=0)

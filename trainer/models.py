@@ -46,11 +46,19 @@ class BaseModel:
   """Shared parts: param counting, the loss from logits, eval as the deterministic loss."""
   FEATURE_CONVERTER_NAME = ''
 
-  def __init__(self, *, module: nn.Module, z_loss: float = 0.0):
+  def __init__(self, *, module: nn.Module, z_loss: float = 0.0,
+               loss_chunk_size: Optional[int] = None):
+    """`loss_chunk_size`: compute logits and cross-entropy this many tokens at a time
+    (`trainer/chunked_xent.py`), so the [B, L, V] fp32 logits are never whole; None: at once."""
     if z_loss < 0:
       raise ValueError(f'z_loss must be >= 0, got {z_loss}')
+    if loss_chunk_size is not None and (isinstance(loss_chunk_size, bool) or
+                                        not isinstance(loss_chunk_size, int) or
+                                        loss_chunk_size <= 0):
+      raise ValueError(f'loss_chunk_size must be a positive int or None, got {loss_chunk_size!r}')
     self.module = module
     self.z_loss = z_loss
+    self.loss_chunk_size = loss_chunk_size
 
   def feature_converter(self, pack: bool = True):
     import seqio  # pylint: disable=g-import-not-at-top  (lazy: seqio imports TensorFlow)
@@ -59,14 +67,31 @@ class BaseModel:
   def num_params(self, params: Any) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(meta.unbox(params))))
 
-  def compute_logits(self, params, batch: Batch, dropout_rng: Optional[jax.Array] = None):
+  def compute_logits(self, params, batch: Batch, dropout_rng: Optional[jax.Array] = None, *,
+                     return_hidden: bool = False):
     raise NotImplementedError
+
+  def _output_embedding_and_config(self, params):
+    """The tied output embedding [V, D] and the config that owns it (the decoder's)."""
+    if 'decoder' in params:
+      return params['decoder']['embedder']['embedding'], self.config.decoder
+    return params['embedder']['embedding'], self.config
 
   def loss_fn(self, params, batch: Batch,
               dropout_rng: Optional[jax.Array]) -> Tuple[jax.Array, Dict[str, Any]]:
-    logits = self.compute_logits(params, batch, dropout_rng)
-    metrics = losses.cross_entropy_with_z_loss(
-        logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'], z_loss=self.z_loss)
+    if self.loss_chunk_size is None:
+      logits = self.compute_logits(params, batch, dropout_rng)
+      metrics = losses.cross_entropy_with_z_loss(
+          logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+          z_loss=self.z_loss)
+    else:
+      from trainer import chunked_xent  # pylint: disable=g-import-not-at-top
+      hidden = self.compute_logits(params, batch, dropout_rng, return_hidden=True)
+      embedding, cfg = self._output_embedding_and_config(params)
+      metrics = chunked_xent.chunked_cross_entropy_with_z_loss(
+          hidden, embedding, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+          z_loss=self.z_loss, final_logit_soft_cap=cfg.final_logit_soft_cap,
+          dtype=cfg.compute_dtype, chunk_size=self.loss_chunk_size)
     return losses.mean_loss(metrics), metrics
 
   def eval_fn(self, params, batch: Batch) -> Dict[str, Any]:
@@ -81,7 +106,8 @@ class DecoderOnlyModel(BaseModel):
   """Gemma-2-style decoder-only LM (causal LM, or PrefixLM with `decoder_causal_attention`)."""
 
   def __init__(self, *, config, prefix_lm: bool = False, z_loss: float = 0.0,
-               bidirectional_prefix: bool = True, module: Optional[nn.Module] = None):
+               bidirectional_prefix: bool = True, loss_chunk_size: Optional[int] = None,
+               module: Optional[nn.Module] = None):
     """`prefix_lm`: read PrefixLM features (inputs + targets, loss on targets only).
 
     `bidirectional_prefix=False` ignores their `decoder_causal_attention`, so the prefix is read
@@ -90,7 +116,7 @@ class DecoderOnlyModel(BaseModel):
     if module is None:
       from trainer import transformer  # pylint: disable=g-import-not-at-top
       module = transformer.Decoder(config)
-    super().__init__(module=module, z_loss=z_loss)
+    super().__init__(module=module, z_loss=z_loss, loss_chunk_size=loss_chunk_size)
     self.config = config
     self.prefix_lm = prefix_lm
     self.bidirectional_prefix = bidirectional_prefix
@@ -111,10 +137,11 @@ class DecoderOnlyModel(BaseModel):
                                  deterministic=True)
     return variables['params']
 
-  def compute_logits(self, params, batch: Batch, dropout_rng: Optional[jax.Array] = None):
+  def compute_logits(self, params, batch: Batch, dropout_rng: Optional[jax.Array] = None, *,
+                     return_hidden: bool = False):
     return self.module.apply({'params': params}, batch['decoder_input_tokens'],
                              **self._inputs(batch), deterministic=dropout_rng is None,
-                             rngs=self._rngs(dropout_rng))
+                             return_hidden=return_hidden, rngs=self._rngs(dropout_rng))
 
   def tokens_per_example(self, batch_shapes: Mapping[str, Tuple[int, ...]]) -> int:
     return int(batch_shapes['decoder_input_tokens'][-1])
@@ -128,11 +155,12 @@ class EncoderDecoderModel(BaseModel):
   """T5Gemma-style encoder-decoder (bidirectional encoder, causal decoder + cross-attention)."""
   FEATURE_CONVERTER_NAME = 'EncDecFeatureConverter'
 
-  def __init__(self, *, config, z_loss: float = 0.0, module: Optional[nn.Module] = None):
+  def __init__(self, *, config, z_loss: float = 0.0, loss_chunk_size: Optional[int] = None,
+               module: Optional[nn.Module] = None):
     if module is None:
       from trainer import transformer  # pylint: disable=g-import-not-at-top
       module = transformer.EncoderDecoder(config)
-    super().__init__(module=module, z_loss=z_loss)
+    super().__init__(module=module, z_loss=z_loss, loss_chunk_size=loss_chunk_size)
     self.config = config
 
   def _inputs(self, batch: Batch):
@@ -151,10 +179,12 @@ class EncoderDecoderModel(BaseModel):
                                  **self._inputs(batch), deterministic=True)
     return variables['params']
 
-  def compute_logits(self, params, batch: Batch, dropout_rng: Optional[jax.Array] = None):
+  def compute_logits(self, params, batch: Batch, dropout_rng: Optional[jax.Array] = None, *,
+                     return_hidden: bool = False):
     return self.module.apply({'params': params}, batch['encoder_input_tokens'],
                              batch['decoder_input_tokens'], **self._inputs(batch),
-                             deterministic=dropout_rng is None, rngs=self._rngs(dropout_rng))
+                             deterministic=dropout_rng is None, return_hidden=return_hidden,
+                             rngs=self._rngs(dropout_rng))
 
   def tokens_per_example(self, batch_shapes: Mapping[str, Tuple[int, ...]]) -> int:
     return int(batch_shapes['encoder_input_tokens'][-1] + batch_shapes['decoder_input_tokens'][-1])

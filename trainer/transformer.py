@@ -135,13 +135,15 @@ class Decoder(_Stack):
   Params: {'embedder', 'layer_0', ..., 'final_norm'} as in docs/DESIGN.md.
   """
   def __call__(self, tokens, *, positions=None, segment_ids=None, causal_attention=None,
-               deterministic=True):
+               deterministic=True, return_hidden=False):
+    """`return_hidden=True` returns the final hidden states [B, L, D] instead of the logits (for a
+    loss that computes the logits in chunks, `trainer/chunked_xent.py`)."""
     _check_tokens('tokens', tokens, positions=positions, segment_ids=segment_ids,
                   causal_attention=causal_attention)
     mask = AttentionMask(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                          bidirectional=causal_attention, causal=True)
     x = self.hidden(tokens, positions, mask, None, None, deterministic)
-    return self.logits(x)
+    return x if return_hidden else self.logits(x)
 
 
 class Encoder(_Stack):
@@ -188,7 +190,7 @@ class EncoderDecoder(nn.Module):
     return self.encoder.hidden(encoder_tokens, encoder_positions, mask, None, None, deterministic)
 
   def decode(self, encoded, decoder_tokens, *, encoder_segment_ids=None, decoder_positions=None,
-             decoder_segment_ids=None, deterministic=True):
+             decoder_segment_ids=None, deterministic=True, return_hidden=False):
     """Encoder hidden states [B, Le, D_enc] + decoder tokens [B, Ld] -> fp32 logits [B, Ld, V].
 
     Cross-attention: decoder segment k sees encoder segment k (when both segment ids are given);
@@ -209,15 +211,16 @@ class EncoderDecoder(nn.Module):
         kv_segment_ids=encoder_segment_ids, causal=False)
     x = self.decoder.hidden(decoder_tokens, decoder_positions, self_mask, encoded, cross_mask,
                             deterministic)
-    return self.decoder.logits(x)
+    return x if return_hidden else self.decoder.logits(x)
 
   def __call__(self, encoder_tokens, decoder_tokens, *, encoder_positions=None,
                encoder_segment_ids=None, decoder_positions=None, decoder_segment_ids=None,
-               deterministic=True):
+               deterministic=True, return_hidden=False):
     if encoder_segment_ids is None:
       encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
     encoded = self.encode(encoder_tokens, encoder_positions=encoder_positions,
                           encoder_segment_ids=encoder_segment_ids, deterministic=deterministic)
     return self.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
                        decoder_positions=decoder_positions,
-                       decoder_segment_ids=decoder_segment_ids, deterministic=deterministic)
+                       decoder_segment_ids=decoder_segment_ids, deterministic=deterministic,
+                       return_hidden=return_hidden)
