@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from pipelines import cache_plan
 # Fixtures and helpers shared with test_cache_tasks.py.
 from test_cache_tasks import cache_env, dir_digest, LENGTHS, run_job  # noqa: F401  pylint: disable=unused-import
 

@@ -15,7 +15,6 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import seqio  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from pipelines import cache_plan  # noqa: E402
 from pipelines import cache_registry  # noqa: E402
