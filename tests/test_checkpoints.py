@@ -126,3 +126,36 @@ def test_restore_params_takes_the_models_entries_from_a_larger_checkpoint(tmp_pa
   bigger = dict(abstract, head={'w': jax.ShapeDtypeStruct((2,), np.float32, sharding=device)})
   with pytest.raises(ValueError, match='init_checkpoint: cannot restore params from .*distill'):
     checkpoints.restore_params(str(tmp_path / 'distill'), bigger)
+
+
+def _abstract(tree):
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+
+
+def test_init_checkpoint_may_be_a_hugging_face_directory(tmp_path):
+  """Fine-tuning starts from an imported HF checkpoint: Gemma 2 and T5Gemma directories."""
+  from flax.core import meta
+  from trainer import hf_gemma2, hf_t5gemma
+  from trainer.config import EncoderDecoderConfig
+  decoder = tiny_model()
+  batch = batch_at(0)
+  params = meta.unbox(decoder.init(jax.random.PRNGKey(7), batch))
+  hf_gemma2.export_decoder(params, decoder.config, str(tmp_path / 'gemma2'))
+  restored = checkpoints.restore_params(str(tmp_path / 'gemma2'), _abstract(params))
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  enc_dec = models.EncoderDecoderModel(
+      config=EncoderDecoderConfig(encoder=decoder.config, decoder=decoder.config))
+  enc_batch = dict(batch, encoder_input_tokens=batch['decoder_target_tokens'])
+  ed_params = meta.unbox(enc_dec.init(jax.random.PRNGKey(8), enc_batch))
+  hf_t5gemma.export_t5gemma(ed_params, enc_dec.config, str(tmp_path / 't5gemma'))
+  restored = checkpoints.restore_params(str(tmp_path / 't5gemma'), _abstract(ed_params))
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(ed_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # A directory that does not fit the model names what is wrong.
+  with pytest.raises(ValueError, match='does not fit this model'):
+    checkpoints.restore_params(str(tmp_path / 'gemma2'), _abstract(ed_params))

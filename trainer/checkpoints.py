@@ -17,6 +17,7 @@ import os
 from typing import Any, Mapping, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ('params', 'opt_state', 'train_meta', 'data')
@@ -114,12 +115,54 @@ def _params_dir(path: str) -> str:
   return path
 
 
+def _hf_model_type(path: str) -> Optional[str]:
+  """'gemma2' / 't5gemma' for a Hugging Face checkpoint directory, else None."""
+  config_path = os.path.join(path, 'config.json')
+  if not os.path.isfile(config_path):
+    return None
+  import json  # pylint: disable=g-import-not-at-top
+  with open(config_path, encoding='utf-8') as f:
+    return json.load(f).get('model_type')
+
+
+def _restore_hf_params(path: str, model_type: str, abstract_params):
+  """Params of an HF Gemma 2 / T5Gemma directory, checked against and placed like the model's."""
+  if model_type == 'gemma2':
+    from trainer import hf_gemma2  # pylint: disable=g-import-not-at-top
+    _, params = hf_gemma2.load_decoder(path)
+  elif model_type == 't5gemma':
+    from trainer import hf_t5gemma  # pylint: disable=g-import-not-at-top
+    _, params = hf_t5gemma.import_t5gemma(path)
+  else:
+    raise ValueError(f'init_checkpoint: {path!r} is a Hugging Face checkpoint of model_type '
+                     f'{model_type!r}; supported: gemma2, t5gemma')
+  flat_abstract = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
+  flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  names = lambda keys: sorted(jax.tree_util.keystr(k) for k in keys)
+  if flat_abstract.keys() != flat_params.keys():
+    missing = names(flat_abstract.keys() - flat_params.keys())[:5]
+    extra = names(flat_params.keys() - flat_abstract.keys())[:5]
+    raise ValueError(f'init_checkpoint: {path!r} ({model_type}) does not fit this model: '
+                     f'missing {missing}, unexpected {extra}')
+  for key, want in flat_abstract.items():
+    if tuple(flat_params[key].shape) != tuple(want.shape):
+      raise ValueError(f'init_checkpoint: {path!r}: tensor {jax.tree_util.keystr(key)} has shape '
+                       f'{tuple(flat_params[key].shape)}, the model wants {tuple(want.shape)}')
+  return jax.tree_util.tree_map(
+      lambda want, x: jax.device_put(np.asarray(x).astype(want.dtype), want.sharding),
+      abstract_params, params)
+
+
 def restore_params(path: str, abstract_params):
-  """Params from a manager dir (latest step), a step dir or a `save_params` dir.
+  """Params from a manager dir (latest step), a step dir, a `save_params` dir, or a Hugging Face
+  Gemma 2 / T5Gemma directory (config.json + safetensors: an imported HF checkpoint).
 
   `abstract_params`: tree of `jax.ShapeDtypeStruct` (with `sharding`) giving the structure, dtypes
   and placement wanted; values are cast to those dtypes.
   """
+  hf_type = _hf_model_type(os.path.abspath(path)) if os.path.isdir(path) else None
+  if hf_type is not None:
+    return _restore_hf_params(os.path.abspath(path), hf_type, abstract_params)
   params_dir = _params_dir(path)
   try:
     return ocp.StandardCheckpointer().restore(params_dir, abstract_params)
