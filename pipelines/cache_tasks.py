@@ -458,6 +458,9 @@ def main(argv: Sequence[str]) -> int:
                       "(default: generated from the installed pinned dependencies).")
   flags.DEFINE_float("progress_interval_s", 10.0, "Seconds between progress lines.")
   flags.DEFINE_boolean("verbose", False, "Show tracebacks and library logs.")
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print((__doc__ or "").strip() + "\n\nFlags:\n" + fl.main_module_help())
+    return 0
   try:
     fl(argv)
   except flags.Error as e:

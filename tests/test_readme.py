@@ -82,8 +82,10 @@ def module_help(module: str) -> str:
   for flag in ('--helpfull', '--help'):
     proc = subprocess.run([sys.executable, '-m', module, flag], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-    if proc.returncode == 0:
-      return proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    # absl's --help/--helpfull exit with status 1 after printing the flags; ours exit 0.
+    if proc.returncode in (0, 1) and '--' in text and 'Traceback' not in text:
+      return text
   raise AssertionError(f'python -m {module} --help failed:\n{proc.stdout}\n{proc.stderr}')
 
 

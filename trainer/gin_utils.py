@@ -151,6 +151,15 @@ def setup_gin(flags: Flags, *, finalize: bool = True, prelude: Sequence[str] = (
       raise ConfigError(_one_line(e)) from e
 
 
+def help_text(main: Callable[[Flags], int], *, extra_flags: Sequence[str] = ()) -> str:
+  """`--help`: the entry point's module docstring, then the flags every gin entry point takes."""
+  module_doc = (sys.modules.get(main.__module__).__doc__ or '').strip()
+  flags_doc = __doc__.split('Entry points accept (T5X conventions):', 1)[1]
+  flags_doc = flags_doc.split('\n\n', 1)[0].rstrip()
+  extra = ''.join(f'\n  --{name}=VALUE' for name in extra_flags)
+  return f'{module_doc}\n\nFlags:{flags_doc}{extra}\n  --help                     (this text)'
+
+
 def run(main: Callable[[Flags], int], argv: Optional[Sequence[str]] = None, *,
         extra_flags: Sequence[str] = (), program: str = '', prelude: Sequence[str] = ()) -> int:
   """Parses flags + gin and calls `main(flags)`; configuration errors become one line on stderr.
@@ -160,6 +169,9 @@ def run(main: Callable[[Flags], int], argv: Optional[Sequence[str]] = None, *,
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   argv = sys.argv[1:] if argv is None else argv
+  if any(a in ('-h', '--help', '--helpfull') for a in argv):
+    print(help_text(main, extra_flags=extra_flags))
+    return 0
   show_traceback = os.environ.get('GIN_TRACEBACK', '') not in ('', '0')
   try:
     flags = parse_flags(argv, extra_flags=extra_flags)
