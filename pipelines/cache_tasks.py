@@ -58,17 +58,9 @@ def _stderr_to_file(path: Optional[str]):
   if path is None:
     yield
     return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-  os.dup2(fd, 2)
-  os.close(fd)
-  try:
+  from tasks import module_import  # pylint: disable=g-import-not-at-top
+  with module_import.native_stderr_to(path):
     yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
 
 
 def check_writable(output_cache_dir: str) -> None:

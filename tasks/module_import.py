@@ -46,6 +46,26 @@ def import_modules(names: Iterable[str]) -> List[str]:
 
 
 @contextlib.contextmanager
+def native_stderr_to(path: str):
+  """Sends file descriptor 2 (and so that of child processes started in the block) to `path`.
+
+  Native code (TF, XLA, SentencePiece, Beam's workers) writes straight to fd 2, past Python logging;
+  only redirecting the descriptor keeps it out of a tool's output.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  os.dup2(fd, 2)
+  os.close(fd)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+@contextlib.contextmanager
 def quiet_native_stderr():
   """Sends file descriptor 2 to /dev/null for the block.
 
@@ -53,14 +73,5 @@ def quiet_native_stderr():
   `normalizer.cc` notices) straight to fd 2, past Python logging. Entry points wrap imports and
   dataset construction in this; Python exceptions still reach the user (printed after the block).
   """
-  sys.stderr.flush()
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  os.close(devnull)
-  try:
+  with native_stderr_to(os.devnull):
     yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
