@@ -238,6 +238,12 @@ def _train_rows(model_dir: str) -> List[dict]:
           if r.get('split') == 'train' and 'loss' in r and 'step' in r]
 
 
+def _cross_entropy(row: dict) -> float:
+  """Token cross-entropy of a metrics row: comparable between the teacher and the distilled
+  student, whose `loss` also mixes in the KL term."""
+  return row.get('cross_entropy', row['loss'])
+
+
 def plot_losses(*, runs: Dict[str, str], out_png: str) -> Optional[str]:
   """Plots training loss against step for each run's MODEL_DIR/metrics.jsonl; returns the path."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -248,14 +254,15 @@ def plot_losses(*, runs: Dict[str, str], out_png: str) -> Optional[str]:
   for label, model_dir in runs.items():
     rows = _train_rows(model_dir)
     if rows:
-      ax.plot([r['step'] for r in rows], [r['loss'] for r in rows], marker='.', label=label)
+      ax.plot([r['step'] for r in rows], [_cross_entropy(r) for r in rows], marker='.',
+              label=label)
       plotted += 1
   if not plotted:
     plt.close(fig)
     return None
   ax.set_xlabel('step')
-  ax.set_ylabel('training loss (nats/token)')
-  ax.set_title('gemma-adapt demo: training loss')
+  ax.set_ylabel('training cross-entropy (nats/token)')
+  ax.set_title('gemma-adapt demo: training cross-entropy')
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -295,8 +302,9 @@ def summarize(*, work: str, stages: Sequence[Stage], seconds: float) -> str:
   for label, sub in (('teacher', 'teacher'), ('encoder-decoder', 't5gemma')):
     rows = _train_rows(os.path.join(work, sub))
     if rows:
-      lines.append(f'  {label + " train loss":28s} step {rows[0]["step"]}: {rows[0]["loss"]:.4g} -> '
-                   f'step {rows[-1]["step"]}: {rows[-1]["loss"]:.4g}')
+      lines.append(f'  {label + " train CE":28s} step {rows[0]["step"]}: '
+                   f'{_cross_entropy(rows[0]):.4g} -> step {rows[-1]["step"]}: '
+                   f'{_cross_entropy(rows[-1]):.4g}')
   lines.append(f'Wall time of this invocation: {seconds / 60:.1f} min')
   return '\n'.join(lines)
 
