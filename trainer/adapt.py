@@ -499,15 +499,11 @@ def main(argv=None) -> int:
   parser.add_argument('--teacher', default=None, choices=('decoder', 'encoder'),
                       help='also store this source as params["teacher"] for distillation')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing OUTPUT/params')
-  argv = list(sys.argv[1:] if argv is None else argv)
   # T5X-style `--gin.NAME=VALUE` bindings for gin model files given as configs.
-  bindings = [a[len('--gin.'):].replace('=', ' = ', 1) for a in argv if a.startswith('--gin.')]
-  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
-  try:
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs through absl
-  except ImportError:
-    pass
+  from trainer import gin_utils  # pylint: disable=g-import-not-at-top
+  bindings, rest = gin_utils.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
+  args = parser.parse_args(rest)
+  gin_utils.quiet_absl_logging()
   try:
     adapt(decoder_only=args.decoder_only, encoder_from=args.encoder_from, output=args.output,
           decoder_only_config=args.decoder_only_config, encoder_config=args.encoder_from_config,

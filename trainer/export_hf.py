@@ -101,15 +101,10 @@ def main(argv=None) -> int:
   parser.add_argument('--max_shard_size', default='5GB',
                       help='split the weights into shards of at most this size (as save_pretrained)')
   # `--gin.NAME=VALUE` bindings (T5X style) are collected before argparse sees them.
-  argv = list(sys.argv[1:] if argv is None else argv)
-  bindings = [a[len('--gin.'):] for a in argv if a.startswith('--gin.')]
-  bindings = [b.replace('=', ' = ', 1) for b in bindings]
-  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
-  try:
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns through absl
-  except ImportError:
-    pass
+  from trainer import gin_utils  # pylint: disable=g-import-not-at-top
+  bindings, rest = gin_utils.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
+  args = parser.parse_args(rest)
+  gin_utils.quiet_absl_logging()
   try:
     export(checkpoint=args.checkpoint, output=args.output, config_path=args.config,
            gin_files=args.gin_file, gin_bindings=bindings, dtype=args.dtype,

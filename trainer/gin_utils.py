@@ -151,6 +151,24 @@ def setup_gin(flags: Flags, *, finalize: bool = True, prelude: Sequence[str] = (
       raise ConfigError(_one_line(e)) from e
 
 
+def split_gin_bindings(argv: Sequence[str]):
+  """(bindings, rest): `--gin.NAME=VALUE` flags as gin binding strings, and the other arguments.
+
+  For argparse entry points (adapt, export_hf) that accept T5X-style bindings for gin model files.
+  """
+  bindings = [a[len('--gin.'):].replace('=', ' = ', 1) for a in argv if a.startswith('--gin.')]
+  return bindings, [a for a in argv if not a.startswith('--gin.')]
+
+
+def quiet_absl_logging() -> None:
+  """Orbax and others log warnings through absl; a command-line tool shows only its own output."""
+  try:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  except ImportError:
+    pass
+
+
 def help_text(main: Callable[[Flags], int], *, extra_flags: Sequence[str] = ()) -> str:
   """`--help`: the entry point's module docstring, then the flags every gin entry point takes."""
   module_doc = (sys.modules.get(main.__module__).__doc__ or '').strip()
