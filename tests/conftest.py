@@ -19,6 +19,14 @@ def shared_data() -> pathlib.Path:
   return SHARED_DATA
 
 
+@pytest.fixture(scope='module')
+def corpus_file(shared_data, tmp_path_factory):
+  """A 200 kB slice of tinyshakespeare (keeps SentencePiece training about a second)."""
+  path = tmp_path_factory.mktemp('corpus') / 'shakespeare.txt'
+  path.write_bytes((shared_data / 'tinyshakespeare' / 'input.txt').read_bytes()[:200_000])
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO_ROOT

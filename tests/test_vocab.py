@@ -8,14 +8,7 @@ import sentencepiece as spm
 
 from tasks import vocab as vocab_lib
 
-TEXT_BYTES = 200_000  # A slice of tinyshakespeare keeps SentencePiece training ~1 s.
-
-
-@pytest.fixture(scope="module")
-def corpus_file(shared_data, tmp_path_factory):
-  path = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
-  path.write_bytes((shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:TEXT_BYTES])
-  return str(path)
+# corpus_file: a tinyshakespeare slice (tests/conftest.py).
 
 
 @pytest.fixture(scope="module")
