@@ -40,10 +40,12 @@ class ProcessUnits(beam.DoFn):
   """WorkUnit -> tagged (tag, key, value): examples by output shard, dead letters, stats."""
 
   def __init__(self, *, module_import: Sequence[str], feature_lengths: Mapping[str, int],
-               max_document_chars: Optional[int], progress_dir: Optional[str]):
+               max_document_chars: Optional[int], progress_dir: Optional[str],
+               objective_impl: str = "numpy"):
     self._module_import = tuple(module_import)
     self._feature_lengths = dict(feature_lengths)
     self._max_document_chars = max_document_chars
+    self._objective_impl = objective_impl
     self._progress_dir = progress_dir
     self._processor = None
 
@@ -51,7 +53,7 @@ class ProcessUnits(beam.DoFn):
     from pipelines import cache_core  # pylint: disable=g-import-not-at-top  (TF: workers only)
     self._processor = cache_core.UnitProcessor(
         module_import=self._module_import, feature_lengths=self._feature_lengths,
-        max_document_chars=self._max_document_chars)
+        max_document_chars=self._max_document_chars, objective_impl=self._objective_impl)
 
   def _report(self, unit, stats, done):
     if not self._progress_dir:
@@ -169,7 +171,7 @@ class WriteStats(beam.DoFn):
 def build_pipeline(pipeline: beam.Pipeline, *, units: Sequence[cache_plan.WorkUnit],
                    output_dirs: Mapping[str, str], module_import: Sequence[str],
                    feature_lengths: Mapping[str, int], max_document_chars: Optional[int] = None,
-                   progress_dir: Optional[str] = None) -> None:
+                   progress_dir: Optional[str] = None, objective_impl: str = "numpy") -> None:
   """Adds the cache job for `units` to `pipeline` (all tasks and splits in one graph)."""
   splits = sorted({(u.cached_name, u.split, u.num_shards) for u in units})
   shard_markers = [((c, s, i, n), None) for c, s, n in splits for i in range(n)]
@@ -183,6 +185,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, units: Sequence[cache_plan.WorkUn
       | "ProcessUnits" >> beam.ParDo(ProcessUnits(
           module_import=module_import, feature_lengths=feature_lengths,
           max_document_chars=max_document_chars, progress_dir=progress_dir,
+          objective_impl=objective_impl,
       )))
   examples = tagged | "SelectExamples" >> beam.FlatMap(_select, "examples")
   dead = tagged | "SelectDead" >> beam.FlatMap(_select, "dead")

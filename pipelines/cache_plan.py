@@ -49,6 +49,9 @@ class CacheJobConfig:
     min_range_bytes: lower bound on the size of an input range.
     max_document_chars: when set, overrides the corpus' limit on document length (longer
       documents go to the dead-letter output with reason 'too_long').
+    objective_impl: 'numpy' runs `tasks.objectives` preprocessors as their vectorised NumPy twins
+      (same distribution, its own random draws); 'tf' runs them in tf.data, giving exactly
+      `task.get_dataset(seed=range seed)` (see `pipelines.cache_core`).
   """
   tasks: tuple[str, ...]
   output_cache_dir: str
@@ -65,6 +68,7 @@ class CacheJobConfig:
   min_input_ranges: int = 4
   min_range_bytes: int = 64 << 10
   max_document_chars: Optional[int] = None
+  objective_impl: str = "numpy"
 
   def __post_init__(self):
     if isinstance(self.feature_lengths, Mapping):
@@ -96,6 +100,8 @@ class CacheJobConfig:
       raise CacheJobError(f"max_shards: must be >= 0 (0 = no maximum), got {self.max_shards}")
     if self.max_document_chars is not None and self.max_document_chars < 1:
       raise CacheJobError(f"max_document_chars: must be >= 1, got {self.max_document_chars}")
+    if self.objective_impl not in ("numpy", "tf"):
+      raise CacheJobError(f"objective_impl: must be 'numpy' or 'tf', got {self.objective_impl!r}")
 
   @property
   def lengths(self) -> dict[str, int]:

@@ -38,12 +38,16 @@ def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[st
     cache_dir: the cache job's `--output_cache_dir`.
     module_import: modules that register the source tasks (default: those the cache job used,
       from each `cache_job.json`); only imported when a source task is not registered yet.
-    replace: re-register a name that is already registered (e.g. after re-running the job).
+    replace: re-register a name that is already registered (e.g. after re-running the job, or a
+      cache of the same task and lengths in another directory: the last one registered is read).
   """
   import importlib  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.isdir(cache_dir):
     raise FileNotFoundError(f"register_cached_tasks: cache_dir {cache_dir!r} is not a directory")
-  seqio.add_global_cache_dirs([cache_dir])
+  # seqio reads a cached task from the first global cache dir holding its name: put this one first
+  # so that registering a newer cache of the same task and lengths takes effect.
+  seqio.set_global_cache_dirs(
+      [cache_dir] + [d for d in seqio.get_global_cache_dirs() if d != cache_dir])
   names = []
   for info_path in sorted(tf.io.gfile.glob(os.path.join(cache_dir, "*", JOB_INFO))):
     task_dir = os.path.dirname(info_path)

@@ -354,3 +354,34 @@ def test_project_ul2_and_prefix_lm_mixture(cache_env, tmp_path):
                          feature_converter=seqio.EncDecFeatureConverter(pack=True))
   batch = next(ds.as_numpy_iterator())
   assert batch["encoder_input_tokens"].shape == (64,)
+
+
+@pytest.mark.parametrize("objective_impl", ["numpy", "tf"])
+def test_project_objective_runs_as_numpy_twin_or_in_tf(cache_env, tmp_path, objective_impl):
+  """One input range of the project's UL2 task: 'tf' gives exactly task.get_dataset(seed=range
+  seed); 'numpy' (the default) gives exactly tasks.objectives_numpy on the range's documents."""
+  from tasks import objectives_numpy  # pylint: disable=g-import-not-at-top
+  lengths = {"inputs": 64, "targets": 32}
+  run_job(tmp_path, ["cachetestul2_ul2"], feature_lengths=lengths, min_input_ranges=1,
+          objective_impl=objective_impl)
+  cached = cache_plan.cached_task_name("cachetestul2_ul2", lengths)
+  cache_registry.register_cached_tasks(str(tmp_path))
+  got = read_cached(cached)
+  assert json.loads((tmp_path / cached / "cache_job.json").read_text())["objective_impl"] == (
+      objective_impl)
+  one = os.environ["CACHE_TEST_ONE"]
+  seed = cache_plan.derive_seed(0, "cachetestul2_ul2", "train", os.path.basename(one), 0,
+                                os.path.getsize(one))
+  task = seqio.get_mixture_or_task("cachetestul2_ul2")
+  if objective_impl == "tf":
+    want = [{k: ex[k].tolist() for k in ("inputs", "targets")} for ex in
+            task.get_dataset(lengths, split="train", shuffle=False, seed=seed).as_numpy_iterator()]
+  else:
+    vocab = task.output_features["targets"].vocabulary
+    docs = [np.asarray(vocab.encode(ex["text"].decode()) + [vocab.eos_id], np.int32) for ex in
+            task.source.get_dataset(split="train", shuffle=False).as_numpy_iterator()]
+    want = [{k: v.tolist() for k, v in ex.items()} for ex in objectives_numpy.run_objective(
+        task.preprocessors[-1], docs, sequence_length=lengths,
+        output_features=task.output_features, seed=(seed, 0, len(task.preprocessors) - 1))]
+  assert len(want) > 50
+  assert _as_set(got) == _as_set(want)
