@@ -249,10 +249,17 @@ class TaskProgram:
 
   def _append_eos(self, docs: list[dict]) -> list[dict]:
     """seqio.preprocessors.append_eos on tokenized documents (1-D id arrays)."""
-    eos = {k: f.vocabulary.eos_id for k, f in self.output_features.items() if f.add_eos}
-    return [{k: (np.append(v, np.int32(eos[k])).astype(v.dtype)
-                 if k in eos and isinstance(v, np.ndarray) and v.ndim == 1 else v)
-             for k, v in d.items()} for d in docs]
+    eos = {k: np.array([f.vocabulary.eos_id], np.int32)
+           for k, f in self.output_features.items() if f.add_eos}
+    out = []
+    for d in docs:
+      d = dict(d)
+      for k in eos.keys() & d.keys():
+        v = d[k]
+        if isinstance(v, np.ndarray) and v.ndim == 1:
+          d[k] = np.concatenate((v, eos[k].astype(v.dtype)))
+      out.append(d)
+    return out
 
   def _numpy_twin(self, prep):
     if self.objective_impl != "numpy":
@@ -403,7 +410,7 @@ class UnitProcessor:
     examples = []
     eos_pad = {}
     for k, f in program.output_features.items():
-      eos_pad[k] = [i for i in (f.vocabulary.eos_id, f.vocabulary.pad_id) if i is not None]
+      eos_pad[k] = sorted({i for i in (f.vocabulary.eos_id, f.vocabulary.pad_id) if i is not None})
     for index, ex in enumerate(examples_iter):
       out = {}
       for k in program.output_features:
@@ -415,7 +422,7 @@ class UnitProcessor:
           stats[f"{k}_truncated_tokens"] += int(v.shape[0] - length)
           v = v[:length]
         out[k] = v
-        real = int(np.count_nonzero(~np.isin(v, eos_pad[k]))) if eos_pad[k] else int(v.size)
+        real = int(v.size) - sum(int(np.count_nonzero(v == i)) for i in eos_pad[k])
         stats[f"{k}_tokens"] += real
         stats[f"{k}_max_tokens"] = max(stats[f"{k}_max_tokens"], real)
         stats[f"{k}_length_tokens"] += int(v.size)

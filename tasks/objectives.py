@@ -329,7 +329,7 @@ def _prefix_example(tokens, denoiser: Denoiser, mode_id, inputs_length, targets_
 # The preprocessors.
 
 
-def _require_lengths(sequence_length, keys, name):
+def require_lengths(sequence_length, keys, name):
   if not sequence_length or any(sequence_length.get(k) is None for k in keys):
     raise ValueError(f'{name} needs feature lengths for {list(keys)} (e.g. '
                      f'sequence_length={{"inputs": 512, "targets": 512}}), got {sequence_length}')
@@ -358,10 +358,10 @@ def denoise_mixture(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
   denoisers = validate_mixture(denoisers)
   causal = denoisers[0][0].kind == CAUSAL_LM
   if causal:
-    (targets_length,) = _require_lengths(sequence_length, ['targets'], 'causal_lm')
+    (targets_length,) = require_lengths(sequence_length, ['targets'], 'causal_lm')
     inputs_length = None
   else:
-    inputs_length, targets_length = _require_lengths(
+    inputs_length, targets_length = require_lengths(
         sequence_length, ['inputs', 'targets'], 'denoise_mixture')
   needs_special = any(d.mode is not None or d.kind == SPAN for d, _ in denoisers)
   if special is None and needs_special:

@@ -53,7 +53,7 @@ class Rng:
     return (self.raw(shape) >> np.uint64(11)).astype(np.float64) / _TWO_53
 
   def below(self, bounds: np.ndarray) -> np.ndarray:
-    """One int in [0, bound) per entry of `bounds` (>= 1); modulo bias < 2**-40 for bounds < 2**24."""
+    """One int in [0, bound) per entry of `bounds` (>= 1); modulo bias < 2**-40 below 2**24."""
     bounds = np.asarray(bounds, np.uint64)
     return (self.raw(bounds.shape) % bounds).astype(np.int64)
 
@@ -180,10 +180,10 @@ def denoise_mixture(documents: Sequence[np.ndarray], *, sequence_length: Mapping
   denoisers = objectives.validate_mixture(denoisers)
   causal = denoisers[0][0].kind == objectives.CAUSAL_LM
   if causal:
-    (targets_length,) = objectives._require_lengths(sequence_length, ['targets'], 'causal_lm')  # pylint: disable=protected-access
+    (targets_length,) = objectives.require_lengths(sequence_length, ['targets'], 'causal_lm')
     inputs_length = None
   else:
-    inputs_length, targets_length = objectives._require_lengths(  # pylint: disable=protected-access
+    inputs_length, targets_length = objectives.require_lengths(
         sequence_length, ['inputs', 'targets'], 'denoise_mixture')
   needs_special = any(d.mode is not None or d.kind == objectives.SPAN for d, _ in denoisers)
   if special is None and needs_special:

@@ -159,7 +159,8 @@ def test_span_corruption_statistics_and_reassembly(documents, vocab, impl):
     (64, 0.5, {"inputs": 1024, "targets": 1024}),
 ])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_each_span_denoiser_hits_its_density_and_span_length(documents, vocab, mu, r, lengths, impl):
+def test_each_span_denoiser_hits_its_density_and_span_length(documents, vocab, mu, r, lengths,
+                                                             impl):
   special = vocab_lib.special_tokens(vocab)
   d = objectives.x_denoiser(mu, r)
   examples = _run(objectives.denoise_mixture, documents[:1200], vocab, lengths, impl=impl,
@@ -368,7 +369,8 @@ def test_numpy_and_tf_mixtures_have_the_same_modes_and_splits(documents, vocab):
 def test_numpy_twin_is_found_for_each_objective_and_only_for_them():
   for fn in (objectives.ul2, objectives.prefix_lm, objectives.span_corruption,
              objectives.causal_lm, functools.partial(objectives.prefix_lm, random_split=True),
-             functools.partial(objectives.denoise_mixture, denoisers=[(objectives.S_DENOISER, 1.0)])):
+             functools.partial(objectives.denoise_mixture,
+                               denoisers=[(objectives.S_DENOISER, 1.0)])):
     assert objectives_numpy.numpy_objective(fn) is not None, fn
   assert objectives_numpy.numpy_objective(seqio.preprocessors.append_eos) is None
   twin = objectives_numpy.numpy_objective(
