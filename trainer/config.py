@@ -61,6 +61,11 @@ class TransformerConfig:
     attention_impl: attention kernel name (see `trainer.attention`).
     remat: per-block rematerialisation: 'none' | 'full' (save nothing) | 'dots' (save matmuls
       without batch dimensions, i.e. the projections; recompute attention).
+    scan_layers: run the blocks under `nn.scan` (one compiled body, looped) instead of unrolling
+      them. The body is one period of the per-layer windows (`scan_period`: Gemma 2's sliding,
+      global = 2 layers), so `num_layers` must be a multiple of it. Parameters are then stacked
+      with a leading 'layers' axis (`trainer/scan_layout.py` converts between the two layouts;
+      checkpoints, HF interop and adaptation accept either). Same maths as unrolled.
   """
   vocab_size: int
   embed_dim: int
@@ -81,6 +86,7 @@ class TransformerConfig:
   param_dtype: str = 'float32'
   attention_impl: str = 'reference'
   remat: str = 'none'
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
@@ -129,6 +135,15 @@ class TransformerConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'TransformerConfig.remat must be one of {REMAT_POLICIES}, got '
                        f'{self.remat!r}')
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f'TransformerConfig.scan_layers must be a bool, got {self.scan_layers!r}')
+    if self.scan_layers and self.num_layers % self.scan_period:
+      windows = ', '.join('global' if w is None else f'sliding({w})'
+                          for w in self.layer_windows[:self.scan_period])
+      raise ValueError(
+          f'TransformerConfig.scan_layers=True needs num_layers to be a multiple of the layer '
+          f'pattern period {self.scan_period} ({windows}, from layer_types / sliding_window), got '
+          f'num_layers={self.num_layers}; set scan_layers=False or change num_layers')
 
   @property
   def resolved_layer_types(self) -> Tuple[str, ...]:
@@ -142,6 +157,21 @@ class TransformerConfig:
     if self.sliding_window is None:
       return None
     return self.sliding_window if self.resolved_layer_types[layer_index] == 'sliding' else None
+
+  @property
+  def layer_windows(self) -> Tuple[Optional[int], ...]:
+    """`layer_window(i)` for every layer."""
+    return tuple(self.layer_window(i) for i in range(self.num_layers))
+
+  @property
+  def scan_period(self) -> int:
+    """Smallest p with `layer_window(i) == layer_window(i % p)` for every layer: the number of
+    layers one `nn.scan` step runs (Gemma 2: 2; every layer global: 1)."""
+    windows = self.layer_windows
+    for p in range(1, len(windows) + 1):
+      if all(windows[i] == windows[i % p] for i in range(len(windows))):
+        return p
+    return len(windows)
 
   @property
   def compute_dtype(self):

@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules and shardings (the T5X "partitioner" idea, on jax.sharding).
 
 Parameters and activations carry *logical* axis names (DESIGN.md: `vocab, embed, heads, kv_heads,
-head_dim, mlp` on params; `batch, length, ...` on activations). A list of rules maps each logical
+head_dim, mlp` on params, plus `layers` on the leading axis of scanned params; `batch, length, ...` on activations). A list of rules maps each logical
 name to a mesh axis (`data`, `fsdp`, `tensor`) or to None (replicated). Rules are tried in order and
 a mesh axis is used at most once per array (flax's `logical_to_mesh_axes` semantics), so with the
 default rules an activation `[batch, length, embed]` gets `('data', 'fsdp'), None, None` while a
@@ -34,6 +34,7 @@ DEFAULT_RULES: Tuple[Tuple[str, Any], ...] = (
     ('embed', 'fsdp'),
     ('length', None),
     ('head_dim', None),
+    ('layers', None),   # the stacked layer axis of scanned params (TransformerConfig.scan_layers)
 )
 
 # The mesh axes a batch's leading dimension is split over.

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer import layers
+from trainer import scan_layout
 from trainer.attention import Attention, AttentionMask
 from trainer.config import EncoderDecoderConfig, TransformerConfig
 
@@ -74,13 +75,46 @@ def _block_class(config: TransformerConfig):
   return nn.remat(Block, policy=_REMAT_POLICIES[config.remat], static_argnums=(6,))
 
 
+class _BlockGroup(nn.Module):
+  """One `nn.scan` step of a scanned stack: `config.scan_period` consecutive blocks named
+  'block_{j}' (at step g, block_j is layer g * period + j, so its window is `layer_window(j)`).
+  The remat policy applies to each block inside the scanned body, as in the unrolled stack."""
+  config: TransformerConfig
+  cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x, rope, self_mask, encoded, cross_mask, deterministic):
+    cfg = self.config
+    block_cls = _block_class(cfg)
+    for j in range(cfg.scan_period):
+      block = block_cls(cfg, cross_attention=self.cross_attention,
+                        name=f'{scan_layout.BLOCK_PREFIX}{j}')
+      x = block(x, rope, self_mask.with_window(cfg.layer_window(j)), encoded, cross_mask,
+                deterministic)
+    return x, None
+
+
+def _scanned_blocks(config: TransformerConfig, cross_attention: bool) -> nn.Module:
+  """`_BlockGroup` under `nn.scan`: params stacked on a leading axis named 'layers' (logical axis,
+  unsharded by the default rules); each step gets its own dropout key."""
+  scanned = nn.scan(_BlockGroup,
+                    variable_axes={'params': 0},
+                    split_rngs={'params': True, 'dropout': True},
+                    in_axes=(nn.broadcast,) * 5,  # rope, masks, encoded, deterministic
+                    length=config.num_layers // config.scan_period,
+                    metadata_params={nn.PARTITION_NAME: scan_layout.SCAN_KEY})
+  return scanned(config, cross_attention=cross_attention)
+
+
 def _default_positions(tokens):
   return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
 class _Stack(nn.Module):
   """Embedder + blocks + final norm, shared by the assemblies (param names as in DESIGN.md:
-  'embedder', 'layer_{i}', 'final_norm' at the top of the module's tree).
+  'embedder', 'layer_{i}', 'final_norm' at the top of the module's tree; with
+  `config.scan_layers`, 'layers': {'block_{j}': stacked} instead of 'layer_{i}', see
+  `trainer/scan_layout.py`).
 
   Subclasses set `cross_attention` (T5Gemma decoder blocks).
   """
@@ -91,10 +125,14 @@ class _Stack(nn.Module):
     cfg = self.config
     self.embedder = layers.Embedder(vocab_size=cfg.vocab_size, embed_dim=cfg.embed_dim,
                                     dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype)
-    block_cls = _block_class(cfg)
-    for i in range(cfg.num_layers):
-      # setattr names the submodule 'layer_{i}' (flax takes setup names from attributes).
-      setattr(self, f'layer_{i}', block_cls(cfg, cross_attention=self.cross_attention))
+    if cfg.scan_layers:
+      # Named 'layers' by the attribute: params {'layers': {'block_0': ..., ...}} (scan_layout).
+      self.layers = _scanned_blocks(cfg, self.cross_attention)
+    else:
+      block_cls = _block_class(cfg)
+      for i in range(cfg.num_layers):
+        # setattr names the submodule 'layer_{i}' (flax takes setup names from attributes).
+        setattr(self, f'layer_{i}', block_cls(cfg, cross_attention=self.cross_attention))
     self.final_norm = layers.RMSNorm(eps=cfg.rms_norm_eps, param_dtype=cfg.parameter_dtype)
     self.dropout = nn.Dropout(rate=cfg.dropout_rate)
 
@@ -106,10 +144,13 @@ class _Stack(nn.Module):
     x = nn.with_logical_constraint(x, _EMBED_AXES)
     x = self.dropout(x, deterministic=deterministic)
     rope = layers.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.compute_dtype)
-    for i in range(cfg.num_layers):
-      block = getattr(self, f'layer_{i}')
-      x = block(x, rope, self_mask.with_window(cfg.layer_window(i)), encoded, cross_mask,
-                deterministic)
+    if cfg.scan_layers:
+      x, _ = self.layers(x, rope, self_mask, encoded, cross_mask, deterministic)
+    else:
+      for i in range(cfg.num_layers):
+        block = getattr(self, f'layer_{i}')
+        x = block(x, rope, self_mask.with_window(cfg.layer_window(i)), encoded, cross_mask,
+                  deterministic)
     x = self.final_norm(x)
     return self.dropout(x, deterministic=deterministic)
 
