@@ -40,13 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer import scan_layout
 from trainer.config import EncoderDecoderConfig, TransformerConfig
 
 MODEL_CONFIG_FILE = 'model_config.json'
 PARAMS_DIR = 'params'
 CROSS_ATTN_INITS = ('auto', 'self_attn', 'random')
 # TransformerConfig fields that change the maths (must agree between an adapted checkpoint and the
-# gin model file); dtype, dropout, remat and attention_impl may differ.
+# gin model file); dtype, dropout, remat, attention_impl and scan_layers may differ.
 SHAPE_FIELDS = ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
                 'mlp_dim', 'query_pre_attn_scalar', 'attn_logits_soft_cap', 'final_logit_soft_cap',
                 'sliding_window', 'rope_theta', 'rms_norm_eps')
@@ -226,7 +227,7 @@ def load_decoder_only(path: str, *, config_path: Optional[str] = None,
     config = dataclasses.replace(config, param_dtype=param_dtype)
   check_decoder_params(params, config, what=f'--{flag}={path}')
   params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(config.parameter_dtype), params)
-  return config, params
+  return config, scan_layout.for_config(params, config)
 
 
 def _expected_decoder_shapes(config: TransformerConfig) -> Dict[str, Tuple[int, ...]]:
@@ -243,8 +244,15 @@ def _keys(path) -> Tuple[str, ...]:
 
 
 def check_decoder_params(params: Mapping[str, Any], config: TransformerConfig, *, what: str) -> None:
-  """Raises AdaptError naming the first parameter missing, unexpected or of the wrong shape."""
-  want = _expected_decoder_shapes(config)
+  """Raises AdaptError naming the first parameter missing, unexpected or of the wrong shape.
+
+  Either layout is accepted (`scan_layout`): the check runs on the unrolled names.
+  """
+  want = _expected_decoder_shapes(dataclasses.replace(config, scan_layers=False))
+  try:
+    params = scan_layout.unrolled(params)
+  except (ValueError, KeyError, IndexError) as e:
+    raise AdaptError(f'{what}: malformed scanned params: {e}') from e
   got = {'/'.join(_keys(p)): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   for name in sorted(set(want) | set(got)):
     if name not in got:
@@ -289,19 +297,21 @@ def adapt_params(decoder_config: TransformerConfig, decoder_params: Mapping[str,
     seed: PRNG seed of the random cross-attention init (deterministic: same seed, same bytes).
 
   Returns:
-    (EncoderDecoderConfig, {'encoder': ..., 'decoder': ...}) with numpy arrays.
+    (EncoderDecoderConfig, {'encoder': ..., 'decoder': ...}) with numpy arrays, each side in its
+    config's layout (scanned when that config has `scan_layers`; sources may be in either).
   """
   if cross_attn_init not in CROSS_ATTN_INITS:
     raise AdaptError(f'cross_attn_init must be one of {CROSS_ATTN_INITS}, got {cross_attn_init!r}')
   if (encoder_config is None) != (encoder_params is None):
     raise AdaptError('give both encoder_config and encoder_params, or neither')
-  decoder_params = _unbox(decoder_params)
-  check_decoder_params(decoder_params, decoder_config, what='decoder source')
+  # Adapted layer by layer in the unrolled layout; the result gets each config's layout.
+  check_decoder_params(_unbox(decoder_params), decoder_config, what='decoder source')
+  decoder_params = scan_layout.unrolled(_unbox(decoder_params))
   if encoder_config is None:
     encoder_config, encoder_params = decoder_config, decoder_params
   else:
-    encoder_params = _unbox(encoder_params)
-    check_decoder_params(encoder_params, encoder_config, what='encoder source')
+    check_decoder_params(_unbox(encoder_params), encoder_config, what='encoder source')
+    encoder_params = scan_layout.unrolled(_unbox(encoder_params))
   if encoder_config.vocab_size != decoder_config.vocab_size:
     raise AdaptError(f'the encoder source has vocab_size={encoder_config.vocab_size} but the decoder '
                      f'source has {decoder_config.vocab_size}: both sides need the same vocabulary')
@@ -330,7 +340,7 @@ def adapt_params(decoder_config: TransformerConfig, decoder_params: Mapping[str,
       layer['pre_cross_attn_norm'] = {'scale': zeros.copy()}
       layer['post_cross_attn_norm'] = {'scale': zeros.copy()}
   config = EncoderDecoderConfig(encoder=encoder_config, decoder=decoder_config)
-  return config, {'encoder': encoder, 'decoder': decoder}
+  return config, scan_layout.for_config({'encoder': encoder, 'decoder': decoder}, config)
 
 
 def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,

@@ -9,7 +9,9 @@ Layout of a training run's checkpoints (an orbax `CheckpointManager` directory):
 
 `restore_params(path, abstract_params)` accepts (a) such a manager directory (latest step), (b) one
 step directory of it, or (c) a plain params checkpoint written by `save_params(path, params)` (what
-`trainer.adapt` and HF imports write): that is what `train(init_checkpoint=...)` reads.
+`trainer.adapt` and HF imports write): that is what `train(init_checkpoint=...)` reads. Stacks
+saved unrolled restore into a scanned model (`TransformerConfig.scan_layers`) and vice versa
+(`trainer/scan_layout.py`); a full-state resume (`Checkpointer.restore`) needs the same layout.
 """
 import dataclasses
 import logging
@@ -19,6 +21,8 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from trainer import scan_layout
 
 ITEMS = ('params', 'opt_state', 'train_meta', 'data')
 
@@ -136,6 +140,7 @@ def _restore_hf_params(path: str, model_type: str, abstract_params):
   else:
     raise ValueError(f'init_checkpoint: {path!r} is a Hugging Face checkpoint of model_type '
                      f'{model_type!r}; supported: gemma2, t5gemma')
+  params = scan_layout.like(params, abstract_params)  # HF is unrolled; the model may be scanned
   flat_abstract = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
   flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   names = lambda keys: sorted(jax.tree_util.keystr(k) for k in keys)
@@ -164,6 +169,30 @@ def restore_params(path: str, abstract_params):
   if hf_type is not None:
     return _restore_hf_params(os.path.abspath(path), hf_type, abstract_params)
   params_dir = _params_dir(path)
+  stored = _stored_tree(params_dir)
+  target = abstract_params if stored is None else scan_layout.like(abstract_params, stored)
+  if jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(abstract_params):
+    return _restore_orbax(params_dir, abstract_params)
+  # The checkpoint's stacks are in the other layout (unrolled vs scanned): restore them as
+  # stored, convert, and place each leaf as the model wants.
+  restored = scan_layout.like(_restore_orbax(params_dir, target), abstract_params)
+  return jax.tree_util.tree_map(
+      lambda want, x: x if want.sharding is None else jax.device_put(x, want.sharding),
+      abstract_params, restored)
+
+
+def _stored_tree(params_dir: str):
+  """The checkpoint's tree of array metadata (nested dicts), or None if it cannot be read."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(params_dir)
+  except (ValueError, KeyError, FileNotFoundError):
+    return None
+  tree = getattr(metadata, 'item_metadata', metadata)
+  return getattr(tree, 'tree', tree)
+
+
+def _restore_orbax(params_dir: str, abstract_params):
+  """Orbax restore of `abstract_params`' structure, whole or as a part of a bigger tree."""
   try:
     return ocp.StandardCheckpointer().restore(params_dir, abstract_params)
   except (ValueError, KeyError, FileNotFoundError) as e:

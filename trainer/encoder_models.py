@@ -30,6 +30,7 @@ from flax.core import meta
 from trainer import flops as flops_lib
 from trainer import heads as heads_lib
 from trainer import poolers as poolers_lib
+from trainer import scan_layout
 from trainer import transformer
 
 Batch = Mapping[str, jax.Array]
@@ -66,7 +67,11 @@ class EncoderClassifier(nn.Module):
 
 
 def _is_stack_tree(params: Mapping[str, Any]) -> bool:
-  return all(k in params for k in _STACK_TOP_KEYS) and any(k.startswith('layer_') for k in params)
+  return all(k in params for k in _STACK_TOP_KEYS) and scan_layout.is_stack(params)
+
+
+def _without_cross_attention(layer: Mapping[str, Any]) -> Dict[str, Any]:
+  return {k: v for k, v in layer.items() if 'cross' not in k}
 
 
 def encoder_params_from_decoder(params: Mapping[str, Any]) -> Dict[str, Any]:
@@ -74,7 +79,8 @@ def encoder_params_from_decoder(params: Mapping[str, Any]) -> Dict[str, Any]:
 
   Also accepts an encoder-decoder tree (`{'encoder', 'decoder'}`) and returns its encoder, and a
   full `EncoderClassifier` tree (`{'encoder', 'pooler', 'head'}`) and returns its encoder. Cross-
-  attention params never appear in the result. Raises ValueError naming what is missing.
+  attention params never appear in the result. Either layout (`scan_layout`) is accepted and kept.
+  Raises ValueError naming what is missing.
   """
   params = meta.unbox(params)
   if 'encoder' in params and isinstance(params['encoder'], Mapping):
@@ -85,8 +91,10 @@ def encoder_params_from_decoder(params: Mapping[str, Any]) -> Dict[str, Any]:
                      f'{sorted(params)}')
   copied = jax.tree_util.tree_map(jnp.array, dict(params))
   for name, layer in copied.items():
-    if name.startswith('layer_') and any('cross' in k for k in layer):
-      copied[name] = {k: v for k, v in layer.items() if 'cross' not in k}
+    if name.startswith('layer_'):
+      copied[name] = _without_cross_attention(layer)
+    elif name == scan_layout.SCAN_KEY:  # scanned layout: layers/block_j
+      copied[name] = {block: _without_cross_attention(v) for block, v in layer.items()}
   return copied
 
 
@@ -185,7 +193,9 @@ class EncoderClassifierModel:
     self.pretrained_params = pretrained_params
     if pretrained_params is not None:
       self._pretrained_full = meta.unbox(pretrained_params)
-      self._pretrained_encoder = encoder_params_from_decoder(pretrained_params)
+      # In this encoder's layout (scanned or unrolled), whatever the source's.
+      self._pretrained_encoder = scan_layout.for_config(
+          encoder_params_from_decoder(pretrained_params), config)
     else:
       self._pretrained_full = None
       self._pretrained_encoder = None

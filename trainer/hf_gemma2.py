@@ -28,9 +28,11 @@ import json
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import jax
 import ml_dtypes
 import numpy as np
 
+from trainer import scan_layout
 from trainer.config import TransformerConfig
 
 
@@ -327,7 +329,8 @@ def _unbox(tree):
 
 def params_from_hf(get: Callable[[str, Tuple[int, ...]], np.ndarray],
                    config: TransformerConfig) -> Dict[str, Any]:
-  """HF Gemma 2 tensors -> `Decoder` params (numpy, the checkpoint's dtype)."""
+  """HF Gemma 2 tensors -> `Decoder` params (numpy, the checkpoint's dtype; scanned layout when
+  `config.scan_layers`)."""
   params = {
       'embedder': {'embedding': get('model.embed_tokens.weight',
                                     (config.vocab_size, config.embed_dim))},
@@ -335,12 +338,15 @@ def params_from_hf(get: Callable[[str, Tuple[int, ...]], np.ndarray],
   }
   for i in range(config.num_layers):
     params[f'layer_{i}'] = layer_from_hf(get, f'model.layers.{i}.', config)
-  return params
+  return scan_layout.for_config(params, config)
 
 
 def params_to_hf(params: Mapping[str, Any], config: TransformerConfig) -> Dict[str, np.ndarray]:
-  """`Decoder` params -> {HF Gemma 2 tensor name: array} (no separate lm_head: tied)."""
+  """`Decoder` params (unrolled or scanned) -> {HF Gemma 2 tensor name: array} (no separate
+  lm_head: tied)."""
   params = _unbox(params)
+  if scan_layout.is_scanned(params):  # unrolled on the host: HF numbers the layers
+    params = scan_layout.unrolled(jax.tree_util.tree_map(np.asarray, params))
   tensors = {'model.embed_tokens.weight': np.asarray(params['embedder']['embedding'])}
   for i in range(config.num_layers):
     tensors.update(layer_to_hf(params[f'layer_{i}'], f'model.layers.{i}.'))

@@ -29,8 +29,10 @@ import json
 import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
+import jax
 import numpy as np
 
+from trainer import scan_layout
 from trainer.config import EncoderDecoderConfig, TransformerConfig
 
 CONFIG_FILE = 'config.json'
@@ -330,10 +332,13 @@ def _lookup(tree: Mapping[str, Any], path: Tuple[str, ...]) -> Any:
 
 
 def params_to_hf(params: Mapping[str, Any], config: EncoderDecoderConfig) -> Dict[str, np.ndarray]:
-  """Our `EncoderDecoder` params (plain or partitioned, jax or numpy) -> HF tensors (numpy, same dtype)."""
+  """Our `EncoderDecoder` params (plain or partitioned, jax or numpy, unrolled or scanned) -> HF
+  tensors (numpy, same dtype)."""
   params = _unbox(params)
   if 'params' in params and 'encoder' not in params:
     params = params['params']
+  # Scanned stacks (`scan_layers`) are unrolled on the host (HF numbers the layers).
+  params = scan_layout.unrolled(jax.tree_util.tree_map(np.asarray, params))
   out = {}
   for path, name, kind, shape in tensor_map(config):
     value = np.asarray(_lookup(params, path))
@@ -345,7 +350,8 @@ def params_to_hf(params: Mapping[str, Any], config: EncoderDecoderConfig) -> Dic
 
 
 def params_from_hf(tensors: Mapping[str, Any], config: EncoderDecoderConfig) -> Dict[str, Any]:
-  """HF T5Gemma tensors (name -> array) -> our `EncoderDecoder` params (nested dict of numpy).
+  """HF T5Gemma tensors (name -> array) -> our `EncoderDecoder` params (nested dict of numpy, in
+  the layout `config` asks for: unrolled, or scanned with `scan_layers`).
 
   Raises HFConversionError naming the tensor if one is missing, has the wrong shape, or is not
   part of a T5Gemma model we can compute (unknown names; an untied `lm_head.out_proj.weight`).
@@ -374,7 +380,7 @@ def params_from_hf(tensors: Mapping[str, Any], config: EncoderDecoderConfig) -> 
   if extra:
     raise HFConversionError(f'unexpected tensor {extra[0]} in the checkpoint ({len(extra)} unexpected in all); '
                             'does config.json match the weights?')
-  return params
+  return scan_layout.for_config(params, config)
 
 
 # --------------------------------------------------------------------------------------------------
