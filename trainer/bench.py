@@ -10,7 +10,9 @@ token batches — no TensorFlow, seqio or Beam is imported — and prints step t
 
 Options are the `benchmark()` arguments, bound with `--gin.benchmark.NAME=VALUE` (`steps`,
 `batch_size`, `length`, `encoder_length`, `micro_batches`, `optimizer` ('adafactor'|'adamw'),
-`mesh_data/mesh_fsdp/mesh_tensor`, `peak_flops`, `seed`).
+`master_dtype` (None | 'float32': fp32 master copy of bf16 params, `optimizers.with_master_copy`),
+`mesh_data/mesh_fsdp/mesh_tensor`, `peak_flops`, `seed`). Model switches are the model file's
+(`--gin.REMAT=...`, `--gin.PARAM_DTYPE=...`, `--gin.SCAN_LAYERS=True`).
 """
 import os
 import sys
@@ -61,7 +63,8 @@ def synthetic_batch(model, *, batch_size: int, length: int, encoder_length: Opti
 
 def benchmark(*, model, steps: int = 5, batch_size: int = 8, length: int = 512,
               encoder_length: Optional[int] = None, micro_batches: int = 1,
-              optimizer: str = 'adafactor', mesh_data: int = -1, mesh_fsdp: int = 1,
+              optimizer: str = 'adafactor', master_dtype: Optional[str] = None,
+              mesh_data: int = -1, mesh_fsdp: int = 1,
               mesh_tensor: int = 1, peak_flops: Optional[float] = None, seed: int = 0,
               stream=None) -> dict:
   """Times `steps` train steps after one compile step; returns and prints the figures."""
@@ -76,7 +79,7 @@ def benchmark(*, model, steps: int = 5, batch_size: int = 8, length: int = 512,
   batch = synthetic_batch(model, batch_size=batch_size, length=length,
                           encoder_length=encoder_length, vocab_size=cfg.vocab_size, seed=seed)
   shapes = {k: v.shape for k, v in batch.items()}
-  tx = optimizers.create_optimizer(name=optimizer, learning_rate=1e-3)
+  tx = optimizers.create_optimizer(name=optimizer, learning_rate=1e-3, master_dtype=master_dtype)
   rng = jax.random.PRNGKey(seed)
   dummy = {k: v[:1] for k, v in batch.items()}
   boxed = jax.eval_shape(model.init, rng, dummy)

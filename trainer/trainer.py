@@ -39,6 +39,7 @@ from flax.core import meta
 from trainer import checkpoints as checkpoints_lib
 from trainer import flops as flops_lib
 from trainer import metrics as metrics_lib
+from trainer import optimizers
 from trainer import partitioning
 from trainer.train_state import TrainState
 
@@ -142,7 +143,8 @@ def make_train_step(model, tx: optax.GradientTransformation, *, micro_batches: i
                                      state.params)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    # optax.apply_updates + exact rounding of params that have a master copy in opt_state.
+    params = optimizers.apply_updates(state.params, updates, opt_state)
     metrics = dict(metrics)
     metrics['grad_norm'] = grad_norm
     if learning_rate_fn is not None:
