@@ -140,6 +140,8 @@ def main(argv=None) -> int:
   parser.add_argument("--feature_lengths", default="inputs:512,targets:128")
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--skip_seqio", action="store_true")
+  parser.add_argument("--objective_impl", default="numpy", choices=["numpy", "tf"],
+                      help="this job's --objective_impl (tf: the objective in tf.data, as seqio)")
   args = parser.parse_args(argv)
 
   from pipelines import cache_plan  # pylint: disable=g-import-not-at-top
@@ -174,8 +176,9 @@ def main(argv=None) -> int:
   ours_wall, ours_log = _run(
       [sys.executable, "-m", "pipelines.cache_tasks", "--module_import=pipelines.bench",
        f"--tasks=bench_{args.objective}", f"--output_cache_dir={ours_dir}",
-       f"--feature_lengths={lengths_flag}", f"--min_shards={args.num_files}", f"--direct_num_workers={n}", "--overwrite",
-       "--progress_interval_s=30"], env, "cache_tasks")
+       f"--feature_lengths={lengths_flag}", f"--min_shards={args.num_files}",
+       f"--direct_num_workers={n}", "--overwrite", "--progress_interval_s=30",
+       f"--objective_impl={args.objective_impl}"], env, "cache_tasks")
   print(ours_log.rstrip())
   cached = cache_plan.cached_task_name(f"bench_{args.objective}", lengths)
   ours_tokens, ours_stats = _output_tokens(os.path.join(ours_dir, cached, "stats.train.json"))
@@ -198,7 +201,8 @@ def main(argv=None) -> int:
   ceiling = sentencepiece_ceiling(vocab_prefix + ".model", paths, n)
 
   print("\n==== cache job benchmark ====")
-  print(f"corpus {corpus_bytes / 1e6:.1f} MB, objective {args.objective} at {lengths_flag}, "
+  print(f"corpus {corpus_bytes / 1e6:.1f} MB, objective {args.objective} at {lengths_flag} "
+        f"(this job: --objective_impl={args.objective_impl}), "
         f"{n} workers, load average {os.getloadavg()[0]:.1f} at the end")
   print(f"pipelines.cache_tasks : {ours_tokens:,} output tokens ({ours_stats['examples']:,} "
         f"examples, {ours_stats['source_tokens']:,} source tokens) in {ours_wall:.1f}s = "

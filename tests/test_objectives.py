@@ -387,3 +387,23 @@ def test_numpy_seed_gives_the_same_bytes_and_is_stable():
   assert a[:2].tolist() == [17986194428743177670, 16317385439118320161]  # numpy 2.x, Nov 2026.
   assert objectives_numpy.Rng((7, 4)).raw([4]).tolist() != a.tolist()
 
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_short_streams_make_one_example_that_reassembles(vocab, impl):
+  """A stream shorter than any chunk (1..9 tokens) is one flushed example, for every denoiser."""
+  special = vocab_lib.special_tokens(vocab)
+  denoisers = [d for d, _ in objectives.UL2_DENOISERS]
+  if impl == "tf":  # ~1-4 s per run (graph tracing): one R, one X and the S denoiser.
+    denoisers = [denoisers[0], denoisers[5], denoisers[6]]
+  for d in denoisers:
+    for n in ((1, 2, 3, 9) if impl == "numpy" else (1, 3)):
+      doc = list(range(300, 300 + n))  # Not special ids (sentinels start at 7).
+      (ex,) = _run(objectives.denoise_mixture, [doc], vocab, {"inputs": 48, "targets": 48},
+                   impl=impl, denoisers=[(d, 1.0)])
+      assert ex["inputs"][0] == special.mode_ids[d.mode]
+      if d.kind == objectives.SPAN:
+        chunk = _fill_spans(ex["inputs"][1:], ex["targets"], special.sentinel_ids)[0]
+      else:
+        chunk = ex["inputs"][1:] + ex["targets"]
+      assert chunk == doc, (d.name, n, ex)
