@@ -1,4 +1,4 @@
-"""bf16 params with an fp32 master copy in the optimizer state (`create_optimizer(master_dtype=...)`)."""
+"""bf16 params with an fp32 master copy in the optimizer state (`create_optimizer(master_dtype)`)."""
 import dataclasses
 import os
 import tempfile
@@ -134,11 +134,13 @@ def test_master_copy_survives_a_checkpoint_and_resume_reproduces_the_run(tmp_pat
                   jax.tree_util.tree_leaves((p_full, o_full))):
     assert a.dtype == b.dtype
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  for param, master in zip(jax.tree_util.tree_leaves(p_cut), jax.tree_util.tree_leaves(o_cut.master)):
+  for param, master in zip(jax.tree_util.tree_leaves(p_cut),
+                           jax.tree_util.tree_leaves(o_cut.master)):
     assert master.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(param), np.asarray(master.astype(jnp.bfloat16)))
 
 
 def test_master_dtype_is_validated():
-  with pytest.raises(ValueError, match="master_dtype must be None or one of \\('float32',\\), got 'bf16'"):
+  with pytest.raises(ValueError,
+                     match="master_dtype must be None or one of \\('float32',\\), got 'bf16'"):
     optimizers.create_optimizer(master_dtype='bf16')

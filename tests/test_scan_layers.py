@@ -129,7 +129,8 @@ def test_bad_num_layers_for_scan_names_the_field():
   with pytest.raises(ValueError, match='scan_layers must be a bool'):
     dataclasses.replace(CFG, scan_layers='yes')
   # Periods follow the windows: all global -> 1 layer per step; a custom pattern -> its period.
-  assert dataclasses.replace(CFG, num_layers=3, sliding_window=None, scan_layers=True).scan_period == 1
+  all_global = dataclasses.replace(CFG, num_layers=3, sliding_window=None, scan_layers=True)
+  assert all_global.scan_period == 1
   custom = dataclasses.replace(CFG, num_layers=6, scan_layers=True,
                                layer_types=('sliding', 'sliding', 'global') * 2)
   assert custom.scan_period == 3
@@ -141,8 +142,8 @@ def test_layout_conversions_round_trip_exactly():
   tree = {**params, 'teacher': _random_params(Decoder(CFG), _tokens(1))}  # e.g. distillation
   scanned = scan_layout.scanned(tree, 2)
   assert sorted(scanned['teacher']) == ['embedder', 'final_norm', 'layers']
-  np.testing.assert_array_equal(scanned['teacher']['layers']['block_1']['mlp']['down_proj']['kernel'][1],
-                                tree['teacher']['layer_3']['mlp']['down_proj']['kernel'])
+  np.testing.assert_array_equal(scanned['teacher']['layers']['block_1']['mlp']['up_proj']['kernel'][1],
+                                tree['teacher']['layer_3']['mlp']['up_proj']['kernel'])
   for back in (scan_layout.unrolled(scanned), scan_layout.like(scanned, tree),
                scan_layout.unrolled(jax.tree_util.tree_map(jnp.asarray, scanned))):
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(tree)
@@ -186,9 +187,9 @@ def test_checkpoint_written_unrolled_restores_into_scanned_and_back(tmp_path):
   np.testing.assert_allclose(outputs['scanned'], outputs['unrolled'], rtol=1e-5, atol=1e-5)
 
   # And back: a scanned checkpoint (with an extra teacher entry) into an unrolled model.
+  teacher = scan_layout.scanned(_random_params(Decoder(CFG), args[1]), 2)
   checkpoints.save_params(str(tmp_path / 'scanned'), {**jax.device_get(restored),
-                                                      'teacher': scan_layout.scanned(
-                                                          _random_params(Decoder(CFG), args[1]), 2)})
+                                                      'teacher': teacher})
   back = checkpoints.restore_params(str(tmp_path / 'scanned'),
                                     _abstract(ENC_DEC, EncoderDecoder, *args))
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)

@@ -152,8 +152,8 @@ def apply_updates(params, updates, opt_state):
   `MasterCopyState` anywhere in it, e.g. inside freezing wrappers) set to that master rounded to
   the param's dtype, exactly."""
   params = optax.apply_updates(params, updates)
-  states = [s for s in jax.tree_util.tree_leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, MasterCopyState)) if isinstance(s, MasterCopyState)]
+  is_master = lambda x: isinstance(x, MasterCopyState)
+  states = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_master) if is_master(s)]
   if not states:
     return params
   masters = {}
