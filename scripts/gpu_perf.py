@@ -6,6 +6,8 @@ prints markdown tables. Three parts, each fits one 10-minute device command:
   python scripts/gpu_perf.py --part=attention   # reference vs fused, fwd+bwd at 4096 tokens
   python scripts/gpu_perf.py --part=shapes      # train-step MFU, three model shapes
   python scripts/gpu_perf.py --part=levers      # one shape, one lever changed at a time
+  python scripts/gpu_perf.py --part=compile     # any backend: compile time + XLA memory analysis
+                                                # of the train step, scan / bf16 / master variants
 
 Attention: Gemma 2 2B heads (8 query / 4 kv, head_dim 256), bf16, 4096 tokens per row, logit
 soft-cap 50, two packed segments per row (3072 + 1024 tokens). FLOP/s count only the (query, key)
@@ -58,6 +60,18 @@ LEVERS = (
       'models.EncoderDecoderModel.loss_chunk_size=2048', "REMAT='dots'"], {}),
     ('bf16 params', ["PARAM_DTYPE='bfloat16'"], {}),
     ('XLA flags: latency-hiding scheduler, no command buffers', [], {'XLA_FLAGS': _XLA_TUNED}),
+    ('scan over layers', ['SCAN_LAYERS=True'], {}),
+    ('bf16 params + fp32 master copy',
+     ["PARAM_DTYPE='bfloat16'", "benchmark.master_dtype='float32'"], {}),
+)
+# --part=compile (any backend, nothing is run): (label, extra gin bindings, optimizer master_dtype).
+COMPILE_VARIANTS = (
+    ('unrolled, fp32 params', [], None),
+    ('scan over layers, fp32 params', ['SCAN_LAYERS = True'], None),
+    ('unrolled, bf16 params', ["PARAM_DTYPE = 'bfloat16'"], None),
+    ('unrolled, bf16 params + fp32 master', ["PARAM_DTYPE = 'bfloat16'"], 'float32'),
+    ('unrolled, remat dots', ["REMAT = 'dots'"], None),
+    ('scan over layers, remat dots', ["REMAT = 'dots'", 'SCAN_LAYERS = True'], None),
 )
 
 
@@ -140,6 +154,61 @@ def attention_part(*, batch: int, length: int, window, iters: int) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
+# Compile-time figures of the train step (in process; abstract arrays, so nothing is allocated).
+
+def compile_part(gin_file: str, bindings, *, batch_size: int, length: int,
+                 encoder_length: int, variants=COMPILE_VARIANTS) -> list:
+  """Per variant: seconds to lower + compile the train step (adafactor, donated state), XLA's
+  `memory_analysis()` of the compiled step, and the train state's bytes (params + optimiser
+  state, from shapes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax.core import meta  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from trainer import adapt, bench, models, optimizers, trainer
+  from trainer.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
+  from trainer.train_state import TrainState  # pylint: disable=g-import-not-at-top
+
+  def nbytes(tree):
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree_util.tree_leaves(tree))
+
+  gib = lambda n: f'{n / 2**30:.2f}'
+  rows = []
+  for label, extra, master_dtype in variants:
+    try:
+      config = adapt.config_from_gin([gin_file], list(bindings) + list(extra))
+      model_cls = (models.EncoderDecoderModel if isinstance(config, EncoderDecoderConfig)
+                   else models.DecoderOnlyModel)
+      model = model_cls(config=config)
+      vocab = (config.decoder if isinstance(config, EncoderDecoderConfig) else config).vocab_size
+      batch = bench.synthetic_batch(model, batch_size=batch_size, length=length,
+                                    encoder_length=encoder_length, vocab_size=vocab, seed=0)
+      abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+      dummy = {k: v[:1] for k, v in batch.items()}
+      params = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy))
+      tx = optimizers.create_optimizer(name='adafactor', learning_rate=1e-3,
+                                       master_dtype=master_dtype)
+      state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                         opt_state=jax.eval_shape(tx.init, params),
+                         rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+      step = jax.jit(trainer.make_train_step(model, tx), donate_argnums=(0,))
+      t0 = time.perf_counter()
+      compiled = step.lower(state, abstract_batch).compile()
+      seconds = time.perf_counter() - t0
+      mem = compiled.memory_analysis()
+      rows.append((label, f'{seconds:.1f}', gib(mem.temp_size_in_bytes),
+                   gib(mem.argument_size_in_bytes), gib(nbytes(state.params)),
+                   gib(nbytes(state.opt_state))))
+    except Exception as e:  # pylint: disable=broad-except  (one failed variant is a row)
+      error = f'{type(e).__name__}: {str(e).splitlines()[0][:120]}'
+      rows.append((label, '-', '-', '-', '-', error))
+    print(f'# done: {label} -> {rows[-1][1:]}', flush=True)
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Train steps (subprocesses running trainer.bench).
 
 _STEP = re.compile(r'step time ([\d.]+) ms \| ([\d,]+) tokens/s \| ([\d.]+) TFLOP/s \| MFU (\S+)')
@@ -174,7 +243,8 @@ def _table(header, rows):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--part', choices=('attention', 'shapes', 'levers', 'all'), default='all')
+  parser.add_argument('--part', choices=('attention', 'shapes', 'levers', 'compile', 'all'),
+                      default='all', help="'compile' (not in 'all') runs on any backend")
   parser.add_argument('--attention_batch', type=int, default=2)
   parser.add_argument('--attention_length', type=int, default=4096)
   parser.add_argument('--attention_window', type=int, default=1024)
@@ -183,6 +253,14 @@ def main(argv=None) -> int:
   parser.add_argument('--run_timeout', type=int, default=240)
   parser.add_argument('--levers', default='',
                       help='comma-separated LEVERS indices to run (default: all), e.g. 0,1,2,3')
+  parser.add_argument('--compile_gin_file', default=LEVER_SHAPE[1])
+  parser.add_argument('--compile_binding', action='append', default=[],
+                      help="extra gin binding for --part=compile, e.g. 'VOCAB_SIZE = 32000'")
+  parser.add_argument('--compile_variants', default='',
+                      help='comma-separated COMPILE_VARIANTS indices (default: all), e.g. 0,1')
+  parser.add_argument('--compile_batch', type=int, default=2)
+  parser.add_argument('--compile_length', type=int, default=2048)
+  parser.add_argument('--compile_encoder_length', type=int, default=2048)
   args = parser.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   print(f'# gpu_perf: {jax.device_count()} x {jax.devices()[0].device_kind}, jax '
@@ -213,6 +291,17 @@ def main(argv=None) -> int:
       print(f'# done: {lever} -> {rows[-1][1:]}', flush=True)
     print(f'\n## Levers on {label} (one change at a time from the baseline)\n')
     print(_table(('lever', 'step ms', 'tokens/s', 'TFLOP/s', 'MFU', 'note'), rows), flush=True)
+  if args.part == 'compile':
+    variants = ([COMPILE_VARIANTS[int(i)] for i in args.compile_variants.split(',') if i.strip()]
+                if args.compile_variants else COMPILE_VARIANTS)
+    rows = compile_part(args.compile_gin_file, args.compile_binding,
+                        batch_size=args.compile_batch, length=args.compile_length,
+                        encoder_length=args.compile_encoder_length, variants=variants)
+    print(f'\n## Train step compiled on {jax.default_backend()}: {args.compile_gin_file} '
+          f'{args.compile_binding} batch {args.compile_batch}, length {args.compile_length} '
+          f'(encoder {args.compile_encoder_length}), adafactor\n')
+    print(_table(('variant', 'compile s', 'XLA temp GiB', 'XLA arguments GiB', 'params GiB',
+                  'optimizer state GiB'), rows), flush=True)
   return 0
 
 
