@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from trainer import checkpoints, models, optimizers, trainer
+from trainer import checkpoints, models, optimizers, scan_layout, trainer
 from trainer.config import TransformerConfig
 from trainer.train_state import TrainState
 
@@ -30,8 +30,14 @@ def batch_at(index):
           'decoder_loss_weights': np.ones_like(targets, np.float32)}
 
 
-def _model(param_dtype):
-  return models.DecoderOnlyModel(config=dataclasses.replace(CFG, param_dtype=param_dtype))
+def _model(param_dtype, **changes):
+  return models.DecoderOnlyModel(config=dataclasses.replace(CFG, param_dtype=param_dtype,
+                                                            **changes))
+
+
+# The resume test's model is scanned (2 layers, one sliding+global step): the full-state resume
+# then also covers stacked params and their per-layer optimizer state.
+SCANNED = dict(num_layers=2, scan_layers=True)
 
 
 def _trajectory(param_dtype, master_dtype, steps, start):
@@ -98,7 +104,7 @@ def test_master_copy_keeps_bf16_training_on_the_fp32_trajectory(trajectories):
 def test_master_copy_survives_a_checkpoint_and_resume_reproduces_the_run(tmp_path):
   def run(model_dir, **kwargs):
     return trainer.train(
-        model=_model('bfloat16'), model_dir=str(model_dir), total_steps=6,
+        model=_model('bfloat16', **SCANNED), model_dir=str(model_dir), total_steps=6,
         optimizer=optimizers.create_optimizer(name='adamw', learning_rate=3e-4,
                                               master_dtype='float32'),
         train_dataset_fn=lambda start_batch=0: (batch_at(i) for i in range(start_batch, 10**6)),
@@ -114,7 +120,7 @@ def test_master_copy_survives_a_checkpoint_and_resume_reproduces_the_run(tmp_pat
                              [full.losses[s] for s in range(1, 7)], rtol=1e-6)
 
   def final_state(model_dir):
-    model = _model('bfloat16')
+    model = _model('bfloat16', **SCANNED)
     params = meta.unbox(model.init(jax.random.PRNGKey(0), batch_at(0)))
     opt_state = optimizers.create_optimizer(name='adamw', master_dtype='float32').init(params)
     ckpt = checkpoints.Checkpointer(str(model_dir / 'checkpoints'))
@@ -129,7 +135,7 @@ def test_master_copy_survives_a_checkpoint_and_resume_reproduces_the_run(tmp_pat
     return p, o
 
   (p_full, o_full), (p_cut, o_cut) = final_state(tmp_path / 'full'), final_state(tmp_path / 'cut')
-  assert isinstance(o_cut, optimizers.MasterCopyState)
+  assert isinstance(o_cut, optimizers.MasterCopyState) and scan_layout.is_scanned(p_cut)
   for a, b in zip(jax.tree_util.tree_leaves((p_cut, o_cut)),
                   jax.tree_util.tree_leaves((p_full, o_full))):
     assert a.dtype == b.dtype
