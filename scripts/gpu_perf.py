@@ -20,8 +20,9 @@ Train steps: each run is `python -m trainer.bench` in a subprocess (fresh XLA fl
 memory; an OOM or a missing option is a row with its error, not a crash) and the table shows
 what that tool prints (step time, tokens/s, TFLOP/s, MFU by `trainer/flops.py`).
 
-Levers that need the lead's wiring (docs: /work/prompts/G_wiring.md) -- `attention_impl='fused'`
-and the chunked loss (`loss_chunk_size`) -- show the gin error until it is applied.
+Every lever is a gin binding of the trainer (`attention_impl`, `REMAT`, `loss_chunk_size`,
+`SCAN_LAYERS`, `PARAM_DTYPE` + `benchmark.master_dtype`, XLA flags); a binding the trainer rejects
+shows as that row's one-line error.
 """
 import argparse
 import os
