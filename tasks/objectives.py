@@ -32,6 +32,7 @@ How (and why not t5.data.preprocessors end to end):
   `task.get_dataset(..., seed=...)`) gives the same examples.
 """
 import dataclasses
+import inspect
 import math
 from typing import Mapping, Optional, Sequence, Tuple
 
@@ -336,6 +337,71 @@ def require_lengths(sequence_length, keys, name):
   return [int(sequence_length[k]) for k in keys]
 
 
+@dataclasses.dataclass(frozen=True)
+class MixturePlan:
+  """What both implementations of `denoise_mixture` (TF here, NumPy in `tasks.objectives_numpy`)
+  derive from the arguments before drawing anything.
+
+  Attributes:
+    denoisers: the validated `((Denoiser, rate), ...)`.
+    causal: causal LM (targets only).
+    inputs_length: None for causal LM.
+    targets_length: the targets' feature length.
+    special: the vocabulary's special tokens (None when no denoiser needs them).
+    lengths: raw chunk length per denoiser (`raw_length`).
+  """
+  denoisers: Tuple[Tuple[Denoiser, float], ...]
+  causal: bool
+  inputs_length: Optional[int]
+  targets_length: int
+  special: Optional[vocab_lib.SpecialTokens]
+  lengths: Tuple[int, ...]
+
+  @property
+  def rates(self) -> Tuple[float, ...]:
+    return tuple(r for _, r in self.denoisers)
+
+  @property
+  def max_spans(self) -> int:
+    return self.special.num_sentinels if self.special is not None else 1
+
+  @property
+  def sentinel_ids(self) -> Tuple[int, ...]:
+    return tuple(self.special.sentinel_ids) if self.special is not None else (0,)
+
+  def mode_id(self, denoiser: Denoiser) -> Optional[int]:
+    return self.special.mode_ids[denoiser.mode] if denoiser.mode is not None else None
+
+
+def plan_mixture(sequence_length: Mapping[str, int], output_features: Mapping[str, seqio.Feature],
+                 denoisers: Sequence[Tuple[Denoiser, float]],
+                 special: Optional[vocab_lib.SpecialTokens] = None) -> MixturePlan:
+  """Validates a mixture against the feature lengths and derives its chunk lengths (warns when a
+  span denoiser's chunk wants more spans than the vocabulary has sentinels)."""
+  denoisers = validate_mixture(denoisers)
+  causal = denoisers[0][0].kind == CAUSAL_LM
+  if causal:
+    (targets_length,) = require_lengths(sequence_length, ['targets'], 'causal_lm')
+    inputs_length = None
+  else:
+    inputs_length, targets_length = require_lengths(
+        sequence_length, ['inputs', 'targets'], 'denoise_mixture')
+  needs_special = any(d.mode is not None or d.kind == SPAN for d, _ in denoisers)
+  if special is None and needs_special:
+    special = vocab_lib.special_tokens(output_features['targets'].vocabulary)
+  max_spans = special.num_sentinels if special is not None else 1
+  lengths = tuple(raw_length(d, inputs_length, targets_length, max_spans) for d, _ in denoisers)
+  for (d, _), n in zip(denoisers, lengths):
+    if d.kind == SPAN:
+      wanted = round(round(n * d.noise_density) / d.mean_span_length)
+      if wanted > max_spans:
+        logging.warning('Denoiser %s: a %d-token chunk wants %d noise spans but the vocabulary '
+                        'has %d sentinels; spans are capped (longer spans).', d.name, n, wanted,
+                        max_spans)
+  return MixturePlan(denoisers=denoisers, causal=causal, inputs_length=inputs_length,
+                     targets_length=targets_length, special=special, lengths=lengths)
+
+
 def denoise_mixture(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
                     output_features: Mapping[str, seqio.Feature],
                     denoisers: Sequence[Tuple[Denoiser, float]] = UL2_DENOISERS,
@@ -355,31 +421,14 @@ def denoise_mixture(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
     denoisers: `((Denoiser, rate), ...)`; rates need not sum to 1.
     special: special tokens (default: `special_tokens(output_features['targets'].vocabulary)`).
   """
-  denoisers = validate_mixture(denoisers)
-  causal = denoisers[0][0].kind == CAUSAL_LM
-  if causal:
-    (targets_length,) = require_lengths(sequence_length, ['targets'], 'causal_lm')
-    inputs_length = None
-  else:
-    inputs_length, targets_length = require_lengths(
-        sequence_length, ['inputs', 'targets'], 'denoise_mixture')
-  needs_special = any(d.mode is not None or d.kind == SPAN for d, _ in denoisers)
-  if special is None and needs_special:
-    special = vocab_lib.special_tokens(output_features['targets'].vocabulary)
-  max_spans = special.num_sentinels if special is not None else 1
-  lengths = [raw_length(d, inputs_length, targets_length, max_spans) for d, _ in denoisers]
-  for (d, _), n in zip(denoisers, lengths):
-    if d.kind == SPAN:
-      wanted = round(round(n * d.noise_density) / d.mean_span_length)
-      if wanted > max_spans:
-        logging.warning('Denoiser %s: a %d-token chunk wants %d noise spans but the vocabulary '
-                        'has %d sentinels; spans are capped (longer spans).', d.name, n, wanted,
-                        max_spans)
-  sentinel_ids = tf.constant(special.sentinel_ids if special else [0], tf.int32)
-  chunks = _chunk_stream(dataset, lengths, [r for _, r in denoisers])
+  plan = plan_mixture(sequence_length, output_features, denoisers, special)
+  denoisers, causal = plan.denoisers, plan.causal
+  inputs_length, targets_length = plan.inputs_length, plan.targets_length
+  sentinel_ids = tf.constant(plan.sentinel_ids, tf.int32)
+  chunks = _chunk_stream(dataset, plan.lengths, plan.rates)
 
   def branch(d: Denoiser, chunk, seeds):
-    mode_id = special.mode_ids[d.mode] if d.mode is not None else None
+    mode_id = plan.mode_id(d)
     if d.kind == SPAN:
       return _span_example(chunk, d, mode_id, sentinel_ids, seeds)
     if d.kind == PREFIX_LM:
@@ -421,6 +470,18 @@ def ul2(dataset, sequence_length, output_features,
   return denoise_mixture(dataset, sequence_length, output_features, denoisers=denoisers)
 
 
+def _prefix_lm_denoisers(random_split):
+  return ((Denoiser(kind=PREFIX_LM, random_split=random_split), 1.0),)
+
+
+def _span_corruption_denoisers(mean_span_length, noise_density):
+  return ((Denoiser(kind=SPAN, mean_span_length=mean_span_length, noise_density=noise_density),
+           1.0),)
+
+
+_CAUSAL_LM_DENOISERS = ((Denoiser(kind=CAUSAL_LM), 1.0),)
+
+
 def prefix_lm(dataset, sequence_length, output_features, random_split: bool = False):
   """PrefixLM (T5Gemma): stream chunks split into prefix -> inputs, continuation -> targets.
 
@@ -431,7 +492,7 @@ def prefix_lm(dataset, sequence_length, output_features, random_split: bool = Fa
   Concatenating inputs + targets of consecutive examples gives back the token stream.
   """
   return denoise_mixture(dataset, sequence_length, output_features,
-                         denoisers=[(Denoiser(kind=PREFIX_LM, random_split=random_split), 1.0)])
+                         denoisers=_prefix_lm_denoisers(random_split))
 
 
 def span_corruption(dataset, sequence_length, output_features,
@@ -441,8 +502,8 @@ def span_corruption(dataset, sequence_length, output_features,
   before: {'targets': int32[doc_len]}
   after:  {'inputs': `The <s0> sat on <s1> .`, 'targets': `<s0> cat <s1> the mat`}
   """
-  d = Denoiser(kind=SPAN, mean_span_length=mean_span_length, noise_density=noise_density)
-  return denoise_mixture(dataset, sequence_length, output_features, denoisers=[(d, 1.0)])
+  return denoise_mixture(dataset, sequence_length, output_features,
+                         denoisers=_span_corruption_denoisers(mean_span_length, noise_density))
 
 
 def causal_lm(dataset, sequence_length, output_features):
@@ -452,4 +513,32 @@ def causal_lm(dataset, sequence_length, output_features):
   after:  {'targets': int32[targets_length]} (the last chunk of the stream may be shorter)
   """
   return denoise_mixture(dataset, sequence_length, output_features,
-                         denoisers=[(Denoiser(kind=CAUSAL_LM), 1.0)])
+                         denoisers=_CAUSAL_LM_DENOISERS)
+
+
+# Each preprocessor above -> the denoisers it runs, from its keyword arguments (defaults from its
+# own signature). `tasks.objectives_numpy` finds a preprocessor's NumPy twin through this.
+_DENOISERS_OF = {
+    denoise_mixture: lambda denoisers: denoisers,
+    ul2: lambda denoisers: denoisers,
+    prefix_lm: _prefix_lm_denoisers,
+    span_corruption: _span_corruption_denoisers,
+    causal_lm: lambda: _CAUSAL_LM_DENOISERS,
+}
+
+
+def denoisers_of(fn, keywords: Mapping[str, object]
+                 ) -> Optional[Tuple[Tuple[Denoiser, float], ...]]:
+  """The `((Denoiser, rate), ...)` that preprocessor `fn` of this module runs when called with
+  `keywords` (its other keyword arguments at their defaults); None if `fn` is not one of them.
+
+  e.g. `denoisers_of(span_corruption, {'noise_density': 0.5})` -> ((Denoiser(kind='span',
+  mean_span_length=3.0, noise_density=0.5), 1.0),)
+  """
+  build = _DENOISERS_OF.get(fn)
+  if build is None:
+    return None
+  wanted = inspect.signature(build).parameters
+  arguments = {name: keywords.get(name, param.default)
+               for name, param in inspect.signature(fn).parameters.items() if name in wanted}
+  return validate_mixture(build(**arguments))

@@ -177,29 +177,16 @@ def denoise_mixture(documents: Sequence[np.ndarray], *, sequence_length: Mapping
   after:  [{'inputs': int32[<= inputs_length], 'targets': int32[<= targets_length]}, ...] in
           stream order ({'targets'} only for causal_lm).
   """
-  denoisers = objectives.validate_mixture(denoisers)
-  causal = denoisers[0][0].kind == objectives.CAUSAL_LM
-  if causal:
-    (targets_length,) = objectives.require_lengths(sequence_length, ['targets'], 'causal_lm')
-    inputs_length = None
-  else:
-    inputs_length, targets_length = objectives.require_lengths(
-        sequence_length, ['inputs', 'targets'], 'denoise_mixture')
-  needs_special = any(d.mode is not None or d.kind == objectives.SPAN for d, _ in denoisers)
-  if special is None and needs_special:
-    special = vocab_lib.special_tokens(output_features['targets'].vocabulary)
-  max_spans = special.num_sentinels if special is not None else 1
-  sentinel_ids = np.asarray(special.sentinel_ids if special else [0], np.int32)
-  lengths = [objectives.raw_length(d, inputs_length, targets_length, max_spans)
-             for d, _ in denoisers]
+  plan = objectives.plan_mixture(sequence_length, output_features, denoisers, special)
+  sentinel_ids = np.asarray(plan.sentinel_ids, np.int32)
   rng = Rng(seed)
   documents = [np.asarray(d, np.int32).reshape(-1) for d in documents]
   stream = np.concatenate(documents) if documents else np.zeros([0], np.int32)
-  starts, lens, choices = chunk_stream(stream.size, lengths, [r for _, r in denoisers], rng)
+  starts, lens, choices = chunk_stream(stream.size, plan.lengths, plan.rates, rng)
   out: List[Optional[Example]] = [None] * len(starts)
   # One batch per (denoiser, chunk length): the full chunks, and the stream's last chunk alone.
-  for index, (d, _) in enumerate(denoisers):
-    mode_id = special.mode_ids[d.mode] if d.mode is not None else None
+  for index, (d, _) in enumerate(plan.denoisers):
+    mode_id = plan.mode_id(d)
     for n in np.unique(lens[choices == index]):
       rows = np.flatnonzero((choices == index) & (lens == n))
       chunks = stream[starts[rows, None] + np.arange(n)]
@@ -208,8 +195,8 @@ def denoise_mixture(documents: Sequence[np.ndarray], *, sequence_length: Mapping
         for row, i, t in zip(rows, inputs, targets):
           out[row] = {'inputs': i, 'targets': t}
       elif d.kind == objectives.PREFIX_LM:
-        splits = prefix_splits(int(n), len(rows), d, mode_id is not None, inputs_length,
-                               targets_length, rng)
+        splits = prefix_splits(int(n), len(rows), d, mode_id is not None, plan.inputs_length,
+                               plan.targets_length, rng)
         prefix = [] if mode_id is None else [mode_id]
         for row, chunk, split in zip(rows, chunks, splits):
           out[row] = {'inputs': np.asarray(prefix + chunk[:split].tolist(), np.int32),
@@ -218,23 +205,10 @@ def denoise_mixture(documents: Sequence[np.ndarray], *, sequence_length: Mapping
         for row, chunk in zip(rows, chunks):
           out[row] = {'targets': chunk}
   for ex in out:
-    if ex['targets'].size > targets_length or (
-        not causal and ex['inputs'].size > inputs_length):
+    if ex['targets'].size > plan.targets_length or (
+        not plan.causal and ex['inputs'].size > plan.inputs_length):
       raise ValueError(f'objective made an example longer than {dict(sequence_length)}')
   return out  # type: ignore[return-value]
-
-
-# The preprocessors of `tasks.objectives` -> their denoisers, from the bound keyword arguments.
-_MIXTURES: Dict[Callable, Callable[[dict], Tuple]] = {
-    objectives.denoise_mixture: lambda kw: kw.get('denoisers', objectives.UL2_DENOISERS),
-    objectives.ul2: lambda kw: kw.get('denoisers', objectives.UL2_DENOISERS),
-    objectives.prefix_lm: lambda kw: [(objectives.Denoiser(
-        kind=objectives.PREFIX_LM, random_split=kw.get('random_split', False)), 1.0)],
-    objectives.span_corruption: lambda kw: [(objectives.Denoiser(
-        kind=objectives.SPAN, mean_span_length=kw.get('mean_span_length', 3.0),
-        noise_density=kw.get('noise_density', 0.15)), 1.0)],
-    objectives.causal_lm: lambda kw: [(objectives.Denoiser(kind=objectives.CAUSAL_LM), 1.0)],
-}
 
 
 def numpy_objective(preprocessor) -> Optional[Callable[..., List[Example]]]:
@@ -242,19 +216,14 @@ def numpy_objective(preprocessor) -> Optional[Callable[..., List[Example]]]:
   one), as `fn(documents, *, sequence_length, output_features, seed)`; None for anything else."""
   keywords: dict = {}
   fn = preprocessor
-  chain = []
   while isinstance(fn, functools.partial):
     if fn.args:
       return None
-    chain.append(fn.keywords)
+    keywords = {**fn.keywords, **keywords}  # An outer partial's keywords win, as in a call.
     fn = fn.func
-  for kw in reversed(chain):
-    keywords.update(kw)
-  if fn not in _MIXTURES:
+  denoisers = objectives.denoisers_of(fn, keywords)
+  if denoisers is None:
     return None
-  keywords.pop('sequence_length', None)
-  keywords.pop('output_features', None)
-  denoisers = tuple(_MIXTURES[fn](keywords))
   return functools.partial(denoise_mixture, denoisers=denoisers, special=keywords.get('special'))
 
 
