@@ -58,8 +58,8 @@ def _stderr_to_file(path: Optional[str]):
   if path is None:
     yield
     return
-  from tasks import module_import  # pylint: disable=g-import-not-at-top
-  with module_import.native_stderr_to(path):
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  with cli.native_stderr_to(path):
     yield
 
 

@@ -1,6 +1,6 @@
 r"""Input-pipeline benchmark: read a materialised Beam cache through the trainer's data path.
 
-Reads a cached task (written by `pipelines.cache_tasks`) with `trainer.data.dataset_fn` and the
+Reads a cached task (written by `pipelines.cache_tasks`) with `trainer.training.data.dataset_fn` and the
 model's own feature converter (packing on), exactly as training does, and prints examples/s
 (packed rows) and tokens/s. It compares that with what the trainer consumes at a target MFU:
 
@@ -108,10 +108,10 @@ def required_tokens_per_s(model, feature_lengths: Mapping[str, int], *, mfu: flo
 
 def read_throughput(dataset_cfg, feature_converter, *, batches: int, warmup_batches: int = 2
                     ) -> dict:
-  """Reads `warmup_batches + batches` batches with `trainer.data.dataset_fn`; times the last
+  """Reads `warmup_batches + batches` batches with `trainer.training.data.dataset_fn`; times the last
   `batches`. Tokens: all positions of the model features (what a step consumes) and the real
   (non-padding) ones."""
-  from trainer import data  # pylint: disable=g-import-not-at-top  (imports TF)
+  from trainer.training import data  # pylint: disable=g-import-not-at-top  (imports TF)
   if batches <= 0 or warmup_batches < 0:
     raise ValueError(f'batches must be > 0 and warmup_batches >= 0, got {batches}, '
                      f'{warmup_batches}')
@@ -145,7 +145,7 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
         mfu: float = 0.55, peak_flops: float = 989e12, headroom: float = 10.0,
         seed: int = 0, log=print) -> dict:
   """Builds (optional) and reads the cache; prints and returns the figures."""
-  from trainer import data  # pylint: disable=g-import-not-at-top
+  from trainer.training import data  # pylint: disable=g-import-not-at-top
   if (cache_dir is None) == (text_file is None):
     raise ValueError('give either --cache_dir (with --task) or --text_file (with --work_dir)')
   if text_file is not None:
@@ -202,7 +202,7 @@ def main(flags: gin_utils.Flags) -> int:
 
 def run_cli(argv=None) -> int:
   # t5/seqio register gin configurables on import, which must happen before gin is finalised.
-  from trainer import data  # pylint: disable=g-import-not-at-top
+  from trainer.training import data  # pylint: disable=g-import-not-at-top
   with data.quiet_native_stderr():
     import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   return gin_utils.run(main, argv, extra_flags=_EXTRA, program='input_bench',

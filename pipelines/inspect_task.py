@@ -156,16 +156,16 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   if _VOCAB.value:
     os.environ['GEMMA_ADAPT_VOCAB'] = os.path.abspath(os.path.expanduser(_VOCAB.value))
-  from tasks import module_import  # pylint: disable=g-import-not-at-top
-  with module_import.quiet_native_stderr():
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  with cli.quiet_native_stderr():
     from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   try:
-    with module_import.quiet_native_stderr():
-      module_import.import_modules(_MODULE_IMPORT.value)
+    with cli.quiet_native_stderr():
+      cli.import_modules(_MODULE_IMPORT.value)
       text = format_examples(argv[1], split=_SPLIT.value, n=_N.value,
                              feature_lengths=parse_feature_lengths(_FEATURE_LENGTHS.value),
                              seed=_SEED.value, shuffle=_SHUFFLE.value)
-  except (InspectError, module_import.ModuleImportError, vocab_lib.MissingVocabularyError,
+  except (InspectError, cli.ModuleImportError, vocab_lib.MissingVocabularyError,
           FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

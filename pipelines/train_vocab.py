@@ -74,10 +74,10 @@ def main(argv):
 
 def _write_corpus_text(corpus: str, split: str, modules, tmp: str) -> str:
   """Valid documents of a registered corpus as one text file (newlines inside kept)."""
-  from tasks import module_import  # pylint: disable=g-import-not-at-top
-  with module_import.quiet_native_stderr():
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  with cli.quiet_native_stderr():
     from tasks import pretraining  # pylint: disable=g-import-not-at-top
-    module_import.import_modules(modules)
+    cli.import_modules(modules)
   if corpus not in pretraining.CORPORA:
     raise ValueError(f'--corpus={corpus!r} is not registered; registered corpora: '
                      f'{sorted(pretraining.CORPORA)} (see --module_import)')
@@ -96,8 +96,8 @@ def _train(files):
   total = sum(os.path.getsize(f) for f in files)
   print(f'Training a {_VOCAB_SIZE.value}-piece SentencePiece model on {len(files)} file(s), '
         f'{total / 1e6:.1f} MB ...', flush=True)
-  from tasks import module_import  # pylint: disable=g-import-not-at-top
-  with module_import.quiet_native_stderr():
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  with cli.quiet_native_stderr():
     from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   try:
     model, vocab_file = vocab_lib.train_vocabulary(

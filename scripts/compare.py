@@ -100,7 +100,7 @@ class Comparison:
   # -- configs --------------------------------------------------------------------------------
 
   def config(self, vocab_size):
-    from trainer.config import TransformerConfig
+    from trainer.model.config import TransformerConfig
     s = self.s
     return TransformerConfig(vocab_size=vocab_size, embed_dim=s.embed_dim, num_layers=s.num_layers,
                              num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
@@ -144,7 +144,10 @@ class Comparison:
   def train(self, name, model, *, task, lengths, steps, batch_size, lr, seed=0,
             init_checkpoint=None, warmup=0):
     import optax
-    from trainer import checkpoints, data, optimizers, trainer
+    from trainer.checkpoint import checkpoints
+    from trainer.training import data
+    from trainer.training import optimizers
+    from trainer.training import loop as trainer
     model_dir = os.path.join(self.workdir, name)
     done = os.path.join(model_dir, 'DONE.json')
     if os.path.isfile(done):
@@ -177,7 +180,7 @@ class Comparison:
   # -- stage 2: pretraining and adaptation ------------------------------------------------------
 
   def pretrain(self):
-    from trainer import models
+    from trainer.training import models
     model = models.DecoderOnlyModel(config=self.config(self.vocab_size))
     return self.train('pretrain_causal_lm', model, task='compare_corpus_causal_lm',
                       lengths={'targets': self.s.pretrain_length}, steps=self.s.pretrain_steps,
@@ -190,7 +193,9 @@ class Comparison:
     if not os.path.isdir(out):
       import jax
       from flax.core import meta
-      from trainer import adapt, checkpoints, models
+      from trainer import adapt
+      from trainer.checkpoint import checkpoints
+      from trainer.training import models
       cfg = self.config(self.vocab_size)
       model = models.DecoderOnlyModel(config=cfg)
       abstract = meta.unbox(jax.eval_shape(
@@ -207,8 +212,8 @@ class Comparison:
     return out
 
   def encdec_model(self):
-    from trainer import models
-    from trainer.config import EncoderDecoderConfig
+    from trainer.training import models
+    from trainer.model.config import EncoderDecoderConfig
     cfg = self.config(self.vocab_size)
     return models.EncoderDecoderModel(config=EncoderDecoderConfig(encoder=cfg, decoder=cfg))
 
@@ -266,8 +271,10 @@ class Comparison:
     return out
 
   def inference_flops(self, kind, lengths):
-    from trainer import encoder_models, flops, heads
-    from trainer.config import EncoderDecoderConfig
+    from trainer.training import encoder_models
+    from trainer.training import flops
+    from trainer.model import heads
+    from trainer.model.config import EncoderDecoderConfig
     cfg = self.config(self.vocab_size)
     li = lengths['glue_sst2_text_to_text:inputs']
     lt = lengths['glue_sst2_text_to_text:targets']
@@ -282,7 +289,8 @@ class Comparison:
   # -- the whole thing --------------------------------------------------------------------------
 
   def run(self):
-    from trainer import encoder_models, models
+    from trainer.training import encoder_models
+    from trainer.training import models
     self.register_tasks()
     if self.args.report_only and not os.path.isfile(
         os.path.join(self.workdir, 'pretrain_causal_lm', 'DONE.json')):

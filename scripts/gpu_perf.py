@@ -94,8 +94,8 @@ def attention_part(*, batch: int, length: int, window, iters: int) -> list:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from trainer import attention  # pylint: disable=g-import-not-at-top
-  from trainer import fused_attention  # pylint: disable=g-import-not-at-top
+  from trainer.model import attention  # pylint: disable=g-import-not-at-top
+  from trainer.model import fused_attention  # pylint: disable=g-import-not-at-top
 
   heads, kv_heads, head_dim, cap = 8, 4, 256, 50.0
   scale = head_dim**-0.5
@@ -167,9 +167,13 @@ def compile_part(gin_file: str, bindings, *, batch_size: int, length: int,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax.core import meta  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from trainer import adapt, bench, models, optimizers, trainer
-  from trainer.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
-  from trainer.train_state import TrainState  # pylint: disable=g-import-not-at-top
+  from trainer import adapt
+  from trainer import bench
+  from trainer.training import models
+  from trainer.training import optimizers
+  from trainer.training import loop as trainer
+  from trainer.model.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
+  from trainer.training.train_state import TrainState  # pylint: disable=g-import-not-at-top
 
   def nbytes(tree):
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize

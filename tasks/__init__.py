@@ -19,10 +19,10 @@ import os as _os
 _os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from tasks import module_import
+from tasks import cli
 
 # The first TensorFlow import writes C++ start-up lines to stderr; keep them out of tool output.
-with module_import.quiet_native_stderr():
+with cli.quiet_native_stderr():
   from tasks import builtin
   from tasks import downstream
   from tasks import pretraining

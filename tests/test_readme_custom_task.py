@@ -1,5 +1,6 @@
 """The README's "defining your own task" example (docs/tasks.md) runs exactly as written."""
 import os
+import pathlib
 import re
 import shlex
 import subprocess
@@ -8,10 +9,10 @@ import sys
 import pytest
 import seqio
 
-from tasks import module_import
+from tasks import cli
 from tasks import vocab as vocab_lib
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "tasks.md")
+DOC = os.path.join(str(pathlib.Path(__file__).resolve().parents[1]), "docs", "tasks.md")
 
 
 def _blocks(language):
@@ -43,7 +44,7 @@ def test_example_is_short_and_registers_working_tasks(user_home, tmp_path, monke
   monkeypatch.setenv("GEMMA_ADAPT_VOCAB", model)
   monkeypatch.chdir(tmp_path)
   monkeypatch.delitem(sys.modules, "my_tasks", raising=False)
-  module_import.import_modules(["my_tasks"])
+  cli.import_modules(["my_tasks"])
   for suffix in ("prefix_lm", "ul2", "span_corruption", "causal_lm"):
     assert f"my_corpus_{suffix}" in seqio.TaskRegistry.names()
   assert "my_corpus_ul2_prefix_lm" in seqio.MixtureRegistry.names()

@@ -22,7 +22,7 @@ resulting `EncoderDecoderConfig` as JSON next to it):
       --output=/tmp/t5gemma-9b-2b
 
 A source PATH is an HF Gemma 2 checkpoint directory (config.json + *.safetensors, read by
-`trainer.hf_gemma2`) or a trainer orbax checkpoint (a run's MODEL_DIR / checkpoints dir / step dir,
+`trainer.checkpoint.hf_gemma2`) or a trainer orbax checkpoint (a run's MODEL_DIR / checkpoints dir / step dir,
 or a params-only dir) together with its `TransformerConfig` as JSON: `model_config.json` in the
 directory (or its parent), or `--decoder_only_config=FILE` / `--encoder_config=FILE`.
 
@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer import scan_layout
-from trainer.config import EncoderDecoderConfig, TransformerConfig
+from trainer.model import scan_layout
+from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 
 MODEL_CONFIG_FILE = 'model_config.json'
 PARAMS_DIR = 'params'
@@ -118,7 +118,7 @@ def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
   """
   import gin  # pylint: disable=g-import-not-at-top
   from trainer import gin_utils  # pylint: disable=g-import-not-at-top
-  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainer.model import config as config_lib  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
     try:
@@ -174,7 +174,7 @@ def _find_config_json(path: str) -> Optional[str]:
 def _restore_orbax_params(path: str) -> Dict[str, Any]:
   """Params (numpy) from a trainer checkpoint dir, read with the checkpoint's own metadata."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  from trainer.checkpoint import checkpoints  # pylint: disable=g-import-not-at-top
   params_dir = checkpoints._params_dir(path)  # pylint: disable=protected-access
   try:
     checkpointer = ocp.StandardCheckpointer()
@@ -209,7 +209,7 @@ def load_decoder_only(path: str, *, config_path: Optional[str] = None,
   if not os.path.isdir(path):
     raise AdaptError(f'--{flag}={path}: no such directory')
   if os.path.isfile(os.path.join(path, 'config.json')):
-    from trainer import hf_gemma2  # pylint: disable=g-import-not-at-top
+    from trainer.checkpoint import hf_gemma2  # pylint: disable=g-import-not-at-top
     try:
       return hf_gemma2.load_decoder(path, param_dtype=param_dtype)
     except ValueError as e:
@@ -231,7 +231,7 @@ def load_decoder_only(path: str, *, config_path: Optional[str] = None,
 
 
 def _expected_decoder_shapes(config: TransformerConfig) -> Dict[str, Tuple[int, ...]]:
-  from trainer import transformer  # pylint: disable=g-import-not-at-top
+  from trainer.model import transformer  # pylint: disable=g-import-not-at-top
   abstract = jax.eval_shape(lambda: transformer.Decoder(config).init(
       jax.random.PRNGKey(0), jnp.ones((1, 1), jnp.int32))['params'])
   abstract = _unbox(abstract)
@@ -239,7 +239,7 @@ def _expected_decoder_shapes(config: TransformerConfig) -> Dict[str, Tuple[int, 
 
 
 def _keys(path) -> Tuple[str, ...]:
-  from trainer.freezing import path_keys  # pylint: disable=g-import-not-at-top
+  from trainer.training.freezing import path_keys  # pylint: disable=g-import-not-at-top
   return path_keys(path)
 
 
@@ -274,7 +274,7 @@ def _copy(tree: Any) -> Any:
 def random_cross_attention(decoder_config: TransformerConfig, encoder_dim: int,
                            rng: jax.Array) -> Dict[str, Any]:
   """Fresh cross-attention params of one decoder layer, with the model's own initialisers."""
-  from trainer import attention  # pylint: disable=g-import-not-at-top
+  from trainer.model import attention  # pylint: disable=g-import-not-at-top
   x = jnp.zeros((1, 1, decoder_config.embed_dim), decoder_config.compute_dtype)
   kv = jnp.zeros((1, 1, encoder_dim), decoder_config.compute_dtype)
   params = attention.Attention(decoder_config).init(rng, x, mask=None, kv_inputs=kv)['params']
@@ -351,12 +351,12 @@ def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
   """Loads the source(s), adapts, writes OUTPUT/params (orbax) and OUTPUT/model_config.json.
 
   With `teacher='decoder'` (or 'encoder'), that source's decoder-only params are also stored, as
-  `params['teacher']`, for distillation (`trainer.distillation.DistillationModel`), and its config
+  `params['teacher']`, for distillation (`trainer.adaptation.distillation.DistillationModel`), and its config
   under "teacher" in the JSON.
   """
   if teacher not in (None, 'decoder', 'encoder'):
     raise AdaptError(f"teacher must be None, 'decoder' or 'encoder', got {teacher!r}")
-  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  from trainer.checkpoint import checkpoints  # pylint: disable=g-import-not-at-top
   params_dir = os.path.join(os.path.abspath(output), PARAMS_DIR)
   if os.path.exists(params_dir) and not overwrite:
     raise AdaptError(f'--output={output} already holds an adapted checkpoint ({params_dir}); '

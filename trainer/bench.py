@@ -25,13 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
-from trainer import flops as flops_lib
+from trainer.training import flops as flops_lib
 from trainer import gin_utils
-from trainer import models as models_lib
-from trainer import optimizers
-from trainer import partitioning
-from trainer import trainer as trainer_lib
-from trainer.train_state import TrainState
+from trainer.training import models as models_lib
+from trainer.training import optimizers
+from trainer.training import partitioning
+from trainer.training import loop as trainer_lib
+from trainer.training.train_state import TrainState
 
 
 def synthetic_batch(model, *, batch_size: int, length: int, encoder_length: Optional[int],

@@ -6,7 +6,7 @@ r"""Evaluation: a task's metrics, or LM loss / perplexity, for any trainer model
 
 Modes (`EVAL_MODE` in gin, `mode=` here):
 * 'task': the task's metrics on `split`.
-  - Encoder classifiers (`trainer.encoder_models.EncoderClassifierModel`): the head's predictions
+  - Encoder classifiers (`trainer.training.encoder_models.EncoderClassifierModel`): the head's predictions
     (scoring 'classifier_head'); accuracy and F1 (classification; t5.evaluation.metrics), Pearson and
     Spearman (regression; t5.evaluation.metrics), MRR@10 (ranking, per `query_id`).
   - Generative models (decoder-only, encoder-decoder) on a text-to-text task: through seqio's
@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
-from trainer import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
-from trainer import scoring
+from trainer.checkpoint import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
+from trainer.evaluation import scoring
 
 MODES = ('task', 'lm')
 SCORINGS = ('greedy_decode', 'label_words')

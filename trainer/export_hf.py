@@ -55,9 +55,9 @@ def export(*, checkpoint: str, output: str, config_path: Optional[str] = None,
            dtype: Optional[str] = None, max_shard_size: Any = '5GB', log=print) -> Tuple[Any, str]:
   """Reads the checkpoint's params, checks them against the config, writes the HF checkpoint."""
   from trainer import adapt  # pylint: disable=g-import-not-at-top
-  from trainer import hf_gemma2  # pylint: disable=g-import-not-at-top
-  from trainer import hf_t5gemma  # pylint: disable=g-import-not-at-top
-  from trainer.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
+  from trainer.checkpoint import hf_gemma2  # pylint: disable=g-import-not-at-top
+  from trainer.checkpoint import hf_t5gemma  # pylint: disable=g-import-not-at-top
+  from trainer.model.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(checkpoint):
     raise ExportError(f'--checkpoint={checkpoint}: no such directory')
   config = load_model_config(checkpoint, config_path=config_path, gin_files=gin_files,

@@ -7,7 +7,7 @@ Example (tiny model, on-the-fly seqio pipeline, CPU):
     --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'my_task'" \
     --gin.TASK_FEATURE_LENGTHS="{'targets': 128}" --gin.TRAIN_STEPS=100 --gin.BATCH_SIZE=8
 
-The gin files configure `trainer.trainer.train` (see gin/runs/pretrain.gin); this module only parses
+The gin files configure `trainer.training.loop.train` (see gin/runs/pretrain.gin); this module only parses
 flags, starts multi-host JAX when asked (`--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`, or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment
 variables) and calls the configured `train()`. Exit status: 0 done or interrupted with a checkpoint
@@ -26,8 +26,8 @@ EXTRA_FLAGS = ('coordinator_address', 'num_processes', 'process_id')
 
 
 def main(flags: gin_utils.Flags) -> int:
-  from trainer import partitioning  # pylint: disable=g-import-not-at-top
-  from trainer import trainer  # pylint: disable=g-import-not-at-top
+  from trainer.training import partitioning  # pylint: disable=g-import-not-at-top
+  from trainer.training import loop as trainer  # pylint: disable=g-import-not-at-top
   extra = flags.extra
   partitioning.initialize_distributed(
       coordinator_address=extra.get('coordinator_address'),
@@ -64,7 +64,7 @@ def jax_process_index() -> int:
 
 def run(argv=None) -> int:
   # TensorFlow (seqio) first, with its native start-up noise silenced, before tasks modules load.
-  from trainer import data  # pylint: disable=g-import-not-at-top,unused-import
+  from trainer.training import data  # pylint: disable=g-import-not-at-top,unused-import
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.ERROR)
   return gin_utils.run(main, argv, extra_flags=EXTRA_FLAGS, program='train')

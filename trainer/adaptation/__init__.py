@@ -1,0 +1,1 @@
+"""Adaptation: decoder-only checkpoint -> encoder-decoder / encoder params, and distillation."""

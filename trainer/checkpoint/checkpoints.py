@@ -1,0 +1,226 @@
+"""Orbax checkpoints: periodic, keep-last-N, asynchronous, and params-only restores (no TF, no gin).
+
+Layout of a training run's checkpoints (an orbax `CheckpointManager` directory):
+
+  MODEL_DIR/checkpoints/<step>/params/      parameters (sharded arrays, orbax PyTree format)
+                              opt_state/   optimiser state
+                              train_meta/  {'step': int array, 'rng': PRNG key data}
+                              data/        JSON {'batches_consumed': n, ...} (the data position)
+
+`restore_params(path, abstract_params)` accepts (a) such a manager directory (latest step), (b) one
+step directory of it, or (c) a plain params checkpoint written by `save_params(path, params)` (what
+`trainer.adapt` and HF imports write): that is what `train(init_checkpoint=...)` reads. Stacks
+saved unrolled restore into a scanned model (`TransformerConfig.scan_layers`) and vice versa
+(`trainer/scan_layout.py`); a full-state resume (`Checkpointer.restore`) needs the same layout.
+"""
+import dataclasses
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from trainer.model import scan_layout
+
+ITEMS = ('params', 'opt_state', 'train_meta', 'data')
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """How often and how many.
+
+  Attributes:
+    period: save every `period` steps (0: only at the end / on a signal).
+    keep: how many recent checkpoints to keep (None keeps all).
+    async_save: write in a background thread while training continues.
+    save_on_signal: on SIGTERM/SIGINT, finish the current step, save, then exit.
+  """
+  period: int = 1000
+  keep: Optional[int] = 3
+  async_save: bool = True
+  save_on_signal: bool = True
+
+  def __post_init__(self):
+    if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 0:
+      raise ValueError(f'CheckpointConfig.period must be an int >= 0, got {self.period!r}')
+    if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 1):
+      raise ValueError(f'CheckpointConfig.keep must be a positive int or None, got {self.keep!r}')
+
+
+class Checkpointer:
+  """A thin layer over `ocp.CheckpointManager` for the trainer's four items."""
+
+  def __init__(self, directory: str, cfg: CheckpointConfig = CheckpointConfig()):
+    self.directory = os.path.abspath(directory)
+    self.cfg = cfg
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, *, params, opt_state, train_meta, data_state: Mapping[str, Any],
+           force: bool = False) -> bool:
+    if step in self.manager.all_steps():
+      return False
+    # orbax refuses empty trees (e.g. optax.set_to_zero's state): store a JSON marker instead.
+    opt_args = (ocp.args.StandardSave(opt_state) if jax.tree_util.tree_leaves(opt_state)
+                else ocp.args.JsonSave({'empty': True}))
+    saved = self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=opt_args,
+        train_meta=ocp.args.StandardSave(train_meta),
+        data=ocp.args.JsonSave(dict(data_state))), force=force)
+    if saved:
+      logging.info('checkpoint: saving step %d to %s', step, self.directory)
+    return saved
+
+  def restore(self, step: int, *, abstract_params, abstract_opt_state, abstract_train_meta):
+    empty_opt = not jax.tree_util.tree_leaves(abstract_opt_state)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=(ocp.args.JsonRestore() if empty_opt
+                   else ocp.args.StandardRestore(abstract_opt_state)),
+        train_meta=ocp.args.StandardRestore(abstract_train_meta),
+        data=ocp.args.JsonRestore()))
+    opt_state = abstract_opt_state if empty_opt else out.opt_state
+    return out.params, opt_state, out.train_meta, dict(out.data)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def save_params(directory: str, params) -> None:
+  """Writes a params-only checkpoint (plain orbax PyTree) that `restore_params` reads."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(directory), params)
+  checkpointer.wait_until_finished()
+
+
+def _params_dir(path: str) -> str:
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ValueError(f'init_checkpoint: {path!r} is not a directory')
+  if os.path.isdir(os.path.join(path, 'params')):
+    return os.path.join(path, 'params')
+  steps = sorted(int(name) for name in os.listdir(path) if name.isdigit() and
+                 os.path.isdir(os.path.join(path, name, 'params')))
+  if steps:
+    return os.path.join(path, str(steps[-1]), 'params')
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return _params_dir(os.path.join(path, 'checkpoints'))
+  return path
+
+
+def _hf_model_type(path: str) -> Optional[str]:
+  """'gemma2' / 't5gemma' for a Hugging Face checkpoint directory, else None."""
+  config_path = os.path.join(path, 'config.json')
+  if not os.path.isfile(config_path):
+    return None
+  import json  # pylint: disable=g-import-not-at-top
+  with open(config_path, encoding='utf-8') as f:
+    return json.load(f).get('model_type')
+
+
+def _restore_hf_params(path: str, model_type: str, abstract_params):
+  """Params of an HF Gemma 2 / T5Gemma directory, checked against and placed like the model's."""
+  if model_type == 'gemma2':
+    from trainer.checkpoint import hf_gemma2  # pylint: disable=g-import-not-at-top
+    _, params = hf_gemma2.load_decoder(path)
+  elif model_type == 't5gemma':
+    from trainer.checkpoint import hf_t5gemma  # pylint: disable=g-import-not-at-top
+    _, params = hf_t5gemma.import_t5gemma(path)
+  else:
+    raise ValueError(f'init_checkpoint: {path!r} is a Hugging Face checkpoint of model_type '
+                     f'{model_type!r}; supported: gemma2, t5gemma')
+  params = scan_layout.like(params, abstract_params)  # HF is unrolled; the model may be scanned
+  flat_abstract = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
+  flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  names = lambda keys: sorted(jax.tree_util.keystr(k) for k in keys)
+  if flat_abstract.keys() != flat_params.keys():
+    missing = names(flat_abstract.keys() - flat_params.keys())[:5]
+    extra = names(flat_params.keys() - flat_abstract.keys())[:5]
+    raise ValueError(f'init_checkpoint: {path!r} ({model_type}) does not fit this model: '
+                     f'missing {missing}, unexpected {extra}')
+  for key, want in flat_abstract.items():
+    if tuple(flat_params[key].shape) != tuple(want.shape):
+      raise ValueError(f'init_checkpoint: {path!r}: tensor {jax.tree_util.keystr(key)} has shape '
+                       f'{tuple(flat_params[key].shape)}, the model wants {tuple(want.shape)}')
+  return jax.tree_util.tree_map(
+      lambda want, x: jax.device_put(np.asarray(x).astype(want.dtype), want.sharding),
+      abstract_params, params)
+
+
+def restore_params(path: str, abstract_params):
+  """Params from a manager dir (latest step), a step dir, a `save_params` dir, or a Hugging Face
+  Gemma 2 / T5Gemma directory (config.json + safetensors: an imported HF checkpoint).
+
+  `abstract_params`: tree of `jax.ShapeDtypeStruct` (with `sharding`) giving the structure, dtypes
+  and placement wanted; values are cast to those dtypes.
+  """
+  hf_type = _hf_model_type(os.path.abspath(path)) if os.path.isdir(path) else None
+  if hf_type is not None:
+    return _restore_hf_params(os.path.abspath(path), hf_type, abstract_params)
+  params_dir = _params_dir(path)
+  stored = _stored_tree(params_dir)
+  target = abstract_params if stored is None else scan_layout.like(abstract_params, stored)
+  if jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(abstract_params):
+    return _restore_orbax(params_dir, abstract_params)
+  # The checkpoint's stacks are in the other layout (unrolled vs scanned): restore them as
+  # stored, convert, and place each leaf as the model wants.
+  restored = scan_layout.like(_restore_orbax(params_dir, target), abstract_params)
+  return jax.tree_util.tree_map(
+      lambda want, x: x if want.sharding is None else jax.device_put(x, want.sharding),
+      abstract_params, restored)
+
+
+def _stored_tree(params_dir: str):
+  """The checkpoint's tree of array metadata (nested dicts), or None if it cannot be read."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(params_dir)
+  except (ValueError, KeyError, FileNotFoundError):
+    return None
+  tree = getattr(metadata, 'item_metadata', metadata)
+  return getattr(tree, 'tree', tree)
+
+
+def _restore_orbax(params_dir: str, abstract_params):
+  """Orbax restore of `abstract_params`' structure, whole or as a part of a bigger tree."""
+  try:
+    return ocp.StandardCheckpointer().restore(params_dir, abstract_params)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    error = e
+  # A checkpoint may hold more than this model: a distillation run keeps its frozen teacher in
+  # params['teacher'] beside the student's 'encoder'/'decoder'. Restore just this model's entries;
+  # anything the model has that the checkpoint lacks still fails (with the first error).
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=abstract_params,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
+        partial_restore=True))
+  except (ValueError, KeyError, FileNotFoundError):
+    restored = None
+  if (restored is None
+      or jax.tree_util.tree_structure(restored) != jax.tree_util.tree_structure(abstract_params)
+      or any(not hasattr(x, 'dtype') or isinstance(x, jax.ShapeDtypeStruct)
+             for x in jax.tree_util.tree_leaves(restored))):
+    raise ValueError(f'init_checkpoint: cannot restore params from {params_dir!r} into this '
+                     f'model: {error}') from error
+  return restored
+
+
+def abstract_like(tree, shardings=None):
+  """ShapeDtypeStructs (with shardings when given) describing `tree`."""
+  if shardings is None:
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+        tree)
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

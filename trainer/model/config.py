@@ -1,0 +1,197 @@
+"""Model configuration: `TransformerConfig` (one Gemma 2 stack) and `EncoderDecoderConfig`.
+
+Plain frozen dataclasses, validated in `__post_init__` (errors name the field and the value). No gin
+and no JAX arrays here: gin binds these at the edges, the model maths reads them as plain values.
+
+Example (Gemma 2 2B shapes):
+
+  TransformerConfig(vocab_size=256000, embed_dim=2304, num_layers=26, num_heads=8, num_kv_heads=4,
+                    head_dim=256, mlp_dim=9216, query_pre_attn_scalar=256)
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+import jax.numpy as jnp
+
+LAYER_TYPES = ('sliding', 'global')
+# Names accepted by `trainer.model.attention.dot_product_attention` (kept here so a config can be
+# validated without importing the model).
+ATTENTION_IMPLS = ('reference', 'fused')
+REMAT_POLICIES = ('none', 'full', 'dots')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _check_positive_int(name, value):
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f'TransformerConfig.{name} must be a positive int, got {value!r}')
+
+
+def _check_optional_positive_number(name, value):
+  if value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    raise ValueError(f'TransformerConfig.{name} must be a positive number or None, got {value!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyper-parameters of one Gemma 2 stack (decoder-only, encoder, or one side of an enc-dec).
+
+  Attributes:
+    vocab_size: number of embedding rows (input and tied output embedding).
+    embed_dim: model width D.
+    num_layers: number of blocks.
+    num_heads: query heads H.
+    num_kv_heads: key/value heads K (grouped-query attention; H must be a multiple of K).
+    head_dim: per-head width Dh (need not be D / H).
+    mlp_dim: GeGLU hidden width F.
+    query_pre_attn_scalar: queries are scaled by `query_pre_attn_scalar ** -0.5`.
+    attn_logits_soft_cap: attention logits become `tanh(x / cap) * cap`; None disables.
+    final_logit_soft_cap: same on the output logits; None disables.
+    sliding_window: window of the 'sliding' layers. Causal: a query at i sees keys j with
+      i - j < window (HF Gemma 2). Bidirectional (encoder): |i - j| <= window (HF T5Gemma).
+      None makes every layer global.
+    layer_types: per-layer 'sliding' or 'global'; None = sliding, global, sliding, ... (Gemma 2).
+    rope_theta: RoPE base frequency.
+    rms_norm_eps: RMSNorm epsilon.
+    dropout_rate: dropout on the embedding, inside the MLP, on each residual branch and after the
+      final norm (where T5Gemma puts it); off when `deterministic=True`.
+    dtype: compute dtype name ('float32' | 'bfloat16' | 'float16').
+    param_dtype: parameter storage dtype name.
+    attention_impl: attention kernel name (see `trainer.model.attention`).
+    remat: per-block rematerialisation: 'none' | 'full' (save nothing) | 'dots' (save matmuls
+      without batch dimensions, i.e. the projections; recompute attention).
+    scan_layers: run the blocks under `nn.scan` (one compiled body, looped) instead of unrolling
+      them. The body is one period of the per-layer windows (`scan_period`: Gemma 2's sliding,
+      global = 2 layers), so `num_layers` must be a multiple of it. Parameters are then stacked
+      with a leading 'layers' axis (`trainer/scan_layout.py` converts between the two layouts;
+      checkpoints, HF interop and adaptation accept either). Same maths as unrolled.
+  """
+  vocab_size: int
+  embed_dim: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  query_pre_attn_scalar: float
+  attn_logits_soft_cap: Optional[float] = 50.0
+  final_logit_soft_cap: Optional[float] = 30.0
+  sliding_window: Optional[int] = 4096
+  layer_types: Optional[Tuple[str, ...]] = None
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-6
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  attention_impl: str = 'reference'
+  remat: str = 'none'
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
+                 'mlp_dim'):
+      _check_positive_int(name, getattr(self, name))
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f'TransformerConfig.num_heads={self.num_heads} must be a multiple of '
+          f'num_kv_heads={self.num_kv_heads}')
+    if self.head_dim % 2:
+      raise ValueError(f'TransformerConfig.head_dim must be even for RoPE, got {self.head_dim}')
+    _check_optional_positive_number('query_pre_attn_scalar', self.query_pre_attn_scalar)
+    if self.query_pre_attn_scalar is None:
+      raise ValueError('TransformerConfig.query_pre_attn_scalar must be set, got None')
+    _check_optional_positive_number('attn_logits_soft_cap', self.attn_logits_soft_cap)
+    _check_optional_positive_number('final_logit_soft_cap', self.final_logit_soft_cap)
+    if self.sliding_window is not None:
+      _check_positive_int('sliding_window', self.sliding_window)
+    if self.layer_types is not None:
+      if isinstance(self.layer_types, str) or not isinstance(self.layer_types, (tuple, list)):
+        raise ValueError(
+            f'TransformerConfig.layer_types must be a tuple of {LAYER_TYPES}, got '
+            f'{self.layer_types!r}')
+      # Lists (e.g. from gin or JSON) are accepted and frozen into a tuple.
+      object.__setattr__(self, 'layer_types', tuple(self.layer_types))
+      if len(self.layer_types) != self.num_layers:
+        raise ValueError(
+            f'TransformerConfig.layer_types has {len(self.layer_types)} entries, expected '
+            f'num_layers={self.num_layers}')
+      bad = [t for t in self.layer_types if t not in LAYER_TYPES]
+      if bad:
+        raise ValueError(
+            f'TransformerConfig.layer_types: {bad[0]!r} is not one of {LAYER_TYPES}')
+    _check_optional_positive_number('rope_theta', self.rope_theta)
+    _check_optional_positive_number('rms_norm_eps', self.rms_norm_eps)
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(
+          f'TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f'TransformerConfig.{name} must be one of {DTYPES}, got '
+                         f'{getattr(self, name)!r}')
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f'TransformerConfig.attention_impl must be one of {ATTENTION_IMPLS}, got '
+                       f'{self.attention_impl!r}')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'TransformerConfig.remat must be one of {REMAT_POLICIES}, got '
+                       f'{self.remat!r}')
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f'TransformerConfig.scan_layers must be a bool, got {self.scan_layers!r}')
+    if self.scan_layers and self.num_layers % self.scan_period:
+      windows = ', '.join('global' if w is None else f'sliding({w})'
+                          for w in self.layer_windows[:self.scan_period])
+      raise ValueError(
+          f'TransformerConfig.scan_layers=True needs num_layers to be a multiple of the layer '
+          f'pattern period {self.scan_period} ({windows}, from layer_types / sliding_window), got '
+          f'num_layers={self.num_layers}; set scan_layers=False or change num_layers')
+
+  @property
+  def resolved_layer_types(self) -> Tuple[str, ...]:
+    """Per-layer types with the Gemma 2 default (sliding first) filled in."""
+    if self.layer_types is not None:
+      return self.layer_types
+    return tuple('sliding' if i % 2 == 0 else 'global' for i in range(self.num_layers))
+
+  def layer_window(self, layer_index: int) -> Optional[int]:
+    """Sliding window of layer `layer_index`, or None for a global layer."""
+    if self.sliding_window is None:
+      return None
+    return self.sliding_window if self.resolved_layer_types[layer_index] == 'sliding' else None
+
+  @property
+  def layer_windows(self) -> Tuple[Optional[int], ...]:
+    """`layer_window(i)` for every layer."""
+    return tuple(self.layer_window(i) for i in range(self.num_layers))
+
+  @property
+  def scan_period(self) -> int:
+    """Smallest p with `layer_window(i) == layer_window(i % p)` for every layer: the number of
+    layers one `nn.scan` step runs (Gemma 2: 2; every layer global: 1)."""
+    windows = self.layer_windows
+    for p in range(1, len(windows) + 1):
+      if all(windows[i] == windows[i % p] for i in range(len(windows))):
+        return p
+    return len(windows)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def parameter_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderConfig:
+  """An encoder stack and a decoder stack (T5Gemma). The decoder's cross-attention K/V projections
+  read `encoder.embed_dim`-wide encoder outputs, so unbalanced pairs (e.g. 9B encoder, 2B decoder)
+  work."""
+  encoder: TransformerConfig
+  decoder: TransformerConfig
+
+  def __post_init__(self):
+    for name in ('encoder', 'decoder'):
+      if not isinstance(getattr(self, name), TransformerConfig):
+        raise ValueError(f'EncoderDecoderConfig.{name} must be a TransformerConfig, got '
+                         f'{type(getattr(self, name)).__name__}')

@@ -1,0 +1,1 @@
+"""Training: the loop, model wrappers, losses, optimizers, freezing, partitioning, metrics, data."""
