@@ -4,11 +4,9 @@ r"""Benchmark: this project's cache job vs seqio's `cache_tasks_main`, and the S
 
 1. Builds a corpus of >= --corpus_mb MB from tinyshakespeare + wikitext-2 (their lines shuffled
    with a fixed seed and repeated), in --num_files files, and a --vocab_size SentencePiece model.
-2. Registers (when this module is imported with $GEMMA_ADAPT_BENCH_DIR set, i.e. by both jobs'
-   --module_import) `bench_<objective>`, the project's task, and `bench_<objective>_seqio`: the same
-   source, features and preprocessors, the objective's lengths bound, then a
-   `CacheDatasetPlaceholder` — so seqio's tool does the same work (tokenize + objective) before
-   caching.
+2. Both jobs load `pipelines.bench_tasks` (`--module_import`), which registers
+   `bench_<objective>`, the project's task, and `bench_<objective>_seqio`, the same work for
+   seqio's tool (tokenize + objective before a `CacheDatasetPlaceholder`).
 3. Runs `python -m pipelines.cache_tasks` and `python -m seqio.scripts.cache_tasks_main`, one
    after the other, with the same Beam runner (FnApiRunner, multi-process, one worker per core),
    and prints tokens/s of each (output tokens as seqio counts them in stats.<split>.json:
@@ -19,78 +17,34 @@ This prints figures; it is not a test.
 """
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-BENCH_ENV = "GEMMA_ADAPT_BENCH_DIR"
+from absl import flags  # noqa: E402
+
+from pipelines.bench_tasks import BENCH_ENV, build_corpus  # noqa: E402
+from tasks import cli  # noqa: E402
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _bench_config(bench_dir):
-  with open(os.path.join(bench_dir, "bench.json")) as f:
-    return json.load(f)
-
-
-def register_bench_tasks(bench_dir: str) -> None:
-  """`bench_<objective>` (ours) and `bench_<objective>_seqio` (placeholder after the objective)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  from tasks import pretraining, sources  # pylint: disable=g-import-not-at-top
-  config = _bench_config(bench_dir)
-  objective, lengths = config["objective"], config["feature_lengths"]
-  corpus = sources.CorpusSpec(name="bench", format="text",
-                              splits={"train": os.path.join(bench_dir, "corpus", "*.txt")})
-  pretraining.register_corpus_tasks(corpus=corpus, vocabulary=config["vocab"],
-                                    objectives_to_register=(objective,), mixtures={})
-  ours = seqio.TaskRegistry.get(f"bench_{objective}")
-  preps = list(ours.preprocessors)
-  # seqio's tool runs pre-cache preprocessors without sequence lengths (and refuses any with a
-  # `sequence_length` argument before the placeholder): bind ours in a wrapper without it.
-  objective_fn, bound = preps[-1], dict(lengths)
-
-  def bound_objective(dataset, output_features):
-    return objective_fn(dataset, sequence_length=bound, output_features=output_features)
-
-  preps[-1] = bound_objective
-  name = f"bench_{objective}_seqio"
-  seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(name, source=ours.source, output_features=ours.output_features,
-                         preprocessors=preps + [seqio.CacheDatasetPlaceholder()], metric_fns=[])
-
-
-if os.environ.get(BENCH_ENV):  # Imported by the jobs' --module_import.
-  register_bench_tasks(os.environ[BENCH_ENV])
-
-
-def build_corpus(data_dir: str, out_dir: str, *, corpus_mb: float, num_files: int,
-                 seed: int = 0) -> list:
-  lines = []
-  for rel in ("tinyshakespeare/input.txt", "wikitext-2/valid.txt"):
-    with open(os.path.join(data_dir, rel), encoding="utf-8") as f:
-      lines.extend(l.rstrip("\n") for l in f if l.strip())
-  rng = random.Random(seed)
-  target = int(corpus_mb * 1e6)
-  out, size = [], 0
-  while size < target:
-    batch = lines[:]
-    rng.shuffle(batch)
-    for line in batch:
-      out.append(line)
-      size += len(line.encode()) + 1
-      if size >= target:
-        break
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
-  per_file = -(-len(out) // num_files)
-  for i in range(num_files):
-    path = os.path.join(out_dir, f"part-{i:03d}.txt")
-    with open(path, "w", encoding="utf-8") as f:
-      f.write("\n".join(out[i * per_file:(i + 1) * per_file]) + "\n")
-    paths.append(path)
-  return paths
+_DATA_DIR = flags.DEFINE_string("data_dir", os.path.join(_REPO, "..", "shared", "data"),
+                                "Where tinyshakespeare/ and wikitext-2 are.")
+_WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/gemma_adapt_cache_bench", "Where everything goes.")
+_CORPUS_MB = flags.DEFINE_float("corpus_mb", 20.0, "Corpus size in MB.")
+_NUM_FILES = flags.DEFINE_integer("num_files", 8, "Corpus files.")
+_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary size.")
+_OBJECTIVE = flags.DEFINE_enum("objective", "span_corruption", ["ul2", "prefix_lm", "span_corruption"],
+                               "The objective both jobs run.")
+_FEATURE_LENGTHS = flags.DEFINE_string("feature_lengths", "inputs:512,targets:128",
+                                       "NAME:LENGTH,... of the cached examples.")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Beam worker processes.")
+_SKIP_SEQIO = flags.DEFINE_boolean("skip_seqio", False, "Run only this project's job.")
+_OBJECTIVE_IMPL = flags.DEFINE_enum("objective_impl", "numpy", ["numpy", "tf"],
+                                    "this job's --objective_impl (tf: the objective in tf.data, as "
+                                    "seqio)")
 
 
 def _run(cmd, env, label):
@@ -127,46 +81,33 @@ def sentencepiece_ceiling(model: str, paths, threads: int):
   return out
 
 
-def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data_dir", default=os.path.join(_REPO, "..", "shared", "data"))
-  parser.add_argument("--work_dir", default="/tmp/gemma_adapt_cache_bench")
-  parser.add_argument("--corpus_mb", type=float, default=20.0)
-  parser.add_argument("--num_files", type=int, default=8)
-  parser.add_argument("--vocab_size", type=int, default=8000)
-  parser.add_argument("--objective", default="span_corruption",
-                      choices=["ul2", "prefix_lm", "span_corruption"])
-  parser.add_argument("--feature_lengths", default="inputs:512,targets:128")
-  parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-  parser.add_argument("--skip_seqio", action="store_true")
-  parser.add_argument("--objective_impl", default="numpy", choices=["numpy", "tf"],
-                      help="this job's --objective_impl (tf: the objective in tf.data, as seqio)")
-  args = parser.parse_args(argv)
+def main(argv) -> int:
+  del argv
 
-  from pipelines import cache_plan  # pylint: disable=g-import-not-at-top
-  lengths = cache_plan.parse_feature_lengths(args.feature_lengths)
-  work = os.path.abspath(args.work_dir)
+  from pipelines.cache import layout  # pylint: disable=g-import-not-at-top
+  from pipelines.cache import plan as cache_plan  # pylint: disable=g-import-not-at-top
+  lengths = cache_plan.parse_feature_lengths(_FEATURE_LENGTHS.value)
+  work = os.path.abspath(_WORK_DIR.value)
   corpus_dir = os.path.join(work, "corpus")
-  print(f"Building a {args.corpus_mb:g} MB corpus in {args.num_files} files under {corpus_dir}",
+  print(f"Building a {_CORPUS_MB.value:g} MB corpus in {_NUM_FILES.value} files under {corpus_dir}",
         flush=True)
-  paths = build_corpus(args.data_dir, corpus_dir, corpus_mb=args.corpus_mb,
-                       num_files=args.num_files)
-  vocab_prefix = os.path.join(work, f"spm{args.vocab_size}")
+  paths = build_corpus(_DATA_DIR.value, corpus_dir, corpus_mb=_CORPUS_MB.value,
+                       num_files=_NUM_FILES.value)
+  vocab_prefix = os.path.join(work, f"spm{_VOCAB_SIZE.value}")
   if not os.path.exists(vocab_prefix + ".model"):
     from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
     sample = os.path.join(work, "vocab_sample.txt")
     with open(paths[0], encoding="utf-8") as f, open(sample, "w", encoding="utf-8") as g:
       g.write(f.read()[:3_000_000])
-    print(f"Training a {args.vocab_size}-piece SentencePiece model ...", flush=True)
-    vocab_lib.train_vocabulary(input_files=[sample], vocab_size=args.vocab_size,
+    print(f"Training a {_VOCAB_SIZE.value}-piece SentencePiece model ...", flush=True)
+    vocab_lib.train_vocabulary(input_files=[sample], vocab_size=_VOCAB_SIZE.value,
                                output_prefix=vocab_prefix)
   with open(os.path.join(work, "bench.json"), "w") as f:
-    json.dump({"objective": args.objective, "feature_lengths": lengths,
+    json.dump({"objective": _OBJECTIVE.value, "feature_lengths": lengths,
                "vocab": vocab_prefix + ".model"}, f)
   env = {**os.environ, BENCH_ENV: work,
          "PYTHONPATH": os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")]))}
-  n = args.workers
+  n = _WORKERS.value
   corpus_bytes = sum(os.path.getsize(p) for p in paths)
   print(f"corpus: {corpus_bytes / 1e6:.1f} MB, {len(paths)} files; {n} worker processes; "
         f"load average now {os.getloadavg()[0]:.1f}", flush=True)
@@ -174,35 +115,35 @@ def main(argv=None) -> int:
   lengths_flag = ",".join(f"{k}:{v}" for k, v in lengths.items())
   ours_dir = os.path.join(work, "out_ours")
   ours_wall, ours_log = _run(
-      [sys.executable, "-m", "pipelines.cache_tasks", "--module_import=pipelines.bench",
-       f"--tasks=bench_{args.objective}", f"--output_cache_dir={ours_dir}",
-       f"--feature_lengths={lengths_flag}", f"--min_shards={args.num_files}",
+      [sys.executable, "-m", "pipelines.cache_tasks", "--module_import=pipelines.bench_tasks",
+       f"--tasks=bench_{_OBJECTIVE.value}", f"--output_cache_dir={ours_dir}",
+       f"--feature_lengths={lengths_flag}", f"--min_shards={_NUM_FILES.value}",
        f"--direct_num_workers={n}", "--overwrite", "--progress_interval_s=30",
-       f"--objective_impl={args.objective_impl}"], env, "cache_tasks")
+       f"--objective_impl={_OBJECTIVE_IMPL.value}"], env, "cache_tasks")
   print(ours_log.rstrip())
-  cached = cache_plan.cached_task_name(f"bench_{args.objective}", lengths)
+  cached = layout.cached_task_name(f"bench_{_OBJECTIVE.value}", lengths)
   ours_tokens, ours_stats = _output_tokens(os.path.join(ours_dir, cached, "stats.train.json"))
   ours_rate = ours_tokens / ours_wall
 
   seqio_rate = None
-  if not args.skip_seqio:
+  if not _SKIP_SEQIO.value:
     seqio_dir = os.path.join(work, "out_seqio")
     seqio_wall, _ = _run(
         [sys.executable, "-m", "seqio.scripts.cache_tasks_main",
-         "--module_import=pipelines.bench", f"--tasks=bench_{args.objective}_seqio",
-         f"--output_cache_dir={seqio_dir}", f"--min_shards={args.num_files}", "--overwrite",
+         "--module_import=pipelines.bench_tasks", f"--tasks=bench_{_OBJECTIVE.value}_seqio",
+         f"--output_cache_dir={seqio_dir}", f"--min_shards={_NUM_FILES.value}", "--overwrite",
          "--base_seed=1",
          f"--pipeline_options=--runner=FnApiRunner,--direct_num_workers={n},"
          "--direct_running_mode=multi_processing"], env, "seqio cache_tasks_main")
     seqio_tokens, seqio_stats = _output_tokens(
-        os.path.join(seqio_dir, f"bench_{args.objective}_seqio", "stats.train.json"))
+        os.path.join(seqio_dir, f"bench_{_OBJECTIVE.value}_seqio", "stats.train.json"))
     seqio_rate = seqio_tokens / seqio_wall
 
   ceiling = sentencepiece_ceiling(vocab_prefix + ".model", paths, n)
 
   print("\n==== cache job benchmark ====")
-  print(f"corpus {corpus_bytes / 1e6:.1f} MB, objective {args.objective} at {lengths_flag} "
-        f"(this job: --objective_impl={args.objective_impl}), "
+  print(f"corpus {corpus_bytes / 1e6:.1f} MB, objective {_OBJECTIVE.value} at {lengths_flag} "
+        f"(this job: --objective_impl={_OBJECTIVE_IMPL.value}), "
         f"{n} workers, load average {os.getloadavg()[0]:.1f} at the end")
   print(f"pipelines.cache_tasks : {ours_tokens:,} output tokens ({ours_stats['examples']:,} "
         f"examples, {ours_stats['source_tokens']:,} source tokens) in {ours_wall:.1f}s = "
@@ -222,4 +163,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.main_exit(main, program="bench")

@@ -19,7 +19,6 @@ arguments; delete WORK_DIR/stages/<stage>.done to redo one).
   python -m pipelines.demo --corpus_train='my/*.txt' --corpus_validation='held/*.txt' \
       [--corpus_format=text|paragraphs|jsonl] [--text_field=text]
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -28,6 +27,19 @@ import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
+
+from absl import flags
+
+from tasks import cli
+
+_WORK_DIR = flags.DEFINE_string('work_dir', 'demo_out', 'where every artefact goes')
+_CORPUS_TRAIN = flags.DEFINE_string(
+    'corpus_train', None, 'glob(s) of your training text/JSONL files (default: built-in corpus)')
+_CORPUS_VALIDATION = flags.DEFINE_string('corpus_validation', None, 'glob(s) of held-out files')
+_CORPUS_FORMAT = flags.DEFINE_enum('corpus_format', 'text', ['text', 'paragraphs', 'jsonl'],
+                                   'format of the --corpus_* files')
+_TEXT_FIELD = flags.DEFINE_string('text_field', 'text', 'JSONL field holding the text')
+_QUICK = flags.DEFINE_boolean('quick', False, 'tiny settings (for tests)')
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -309,23 +321,14 @@ def summarize(*, work: str, stages: Sequence[Stage], seconds: float) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m pipelines.demo', description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--work_dir', default='demo_out', help='where every artefact goes')
-  parser.add_argument('--corpus_train', default=None,
-                      help='glob(s) of your training text/JSONL files (default: built-in corpus)')
-  parser.add_argument('--corpus_validation', default=None, help='glob(s) of held-out files')
-  parser.add_argument('--corpus_format', default='text', choices=('text', 'paragraphs', 'jsonl'))
-  parser.add_argument('--text_field', default='text', help='JSONL field holding the text')
-  parser.add_argument('--quick', action='store_true', help='tiny settings (for tests)')
-  args = parser.parse_args(argv)
-  if (args.corpus_train is None) != (args.corpus_validation is None):
-    parser.error('give both --corpus_train and --corpus_validation, or neither')
+def main(argv: Sequence[str]) -> int:
+  del argv
+  corpus_train, corpus_validation = _CORPUS_TRAIN.value, _CORPUS_VALIDATION.value
+  if (corpus_train is None) != (corpus_validation is None):
+    raise cli.UserError('give both --corpus_train and --corpus_validation, or neither')
 
-  work = os.path.abspath(args.work_dir)
-  settings = Settings.quick() if args.quick else Settings()
+  work = os.path.abspath(_WORK_DIR.value)
+  settings = Settings.quick() if _QUICK.value else Settings()
   env = dict(os.environ)
   env.update({
       'GEMMA_ADAPT_VOCAB': os.path.join(work, 'vocab', 'spm.model'),
@@ -333,16 +336,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       'TF_CPP_MIN_LOG_LEVEL': '3',
       'PYTHONUNBUFFERED': '1',
   })
-  if args.corpus_train is None:
+  if corpus_train is None:
     corpus_module, prefix = 'tasks', 'pydoc'
   else:
     corpus_module, prefix = 'pipelines.demo_tasks', 'demo'
-    env.update({'GEMMA_ADAPT_DEMO_TRAIN': args.corpus_train,
-                'GEMMA_ADAPT_DEMO_VALIDATION': args.corpus_validation,
-                'GEMMA_ADAPT_DEMO_FORMAT': args.corpus_format,
-                'GEMMA_ADAPT_DEMO_TEXT_FIELD': args.text_field})
+    env.update({'GEMMA_ADAPT_DEMO_TRAIN': corpus_train,
+                'GEMMA_ADAPT_DEMO_VALIDATION': corpus_validation,
+                'GEMMA_ADAPT_DEMO_FORMAT': _CORPUS_FORMAT.value,
+                'GEMMA_ADAPT_DEMO_TEXT_FIELD': _TEXT_FIELD.value})
   stages = build_stages(work=work, settings=settings, corpus_module=corpus_module,
-                        task_prefix=prefix, corpus_train=args.corpus_train)
+                        task_prefix=prefix, corpus_train=corpus_train)
   print(f'gemma-adapt demo: {len(stages)} stages, artefacts in {work}', flush=True)
   start = time.time()
   try:
@@ -359,4 +362,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.main_exit(main, program='demo')

@@ -18,11 +18,8 @@ wanted headroom (default 10x).
   python -m pipelines.input_bench --gin_file=gin/models/t5gemma_2b_2b.gin \
       --text_file=../shared/data/wikitext-2/valid.txt --work_dir=/tmp/input_bench
 
-Output (measured on the 2-CPU development machine, wikitext-2 valid, T5Gemma 2B-2B at 2048/2048):
-  input_bench: read 1600 rows in 1.27 s (first batches 9.3 s) | 1,261.7 examples/s | 5,167,943
-    tokens/s (real 5,036,939) | 2 CPUs
-  input_bench: trainer at 55% MFU of 989 TFLOP/s needs 32,660 tokens/s (7.97 examples/s, 16.66
-    GFLOP/token) -> reader 158.2x (enough: want 10x)
+Output: one line with the reader's rows/s and tokens/s, and one with the tokens/s the trainer
+consumes at the target MFU and the reader's headroom against it (figures: docs/performance.md).
 The cache's task module must be importable when reading (`cache_job.json` names it), e.g.
 `PYTHONPATH=/tmp/input_bench --module_import=input_bench_tasks` for a cache this tool built.
 """
@@ -34,7 +31,10 @@ from typing import Mapping, Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-from trainer import gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
+from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from tasks import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from trainer import gin_flags  # noqa: E402  pylint: disable=g-import-not-at-top
 
 _TASK_MODULE = textwrap.dedent('''
     """Written by pipelines.input_bench: the PrefixLM task over {text_file!r}."""
@@ -66,7 +66,8 @@ def build_cache(*, text_file: str, work_dir: str, feature_lengths: Mapping[str, 
 
   The task module is written to `work_dir` (put on sys.path) so the job's `module_import` finds it.
   """
-  from pipelines import cache_plan, cache_tasks  # pylint: disable=g-import-not-at-top
+  from pipelines.cache import driver as cache_driver  # pylint: disable=g-import-not-at-top
+  from pipelines.cache import plan as cache_plan  # pylint: disable=g-import-not-at-top
   from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(text_file):
     raise ValueError(f'--text_file: {text_file!r} is not a file')
@@ -88,8 +89,8 @@ def build_cache(*, text_file: str, work_dir: str, feature_lengths: Mapping[str, 
       feature_lengths=tuple(sorted(feature_lengths.items())),
       module_import=(TASK_MODULE_NAME,), min_shards=4)
   t0 = time.perf_counter()
-  cache_tasks.run_cache_job(config, runner='local', num_workers=1, running_mode='in_memory',
-                            progress_interval_s=60, log=lambda _: None)
+  cache_driver.run_cache_job(config, runner='local', num_workers=1, running_mode='in_memory',
+                             progress_interval_s=60, log=lambda _: None)
   log(f'input_bench: cache job wrote {cache_dir} in {time.perf_counter() - t0:.1f} s')
   return cache_dir
 
@@ -97,7 +98,8 @@ def build_cache(*, text_file: str, work_dir: str, feature_lengths: Mapping[str, 
 def required_tokens_per_s(model, feature_lengths: Mapping[str, int], *, mfu: float,
                           peak_flops: float) -> dict:
   """Tokens/s (and rows/s) the trainer consumes at `mfu` of `peak_flops` (one device)."""
-  fc = model.feature_converter(pack=True)
+  from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
+  fc = feature_converters.for_model(model, pack=True)
   shapes = {k: (1, v) for k, v in fc.get_model_feature_lengths(dict(feature_lengths)).items()}
   flops_example = model.training_flops_per_example(shapes)
   tokens_example = model.tokens_per_example(shapes)
@@ -159,7 +161,8 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
   cfg = data.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=dict(feature_lengths),
                            batch_size=batch_size, seed=seed, use_cached=True, cache_dir=cache_dir,
                            pack=True, shuffle=True)
-  figures = read_throughput(cfg, model.feature_converter(pack=True), batches=batches)
+  from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
+  figures = read_throughput(cfg, feature_converters.for_model(model, pack=True), batches=batches)
   need = required_tokens_per_s(model, feature_lengths, mfu=mfu, peak_flops=peak_flops)
   ratio = figures['tokens_per_s'] / need['tokens_per_s']
   figures.update({'needed_tokens_per_s': need['tokens_per_s'],
@@ -177,35 +180,49 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
   return figures
 
 
-_EXTRA = ('cache_dir', 'task', 'text_file', 'work_dir', 'feature_lengths', 'batch_size',
-          'batches', 'mfu', 'peak_flops', 'headroom')
+_CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'A materialised Beam cache to read.',
+                                 allow_override=True)
+_TASK = flags.DEFINE_string('task', None, 'The cached task (source or cached name).',
+                            allow_override=True)
+_TEXT_FILE = flags.DEFINE_string('text_file', None, 'Build a small PrefixLM cache from this text.',
+                                 allow_override=True)
+_WORK_DIR = flags.DEFINE_string('work_dir', None, 'Where --text_file\'s cache is built.',
+                                allow_override=True)
+_FEATURE_LENGTHS = flags.DEFINE_string('feature_lengths', 'inputs:2048,targets:2048',
+                                       'NAME:LENGTH,...', allow_override=True)
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Rows per batch.', allow_override=True)
+_BATCHES = flags.DEFINE_integer('batches', 20, 'Batches to time.', allow_override=True)
+_MFU = flags.DEFINE_float('mfu', 0.55, 'The trainer\'s target MFU.', allow_override=True)
+_PEAK_FLOPS = flags.DEFINE_float('peak_flops', 989e12, 'Peak FLOP/s per device.',
+                                 allow_override=True)
+_HEADROOM = flags.DEFINE_float('headroom', 10.0, 'Wanted reader headroom (x).',
+                               allow_override=True)
+flags.adopt_module_key_flags(gin_flags)
 
 
-def main(flags: gin_utils.Flags) -> int:
+def main(argv) -> int:
+  del argv
   import gin  # pylint: disable=g-import-not-at-top
   from pipelines import input_bench  # pylint: disable=g-import-not-at-top  (not __main__'s copy)
-  extra = flags.extra
   model = gin.get_configurable(input_bench.configured_model)()
   try:
     kwargs = dict(
-        feature_lengths=parse_lengths(extra.get('feature_lengths', 'inputs:2048,targets:2048')),
-        cache_dir=extra.get('cache_dir'), task=extra.get('task'),
-        text_file=extra.get('text_file'), work_dir=extra.get('work_dir'),
-        batch_size=int(extra.get('batch_size', 8)), batches=int(extra.get('batches', 20)),
-        mfu=float(extra.get('mfu', 0.55)), peak_flops=float(extra.get('peak_flops', 989e12)),
-        headroom=float(extra.get('headroom', 10.0)))
+        feature_lengths=parse_lengths(_FEATURE_LENGTHS.value),
+        cache_dir=_CACHE_DIR.value, task=_TASK.value, text_file=_TEXT_FILE.value,
+        work_dir=_WORK_DIR.value, batch_size=_BATCH_SIZE.value, batches=_BATCHES.value,
+        mfu=_MFU.value, peak_flops=_PEAK_FLOPS.value, headroom=_HEADROOM.value)
   except ValueError as e:
-    raise gin_utils.ConfigError(str(e)) from e
+    raise cli.UserError(str(e)) from e
   input_bench.run(model=model, **kwargs)
   return 0
 
 
 def run_cli(argv=None) -> int:
   # t5/seqio register gin configurables on import, which must happen before gin is finalised.
-  from trainer.training import data  # pylint: disable=g-import-not-at-top
-  with data.quiet_native_stderr():
-    import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  return gin_utils.run(main, argv, extra_flags=_EXTRA, program='input_bench',
+  import tasks  # pylint: disable=g-import-not-at-top
+  with cli.quiet_native_stderr():
+    tasks.register_tasks()  # Imports seqio (and so t5's gin configurables) too.
+  return gin_flags.run(main, argv=argv, program='input_bench',
                        prelude=['from __gin__ import dynamic_registration',
                                 'from pipelines import input_bench',
                                 'input_bench.configured_model.model = %MODEL'])

@@ -9,14 +9,14 @@ visible: mode tokens as `[NLU]`/`[NLG]`/`[S2S]`, sentinels as their pieces (`<ex
 """
 import difflib
 import os
-import sys
 from typing import Dict, List, Mapping, Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging
+
+from tasks import cli  # pylint: disable=g-import-not-at-top
 
 _SPLIT = flags.DEFINE_string('split', 'train', 'Split to read.')
 _N = flags.DEFINE_integer('n', 5, 'Number of examples to print.')
@@ -35,7 +35,7 @@ _SHUFFLE = flags.DEFINE_boolean('shuffle', False, 'Shuffle the examples.')
 DEFAULT_LENGTH = 512
 
 
-class InspectError(ValueError):
+class InspectError(cli.UserError, ValueError):
   """A user error with a message meant for the command line."""
 
 
@@ -150,28 +150,24 @@ def format_examples(task_name: str, *, split: str = 'train', n: int = 5,
 
 def main(argv):
   if len(argv) != 2:
-    print('usage: python -m pipelines.inspect_task TASK [--split=train] [--n=5] '
-          '[--module_import=MODULE] [--feature_lengths=inputs:N,targets:M]', file=sys.stderr)
-    return 2
+    raise cli.UserError('usage: python -m pipelines.inspect_task TASK [--split=train] [--n=5] '
+                        '[--module_import=MODULE] [--feature_lengths=inputs:N,targets:M]')
   logging.set_verbosity(logging.ERROR)
   if _VOCAB.value:
     os.environ['GEMMA_ADAPT_VOCAB'] = os.path.abspath(os.path.expanduser(_VOCAB.value))
-  from tasks import cli  # pylint: disable=g-import-not-at-top
-  with cli.quiet_native_stderr():
-    from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   try:
     with cli.quiet_native_stderr():
       cli.import_modules(_MODULE_IMPORT.value)
       text = format_examples(argv[1], split=_SPLIT.value, n=_N.value,
                              feature_lengths=parse_feature_lengths(_FEATURE_LENGTHS.value),
                              seed=_SEED.value, shuffle=_SHUFFLE.value)
-  except (InspectError, cli.ModuleImportError, vocab_lib.MissingVocabularyError,
-          FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  except cli.UserError:
+    raise
+  except (FileNotFoundError, ValueError) as e:
+    raise cli.UserError(str(e)) from e
   print(text)
   return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.main_exit(main, program='inspect_task')

@@ -13,15 +13,14 @@ input files and flags give the same bytes. SentencePiece reads one sentence per 
 """
 import glob
 import os
-import sys
 import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging
 
+from tasks import cli  # pylint: disable=g-import-not-at-top
 
 _INPUT = flags.DEFINE_string('input', None, 'Glob (or comma-separated globs) of text files.')
 _CORPUS = flags.DEFINE_string('corpus', None, 'Instead of --input: a corpus registered by '
@@ -45,36 +44,32 @@ _INPUT_SENTENCE_SIZE = flags.DEFINE_integer(
 
 def main(argv):
   if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    return 2
+    raise cli.UserError(f'unexpected arguments {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   for flag in (_VOCAB_SIZE, _OUTPUT):
     if flag.value is None:
-      print(f'error: --{flag.name} is required (see --help)', file=sys.stderr)
-      return 2
+      raise cli.UserError(f'--{flag.name} is required (see --help)')
   if (_INPUT.value is None) == (_CORPUS.value is None):
-    print('error: pass exactly one of --input and --corpus', file=sys.stderr)
-    return 2
+    raise cli.UserError('pass exactly one of --input and --corpus')
   with tempfile.TemporaryDirectory() as tmp:
     if _CORPUS.value:
       try:
         files = [_write_corpus_text(_CORPUS.value, _SPLIT.value, _MODULE_IMPORT.value, tmp)]
+      except cli.UserError:
+        raise
       except (ValueError, ImportError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        raise cli.UserError(str(e)) from e
     else:
       files = sorted({f for pattern in _INPUT.value.split(',') if pattern
                       for f in glob.glob(os.path.expanduser(pattern), recursive=True)
                       if os.path.isfile(f)})
       if not files:
-        print(f'error: --input={_INPUT.value!r} matches no file', file=sys.stderr)
-        return 2
+        raise cli.UserError(f'--input={_INPUT.value!r} matches no file')
     return _train(files)
 
 
 def _write_corpus_text(corpus: str, split: str, modules, tmp: str) -> str:
   """Valid documents of a registered corpus as one text file (newlines inside kept)."""
-  from tasks import cli  # pylint: disable=g-import-not-at-top
   with cli.quiet_native_stderr():
     from tasks import pretraining  # pylint: disable=g-import-not-at-top
     cli.import_modules(modules)
@@ -96,7 +91,6 @@ def _train(files):
   total = sum(os.path.getsize(f) for f in files)
   print(f'Training a {_VOCAB_SIZE.value}-piece SentencePiece model on {len(files)} file(s), '
         f'{total / 1e6:.1f} MB ...', flush=True)
-  from tasks import cli  # pylint: disable=g-import-not-at-top
   with cli.quiet_native_stderr():
     from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   try:
@@ -106,8 +100,7 @@ def _train(files):
         character_coverage=_CHARACTER_COVERAGE.value, model_type=_MODEL_TYPE.value,
         input_sentence_size=_INPUT_SENTENCE_SIZE.value)
   except (ValueError, RuntimeError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    raise cli.UserError(str(e)) from e
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   sp = spm.SentencePieceProcessor(model_file=model)
   print(f'Wrote {model} and {vocab_file}: {sp.get_piece_size()} pieces; pad={sp.pad_id()} '
@@ -120,4 +113,4 @@ def _train(files):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.main_exit(main, program='train_vocab')

@@ -4,7 +4,7 @@ From ONE small decoder-only model pretrained here (causal LM on a corpus built f
 directory: tinyshakespeare + wikitext-2), build and fine-tune on SST-2, for each seed:
   (a) the decoder-only model, fine-tuned text-to-text (as a PrefixLM: inputs are a bidirectional
       prefix, loss on the label word);
-  (b) the encoder-decoder adapted from it (trainer.adapt.adapt_params: encoder and decoder copied,
+  (b) the encoder-decoder adapted from it (trainer.adaptation.adapt.adapt_params: encoder and decoder copied,
       cross-attention from self-attention), further pretrained with PrefixLM and, separately, with
       UL2, for the same token budget (same steps, batch and feature lengths), then fine-tuned
       text-to-text;
@@ -193,8 +193,9 @@ class Comparison:
     if not os.path.isdir(out):
       import jax
       from flax.core import meta
-      from trainer import adapt
+      from trainer.adaptation import adapt
       from trainer.checkpoint import checkpoints
+      from trainer.checkpoint import loader
       from trainer.training import models
       cfg = self.config(self.vocab_size)
       model = models.DecoderOnlyModel(config=cfg)
@@ -205,7 +206,7 @@ class Comparison:
       abstract = jax.tree_util.tree_map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
               jax.local_devices()[0])), abstract)
-      params = checkpoints.restore_params(pretrained_dir, abstract)
+      params = loader.restore_params(pretrained_dir, abstract)
       _, ed_params = adapt.adapt_params(cfg, params)
       checkpoints.save_params(out, ed_params)
       log(f'adapted the decoder-only checkpoint into an encoder-decoder: {out}')
@@ -228,7 +229,7 @@ class Comparison:
   # -- stage 3: fine-tuning and evaluation ------------------------------------------------------
 
   def finetune_and_eval(self, name, model, *, seed, init_checkpoint, classifier):
-    from trainer import eval as eval_lib
+    from trainer.evaluation import evaluate as eval_lib
     s = self.s
     if classifier:
       task, lengths = 'glue_sst2_classification', {'inputs': s.sst2_inputs_length}

@@ -167,8 +167,8 @@ def compile_part(gin_file: str, bindings, *, batch_size: int, length: int,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax.core import meta  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from trainer import adapt
-  from trainer import bench
+  from trainer import gin_flags
+  from trainer.training import benchmark as bench
   from trainer.training import models
   from trainer.training import optimizers
   from trainer.training import loop as trainer
@@ -183,7 +183,7 @@ def compile_part(gin_file: str, bindings, *, batch_size: int, length: int,
   rows = []
   for label, extra, master_dtype in variants:
     try:
-      config = adapt.config_from_gin([gin_file], list(bindings) + list(extra))
+      config = gin_flags.config_from_gin([gin_file], list(bindings) + list(extra))
       model_cls = (models.EncoderDecoderModel if isinstance(config, EncoderDecoderConfig)
                    else models.DecoderOnlyModel)
       model = model_cls(config=config)

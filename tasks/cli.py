@@ -30,6 +30,7 @@ import sys
 from typing import Callable, Iterable, List, Optional, Sequence
 
 TRACEBACK_ENV = 'GIN_TRACEBACK'
+VERBOSE_TF_ENV = 'GEMMA_ADAPT_VERBOSE_TF'
 
 
 class UserError(Exception):
@@ -101,8 +102,12 @@ def native_stderr_to(path: str):
 def quiet_native_stderr():
   """Sends file descriptor 2 to /dev/null for the block (native start-up lines of TF/XLA/SPM).
 
-  Python exceptions raised in the block still reach the user: they are printed after it.
+  Python exceptions raised in the block still reach the user: they are printed after it. Set
+  GEMMA_ADAPT_VERBOSE_TF=1 to see the native lines.
   """
+  if os.environ.get(VERBOSE_TF_ENV, '') not in ('', '0'):
+    yield
+    return
   with native_stderr_to(os.devnull):
     yield
 

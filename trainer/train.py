@@ -18,31 +18,36 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 
-from trainer import gin_utils  # pylint: disable=g-import-not-at-top
+from trainer import gin_flags  # pylint: disable=g-import-not-at-top
 
-EXTRA_FLAGS = ('coordinator_address', 'num_processes', 'process_id')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-host JAX: the coordinator HOST:PORT.', allow_override=True)
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host JAX: number of processes.',
+                                      allow_override=True)
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host JAX: this process\'s index.',
+                                   allow_override=True)
+flags.adopt_module_key_flags(gin_flags)
 
 
-def main(flags: gin_utils.Flags) -> int:
+def main(argv) -> int:
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
   from trainer.training import partitioning  # pylint: disable=g-import-not-at-top
   from trainer.training import loop as trainer  # pylint: disable=g-import-not-at-top
-  extra = flags.extra
-  partitioning.initialize_distributed(
-      coordinator_address=extra.get('coordinator_address'),
-      num_processes=int(extra['num_processes']) if 'num_processes' in extra else None,
-      process_id=int(extra['process_id']) if 'process_id' in extra else None)
-  try:
-    train_fn = gin.get_configurable(trainer.train)
-  except ValueError as e:
-    raise gin_utils.ConfigError(
-        'no gin file configures trainer.train (add --gin_file=gin/runs/pretrain.gin)') from e
+  partitioning.initialize_distributed(coordinator_address=_COORDINATOR_ADDRESS.value,
+                                      num_processes=_NUM_PROCESSES.value,
+                                      process_id=_PROCESS_ID.value)
+  train_fn = gin_flags.configured(
+      trainer.train,
+      hint='no gin file configures trainer.train (add --gin_file=gin/runs/pretrain.gin)')
   try:
     model_dir = gin.query_parameter('%MODEL_DIR')
   except ValueError:
     model_dir = None
-  if isinstance(model_dir, str) and jax_process_index() == 0:
+  if isinstance(model_dir, str) and jax.process_index() == 0:
     # The full configuration next to the checkpoints (T5X writes config.gin the same way).
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, 'config.gin'), 'w', encoding='utf-8') as f:
@@ -57,17 +62,13 @@ def main(flags: gin_utils.Flags) -> int:
   return 0
 
 
-def jax_process_index() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index()
-
-
 def run(argv=None) -> int:
+  """`argv`: the arguments without the program name (default: sys.argv[1:])."""
   # TensorFlow (seqio) first, with its native start-up noise silenced, before tasks modules load.
   from trainer.training import data  # pylint: disable=g-import-not-at-top,unused-import
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  return gin_utils.run(main, argv, extra_flags=EXTRA_FLAGS, program='train')
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  cli.quiet_absl_logging()
+  return gin_flags.run(main, argv=argv, program='train')
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import SetupOptions
 from apache_beam.runners.portability import stager
 
-from pipelines import dataflow
+from pipelines.cache import dataflow
 
 
 def test_pinned_requirements_are_the_installed_closure():
@@ -47,5 +47,5 @@ def test_staging_options_make_job_resources(tmp_path):
   sdist = next(p for p in staging.rglob("*.tar.gz"))
   members = tarfile.open(sdist).getnames()
   for path in ("tasks/sources.py", "tasks/__init__.py", "pipelines/cache_tasks.py",
-               "pipelines/cache_core.py", "setup.py"):
+               "pipelines/cache/unit_processor.py", "setup.py"):
     assert any(m.endswith(path) for m in members), path

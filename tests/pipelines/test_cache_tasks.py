@@ -1,4 +1,4 @@
-"""The Beam cache job (pipelines/cache_tasks.py): read-back, equality with seqio, bad input,
+"""The Beam cache job (pipelines/cache/, `python -m pipelines.cache_tasks`): read-back, equality with seqio, bad input,
 resumability, clear errors. Runs the in-process Beam runner; the multi-process, Dask and kill tests
 are in test_cache_runners.py (they reuse the fixtures below)."""
 import hashlib
@@ -16,9 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import seqio  # noqa: E402
 
-from pipelines import cache_plan  # noqa: E402
-from pipelines import cache_registry  # noqa: E402
-from pipelines import cache_tasks  # noqa: E402
+from pipelines.cache import driver  # noqa: E402
+from pipelines.cache import layout  # noqa: E402
+from pipelines.cache import plan as cache_plan  # noqa: E402
+from pipelines.cache import registry as cache_registry  # noqa: E402
 
 LENGTHS = {"inputs": 64, "targets": 16}
 
@@ -129,7 +130,7 @@ def make_config(out_dir, tasks, **kw):
 def run_job(out_dir, tasks, *, runner="local", num_workers=1, running_mode="in_memory", **kw):
   config = make_config(out_dir, tasks, **kw)
   logs = []
-  result = cache_tasks.run_cache_job(config, runner=runner, num_workers=num_workers,
+  result = driver.run_cache_job(config, runner=runner, num_workers=num_workers,
                                      running_mode=running_mode, progress_interval_s=60,
                                      quiet=False, log=logs.append)
   result["logs"] = logs
@@ -166,7 +167,7 @@ def test_cached_task_equals_task_get_dataset(cache_env, tmp_path):
   """One input range: the cache holds exactly what task.get_dataset(seed=range seed) yields."""
   result = run_job(tmp_path, ["cachetest1_span"], min_input_ranges=1)
   assert result["units"] == 1
-  cached = cache_plan.cached_task_name("cachetest1_span", LENGTHS)
+  cached = layout.cached_task_name("cachetest1_span", LENGTHS)
   assert cached == "cachetest1_span.in64_tg16"
   out_dir = tmp_path / cached
   assert sorted(p.name for p in out_dir.iterdir()) == [
@@ -235,7 +236,7 @@ def test_rerun_skips_completed_and_cleans_partial_output(cache_env, tmp_path):
 
   # A killed run leaves shards but no COMPLETED: it is not registered, and a rerun redoes it.
   out = tmp_path / "out"
-  cached = cache_plan.cached_task_name("cachetest_span", LENGTHS)
+  cached = layout.cached_task_name("cachetest_span", LENGTHS)
   partial = out / cached
   partial.mkdir(parents=True)
   (partial / "train.tfrecord-00000-of-00005").write_bytes(b"half a shard")
@@ -289,14 +290,14 @@ def test_planning_splits_large_files_and_sizes_shards():
 def test_plan_errors_are_one_line(cache_env, tmp_path):
   with pytest.raises(cache_plan.CacheJobError, match=r"no registered task matches 'cachetest_nope'"
                      r".*close names: cachetest"):
-    cache_tasks.plan_job(make_config(tmp_path, ["cachetest_nope"]), log=lambda s: None)
+    driver.plan_job(make_config(tmp_path, ["cachetest_nope"]), log=lambda s: None)
   with pytest.raises(cache_plan.CacheJobError, match="needs a length for inputs"):
-    cache_tasks.plan_job(make_config(tmp_path, ["cachetest_span"],
+    driver.plan_job(make_config(tmp_path, ["cachetest_span"],
                                      feature_lengths={"targets": 16}), log=lambda s: None)
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   with pytest.raises(cache_plan.CacheJobError, match="--output_cache_dir: cannot write"):
-    cache_tasks.plan_job(make_config(blocker / "cache", ["cachetest_span"]), log=lambda s: None)
+    driver.plan_job(make_config(blocker / "cache", ["cachetest_span"]), log=lambda s: None)
   with pytest.raises(cache_plan.CacheJobError, match="feature_lengths"):
     cache_plan.parse_feature_lengths("inputs=512")
 
@@ -314,14 +315,14 @@ def test_cli_errors_are_one_line_without_traceback(cache_env, tmp_path):
   cases = {
       "unknown task": (["--tasks=cachetest_nope", f"--output_cache_dir={tmp_path}",
                         "--feature_lengths=inputs:64,targets:16"],
-                       "error: --tasks: no registered task matches 'cachetest_nope'"),
+                       "cache_tasks: --tasks: no registered task matches 'cachetest_nope'"),
       "too short": (["--tasks=cachetest_span", f"--output_cache_dir={tmp_path / 'c'}",
                      "--feature_lengths=inputs:64,targets:1"],
-                    "error: task 'cachetest_span': its preprocessing fails at "
+                    "cache_tasks: task 'cachetest_span': its preprocessing fails at "
                     "--feature_lengths=inputs:64,targets:1"),
       "unwritable": (["--tasks=cachetest_span", f"--output_cache_dir={blocker}/cache",
                       "--feature_lengths=inputs:64,targets:16"],
-                     f"error: --output_cache_dir: cannot write to '{blocker}/cache'"),
+                     f"cache_tasks: --output_cache_dir: cannot write to '{blocker}/cache'"),
   }
   procs = {name: _cli(args, cache_env["env"]) for name, (args, _) in cases.items()}
   for name, proc in procs.items():
@@ -359,12 +360,12 @@ def test_project_ul2_and_prefix_lm_mixture(cache_env, tmp_path):
 @pytest.mark.parametrize("objective_impl", ["numpy", "tf"])
 def test_project_objective_runs_as_numpy_twin_or_in_tf(cache_env, tmp_path, objective_impl):
   """One input range of the project's UL2 task: 'tf' gives exactly task.get_dataset(seed=range
-  seed); 'numpy' (the default) gives exactly tasks.objectives_numpy on the range's documents."""
-  from tasks import objectives_numpy  # pylint: disable=g-import-not-at-top
+  seed); 'numpy' (the default) gives exactly tasks.objectives.numpy_impl on the range's documents."""
+  from tasks.objectives import numpy_impl  # pylint: disable=g-import-not-at-top
   lengths = {"inputs": 64, "targets": 32}
   run_job(tmp_path, ["cachetestul2_ul2"], feature_lengths=lengths, min_input_ranges=1,
           objective_impl=objective_impl)
-  cached = cache_plan.cached_task_name("cachetestul2_ul2", lengths)
+  cached = layout.cached_task_name("cachetestul2_ul2", lengths)
   cache_registry.register_cached_tasks(str(tmp_path))
   got = read_cached(cached)
   assert json.loads((tmp_path / cached / "cache_job.json").read_text())["objective_impl"] == (
@@ -380,7 +381,7 @@ def test_project_objective_runs_as_numpy_twin_or_in_tf(cache_env, tmp_path, obje
     vocab = task.output_features["targets"].vocabulary
     docs = [np.asarray(vocab.encode(ex["text"].decode()) + [vocab.eos_id], np.int32) for ex in
             task.source.get_dataset(split="train", shuffle=False).as_numpy_iterator()]
-    want = [{k: v.tolist() for k, v in ex.items()} for ex in objectives_numpy.run_objective(
+    want = [{k: v.tolist() for k, v in ex.items()} for ex in numpy_impl.run_objective(
         task.preprocessors[-1], docs, sequence_length=lengths,
         output_features=task.output_features, seed=(seed, 0, len(task.preprocessors) - 1))]
   assert len(want) > 50

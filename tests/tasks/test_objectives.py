@@ -1,6 +1,6 @@
 """Objectives over many examples: stream reassembly, noise statistics, sentinels, mixture rates,
 seeds and lengths; each statistical test runs on both implementations (the seqio/TF preprocessors
-of tasks.objectives and their NumPy twins in tasks.objectives_numpy, used by the cache job), and
+of tasks.objectives.preprocessors and their NumPy twins in tasks.objectives.numpy_impl, used by the cache job), and
 two-sample tests compare the two."""
 import collections
 import functools
@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 
 from tasks import objectives
-from tasks import objectives_numpy
+from tasks.objectives import numpy_impl as objectives_numpy
 from tasks import vocab as vocab_lib
 
 IMPLS = ("tf", "numpy")

@@ -6,7 +6,7 @@ import sys
 import pytest
 import seqio
 
-import tasks  # noqa: F401  pylint: disable=unused-import  (registers the built-in tasks; reads no file)
+import tasks
 from pipelines import inspect_task
 from tasks import builtin
 from tasks import downstream
@@ -46,7 +46,24 @@ def shk_tasks(corpus_dir, vocab_path):
   return pretraining.register_corpus_tasks(corpus=corpus, vocabulary=vocab_path)
 
 
-def test_import_registers_builtin_tasks_without_reading_files():
+@pytest.fixture(scope="module", autouse=True)
+def builtin_tasks():
+  tasks.register_tasks()
+
+
+def test_importing_tasks_registers_nothing_and_loads_no_tensorflow():
+  code = ("import sys, tasks, tasks.sources, tasks.cli, tasks.special_tokens\n"
+          "from tasks.objectives import planning, numpy_impl\n"
+          "from tasks import objectives\n"
+          "objectives.UL2_DENOISERS\n"
+          "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio'))\n"
+          "assert not bad, bad[:5]\n")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def test_register_tasks_registers_builtin_tasks_without_reading_files():
+  tasks.register_tasks()  # Idempotent: a second call changes nothing.
   names = set(seqio.TaskRegistry.names())
   for objective in pretraining.OBJECTIVES:
     assert f"pydoc_{objective}" in names
@@ -228,9 +245,10 @@ def test_inspect_task_main_reports_errors_without_traceback(vocab_path, monkeypa
   flags.FLAGS.unparse_flags()
   rest = flags.FLAGS(argv)
   try:
-    assert inspect_task.main(rest) == 1
+    with pytest.raises(cli.UserError) as e:
+      inspect_task.main(rest)
   finally:
     flags.FLAGS.unparse_flags()
-  err = capsys.readouterr().err
+  err = str(e.value)
   assert "Unknown task or mixture 'pydoc_ul'" in err and "pydoc_ul2" in err
   assert "Traceback" not in err

@@ -11,7 +11,7 @@ import gin
 import pytest
 
 from trainer.training import flops
-from trainer import gin_utils
+from trainer import gin_flags
 from trainer import train as train_entry
 
 REPO = str(pathlib.Path(__file__).resolve().parents[2])
@@ -27,9 +27,9 @@ def _clean_gin():
 
 def load(model_file, extra=()):
   gin.clear_config()
-  argv = [f'--gin_file=gin/models/{model_file}.gin', '--gin_file=gin/runs/pretrain.gin']
-  argv += REQUIRED + list(extra)
-  gin_utils.setup_gin(gin_utils.parse_flags(argv))
+  bindings = [a[len('--gin.'):] for a in REQUIRED + list(extra)]
+  gin_flags.setup_gin(gin_files=[f'gin/models/{model_file}.gin', 'gin/runs/pretrain.gin'],
+                      gin_bindings=bindings)
   return gin.query_parameter('%MODEL').scoped_configurable_fn()
 
 
@@ -73,7 +73,7 @@ def test_small_files_compose_with_overrides(name):
 
 def run_cli(argv, capsys):
   gin.clear_config()
-  rc = gin_utils.run(train_entry.main, argv, extra_flags=train_entry.EXTRA_FLAGS, program='train')
+  rc = train_entry.run(argv)
   err = capsys.readouterr().err.strip()
   return rc, err
 
@@ -92,7 +92,7 @@ BASE = ['--gin_file=gin/models/gemma2_tiny.gin', '--gin_file=gin/runs/pretrain.g
     (BASE + ["--gin.TRAIN_STEPS='ten'"], "train.total_steps must be a positive int, got 'ten'"),
     (BASE + ["--gin.BATCH_SIZE='8'"], "DatasetConfig.batch_size must be a positive int, got '8'"),
     (BASE + ['--gin.models.DecoderOnlyModel.z_loss=-1.0'], 'z_loss must be >= 0, got -1.0'),
-    (BASE + ['--gin_fle=x.gin'], 'unknown flag --gin_fle'),
+    (BASE + ['--gin_fle=x.gin'], "Unknown command line flag 'gin_fle'"),
     (['--gin_file=gin/models/nope.gin'], '--gin_file=gin/models/nope.gin: file not found'),
 ])
 def test_bad_configuration_is_one_clear_line(argv, message, capsys):

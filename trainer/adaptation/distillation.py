@@ -220,8 +220,8 @@ class DistillationModel:
     self.teacher_start_token = int(teacher_start_token)
     self.teacher = transformer.Decoder(self.teacher_config)
 
-  def feature_converter(self, pack: bool = True):
-    return self.student.feature_converter(pack=pack)
+  def feature_converter_kwargs(self, pack: bool) -> Dict[str, Any]:
+    return self.student.feature_converter_kwargs(pack)
 
   @staticmethod
   def split(params) -> Tuple[Any, Any]:
@@ -247,7 +247,7 @@ class DistillationModel:
     The teacher's hidden states are gathered at the target slots *before* the vocabulary projection,
     so only `[B, Ld, V]` logits are materialised, not `[B, Le + Ld, V]`.
     """
-    from trainer.model.attention import AttentionMask  # pylint: disable=g-import-not-at-top
+    from trainer.model.reference_attention import AttentionMask  # pylint: disable=g-import-not-at-top
     feats = teacher_features(batch, start_token=self.teacher_start_token)
     index = feats['target_index']
 

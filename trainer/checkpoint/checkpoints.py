@@ -7,11 +7,13 @@ Layout of a training run's checkpoints (an orbax `CheckpointManager` directory):
                               train_meta/  {'step': int array, 'rng': PRNG key data}
                               data/        JSON {'batches_consumed': n, ...} (the data position)
 
-`restore_params(path, abstract_params)` accepts (a) such a manager directory (latest step), (b) one
-step directory of it, or (c) a plain params checkpoint written by `save_params(path, params)` (what
-`trainer.adapt` and HF imports write): that is what `train(init_checkpoint=...)` reads. Stacks
-saved unrolled restore into a scanned model (`TransformerConfig.scan_layers`) and vice versa
-(`trainer/scan_layout.py`); a full-state resume (`Checkpointer.restore`) needs the same layout.
+`params_dir(path)` finds the params of (a) such a manager directory (latest step), (b) one step
+directory of it, or (c) a plain params checkpoint written by `save_params(path, params)` (what
+`trainer.adapt` and HF imports write). `read_params` reads one as stored, from its own metadata;
+`restore_orbax_params` into a model's abstract params, converting stacks saved unrolled into a
+scanned model (`TransformerConfig.scan_layers`) and vice versa (`trainer.model.scan_layout`); a
+full-state resume (`Checkpointer.restore`) needs the same layout. Any checkpoint path, Hugging Face
+directories included: `trainer.checkpoint.loader`.
 """
 import dataclasses
 import logging
@@ -104,7 +106,8 @@ def save_params(directory: str, params) -> None:
   checkpointer.wait_until_finished()
 
 
-def _params_dir(path: str) -> str:
+def params_dir(path: str) -> str:
+  """The orbax params directory of a manager dir (latest step), a step dir or a params dir."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ValueError(f'init_checkpoint: {path!r} is not a directory')
@@ -115,80 +118,57 @@ def _params_dir(path: str) -> str:
   if steps:
     return os.path.join(path, str(steps[-1]), 'params')
   if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return _params_dir(os.path.join(path, 'checkpoints'))
+    return params_dir(os.path.join(path, 'checkpoints'))
   return path
 
 
-def _hf_model_type(path: str) -> Optional[str]:
-  """'gemma2' / 't5gemma' for a Hugging Face checkpoint directory, else None."""
-  config_path = os.path.join(path, 'config.json')
-  if not os.path.isfile(config_path):
-    return None
-  import json  # pylint: disable=g-import-not-at-top
-  with open(config_path, encoding='utf-8') as f:
-    return json.load(f).get('model_type')
-
-
-def _restore_hf_params(path: str, model_type: str, abstract_params):
-  """Params of an HF Gemma 2 / T5Gemma directory, checked against and placed like the model's."""
-  if model_type == 'gemma2':
-    from trainer.checkpoint import hf_gemma2  # pylint: disable=g-import-not-at-top
-    _, params = hf_gemma2.load_decoder(path)
-  elif model_type == 't5gemma':
-    from trainer.checkpoint import hf_t5gemma  # pylint: disable=g-import-not-at-top
-    _, params = hf_t5gemma.import_t5gemma(path)
-  else:
-    raise ValueError(f'init_checkpoint: {path!r} is a Hugging Face checkpoint of model_type '
-                     f'{model_type!r}; supported: gemma2, t5gemma')
-  params = scan_layout.like(params, abstract_params)  # HF is unrolled; the model may be scanned
-  flat_abstract = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
-  flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  names = lambda keys: sorted(jax.tree_util.keystr(k) for k in keys)
-  if flat_abstract.keys() != flat_params.keys():
-    missing = names(flat_abstract.keys() - flat_params.keys())[:5]
-    extra = names(flat_params.keys() - flat_abstract.keys())[:5]
-    raise ValueError(f'init_checkpoint: {path!r} ({model_type}) does not fit this model: '
-                     f'missing {missing}, unexpected {extra}')
-  for key, want in flat_abstract.items():
-    if tuple(flat_params[key].shape) != tuple(want.shape):
-      raise ValueError(f'init_checkpoint: {path!r}: tensor {jax.tree_util.keystr(key)} has shape '
-                       f'{tuple(flat_params[key].shape)}, the model wants {tuple(want.shape)}')
-  return jax.tree_util.tree_map(
-      lambda want, x: jax.device_put(np.asarray(x).astype(want.dtype), want.sharding),
-      abstract_params, params)
-
-
-def restore_params(path: str, abstract_params):
-  """Params from a manager dir (latest step), a step dir, a `save_params` dir, or a Hugging Face
-  Gemma 2 / T5Gemma directory (config.json + safetensors: an imported HF checkpoint).
-
-  `abstract_params`: tree of `jax.ShapeDtypeStruct` (with `sharding`) giving the structure, dtypes
-  and placement wanted; values are cast to those dtypes.
-  """
-  hf_type = _hf_model_type(os.path.abspath(path)) if os.path.isdir(path) else None
-  if hf_type is not None:
-    return _restore_hf_params(os.path.abspath(path), hf_type, abstract_params)
-  params_dir = _params_dir(path)
-  stored = _stored_tree(params_dir)
-  target = abstract_params if stored is None else scan_layout.like(abstract_params, stored)
-  if jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(abstract_params):
-    return _restore_orbax(params_dir, abstract_params)
-  # The checkpoint's stacks are in the other layout (unrolled vs scanned): restore them as
-  # stored, convert, and place each leaf as the model wants.
-  restored = scan_layout.like(_restore_orbax(params_dir, target), abstract_params)
-  return jax.tree_util.tree_map(
-      lambda want, x: x if want.sharding is None else jax.device_put(x, want.sharding),
-      abstract_params, restored)
-
-
-def _stored_tree(params_dir: str):
-  """The checkpoint's tree of array metadata (nested dicts), or None if it cannot be read."""
+def stored_tree(directory: str):
+  """A params checkpoint's own tree of array metadata (nested dicts), or None if unreadable."""
   try:
-    metadata = ocp.StandardCheckpointer().metadata(params_dir)
+    metadata = ocp.StandardCheckpointer().metadata(directory)
   except (ValueError, KeyError, FileNotFoundError):
     return None
   tree = getattr(metadata, 'item_metadata', metadata)
   return getattr(tree, 'tree', tree)
+
+
+def read_params(path: str):
+  """A params tree as stored (numpy arrays, read on one host device), from its own metadata.
+
+  `path`: anything `params_dir` accepts. Raises ValueError when there is no readable checkpoint.
+  """
+  directory = params_dir(path)
+  tree = stored_tree(directory)
+  if tree is None:
+    raise ValueError(f'cannot read an orbax params checkpoint from {directory!r}: no readable '
+                     'checkpoint metadata')
+  cpu = jax.local_devices(backend='cpu')[0]
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
+                                     sharding=jax.sharding.SingleDeviceSharding(cpu)), tree)
+  try:
+    restored = ocp.StandardCheckpointer().restore(directory, abstract)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ValueError(f'cannot read an orbax params checkpoint from {directory!r}: {e}') from e
+  return jax.tree_util.tree_map(np.asarray, restored)
+
+
+def restore_orbax_params(path: str, abstract_params):
+  """Orbax params into `abstract_params` (structure, dtypes, shardings), in either stack layout.
+
+  Stacks saved unrolled restore into a scanned model and vice versa (`trainer.model.scan_layout`).
+  """
+  directory = params_dir(path)
+  stored = stored_tree(directory)
+  target = abstract_params if stored is None else scan_layout.like(abstract_params, stored)
+  if jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(abstract_params):
+    return _restore_orbax(directory, abstract_params)
+  # The checkpoint's stacks are in the other layout (unrolled vs scanned): restore them as
+  # stored, convert, and place each leaf as the model wants.
+  restored = scan_layout.like(_restore_orbax(directory, target), abstract_params)
+  return jax.tree_util.tree_map(
+      lambda want, x: x if want.sharding is None else jax.device_put(x, want.sharding),
+      abstract_params, restored)
 
 
 def _restore_orbax(params_dir: str, abstract_params):

@@ -32,6 +32,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from trainer.checkpoint import safetensors_files
 from trainer.model import scan_layout
 from trainer.model.config import TransformerConfig
 
@@ -238,43 +239,6 @@ class _TensorReader:
                      shape=tuple(shape))
 
 
-def _parse_size(size) -> int:
-  if isinstance(size, int):
-    return size
-  text = str(size).strip().upper()
-  for unit, factor in (('GB', 10**9), ('MB', 10**6), ('KB', 10**3), ('B', 1)):
-    if text.endswith(unit):
-      return int(float(text[:-len(unit)]) * factor)
-  return int(text)
-
-
-def _write_safetensors(tensors: Dict[str, np.ndarray], out_dir: str,
-                       max_shard_size: Optional[Any]) -> None:
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  metadata = {'format': 'pt'}  # transformers refuses safetensors without this
-  limit = None if max_shard_size is None else _parse_size(max_shard_size)
-  shards, current, current_size = [], {}, 0
-  for name, array in tensors.items():
-    if limit is not None and current and current_size + array.nbytes > limit:
-      shards.append(current)
-      current, current_size = {}, 0
-    current[name] = array
-    current_size += array.nbytes
-  shards.append(current)
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(out_dir, 'model.safetensors'), metadata=metadata)
-    return
-  weight_map = {}
-  for i, shard in enumerate(shards):
-    file_name = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
-    save_file(shard, os.path.join(out_dir, file_name), metadata=metadata)
-    weight_map.update({name: file_name for name in shard})
-  index = {'metadata': {'total_size': int(sum(a.nbytes for a in tensors.values()))},
-           'weight_map': dict(sorted(weight_map.items()))}
-  with open(os.path.join(out_dir, 'model.safetensors.index.json'), 'w') as f:
-    json.dump(index, f, indent=2)
-
-
 # ----------------------------------------------------------------------------------------------
 # Parameter mapping (public: the T5Gemma interop reuses the per-layer maps)
 # ----------------------------------------------------------------------------------------------
@@ -413,6 +377,6 @@ def export_decoder(params: Mapping[str, Any], config: TransformerConfig, out_dir
   tensors = {name: np.ascontiguousarray(np.asarray(a).astype(np_dtype))
              for name, a in tensors.items()}
   os.makedirs(out_dir, exist_ok=True)
-  _write_safetensors(tensors, out_dir, max_shard_size)
+  safetensors_files.write_weights(tensors, out_dir, max_shard_size)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     json.dump(config_to_hf(config, torch_dtype=_NP_TO_HF_DTYPE[dtype]), f, indent=2)

@@ -32,12 +32,13 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 import jax
 import numpy as np
 
+from trainer.checkpoint import safetensors_files
 from trainer.model import scan_layout
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 
 CONFIG_FILE = 'config.json'
-WEIGHTS_FILE = 'model.safetensors'
-INDEX_FILE = 'model.safetensors.index.json'
+WEIGHTS_FILE = safetensors_files.WEIGHTS_FILE
+INDEX_FILE = safetensors_files.INDEX_FILE
 SUPPORTED_ACTIVATIONS = ('gelu_pytorch_tanh',)
 _HF_LAYER_TYPES = {'sliding': 'sliding_attention', 'global': 'full_attention'}
 _OUR_LAYER_TYPES = {v: k for k, v in _HF_LAYER_TYPES.items()}
@@ -442,52 +443,6 @@ def import_t5gemma(path: str, *, param_dtype: str = 'float32') -> Tuple[EncoderD
   return config, cast(params)
 
 
-def _parse_size(size: Any) -> int:
-  """'5GB' / '200MB' / '50KB' / bytes -> bytes (decimal units, as transformers' save_pretrained)."""
-  if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-    return size
-  units = {'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12, 'B': 1}
-  text = str(size).strip().upper()
-  for unit, factor in units.items():
-    if text.endswith(unit) and text[:-len(unit)].strip().replace('.', '', 1).isdigit():
-      return int(float(text[:-len(unit)]) * factor)
-  raise HFConversionError(f'max_shard_size must be bytes or like "5GB", got {size!r}')
-
-
-def _write_weights(tensors: Dict[str, np.ndarray], out_dir: str, max_shard_size: Any) -> list:
-  """One model.safetensors, or numbered shards + model.safetensors.index.json (save_pretrained's
-  layout) when the tensors exceed `max_shard_size`. Returns the files written."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  limit = None if max_shard_size is None else _parse_size(max_shard_size)
-  shards, current, size = [], {}, 0
-  for name in sorted(tensors):
-    nbytes = tensors[name].nbytes
-    if limit is not None and current and size + nbytes > limit:
-      shards.append(current)
-      current, size = {}, 0
-    current[name] = tensors[name]
-    size += nbytes
-  shards.append(current)
-  for stale in os.listdir(out_dir):  # a previous export with another sharding
-    if stale.endswith('.safetensors') or stale == INDEX_FILE:
-      os.remove(os.path.join(out_dir, stale))
-  if len(shards) == 1:
-    path = os.path.join(out_dir, WEIGHTS_FILE)
-    save_file(shards[0], path, metadata={'format': 'pt'})
-    return [path]
-  paths, weight_map = [], {}
-  for i, shard in enumerate(shards):
-    name = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
-    save_file(shard, os.path.join(out_dir, name), metadata={'format': 'pt'})
-    paths.append(os.path.join(out_dir, name))
-    weight_map.update({k: name for k in shard})
-  index = {'metadata': {'total_size': int(sum(t.nbytes for t in tensors.values()))},
-           'weight_map': weight_map}
-  with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
-    json.dump(index, f, indent=2, sort_keys=True)
-  return paths
-
-
 def export_t5gemma(params: Mapping[str, Any], config: EncoderDecoderConfig, out_dir: str, *,
                    dtype: Optional[str] = None, max_shard_size: Any = None) -> Dict[str, Any]:
   """Writes `config.json` + safetensors that `T5GemmaForConditionalGeneration.from_pretrained` loads.
@@ -509,7 +464,10 @@ def export_t5gemma(params: Mapping[str, Any], config: EncoderDecoderConfig, out_
     raise HFConversionError(f'cannot export params of dtype {sorted(dtypes)}; pass dtype="float32"')
   hf_config['dtype'] = 'bfloat16' if dtypes == {'bfloat16'} else 'float32'
   os.makedirs(out_dir, exist_ok=True)
-  weights = _write_weights(tensors, out_dir, max_shard_size)
+  try:
+    weights = safetensors_files.write_weights(tensors, out_dir, max_shard_size)
+  except safetensors_files.ShardSizeError as e:
+    raise HFConversionError(str(e)) from e
   config_path = os.path.join(out_dir, CONFIG_FILE)
   with open(config_path, 'w') as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)

@@ -30,7 +30,7 @@ EOS_ID = 1
 
 
 def model_kind(model) -> str:
-  """'decoder_only' | 'encoder_decoder' from a wrapper of trainer/models.py."""
+  """'decoder_only' | 'encoder_decoder' from a `trainer.training.models` wrapper."""
   name = type(model).__name__
   if name == 'DecoderOnlyModel' or hasattr(model, 'prefix_lm'):
     return 'decoder_only'

@@ -64,7 +64,7 @@ class TransformerConfig:
     scan_layers: run the blocks under `nn.scan` (one compiled body, looped) instead of unrolling
       them. The body is one period of the per-layer windows (`scan_period`: Gemma 2's sliding,
       global = 2 layers), so `num_layers` must be a multiple of it. Parameters are then stacked
-      with a leading 'layers' axis (`trainer/scan_layout.py` converts between the two layouts;
+      with a leading 'layers' axis (`trainer.model.scan_layout` converts between the two layouts;
       checkpoints, HF interop and adaptation accept either). Same maths as unrolled.
   """
   vocab_size: int

@@ -1,8 +1,8 @@
 """Fused attention: tokamax's Pallas flash attention with soft-cap, local windows and packing.
 
-Same interface as `trainer.model.attention.reference_attention` (query `[B, L, H, Dh]`, key/value
+Same interface as `trainer.model.reference_attention.reference_attention` (query `[B, L, H, Dh]`, key/value
 `[B, S, K, Dh]`, `mask: AttentionMask | None`, `scale`, `soft_cap` -> `[B, L, H, Dh]` in the query
-dtype), so wiring it is one entry `'fused': fused_attention` in `trainer.model.attention._IMPLS`.
+dtype); `trainer.model.attention` dispatches to it for `attention_impl='fused'`.
 
 tokamax's public `dot_product_attention` has no segment ids, but its kernels take per-query key
 ranges (`Mask(k_start=, k_end=)`: query i sees keys `k_start[i] <= j < k_end[i]`) and skip whole
@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from trainer.model import attention as attention_lib
+from trainer.model import reference_attention as reference
 
 # tokamax implementation names tried in order on GPU ('mosaic' = Mosaic GPU on sm90/sm100,
 # 'triton' = Pallas Triton). 'xla' is tokamax's unfused reference (used by the CPU tests).
@@ -66,7 +66,7 @@ def _take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
   return jnp.take_along_axis(table, ids, axis=1)
 
 
-def key_ranges(mask: Optional[attention_lib.AttentionMask], q_len: int, kv_len: int):
+def key_ranges(mask: Optional[reference.AttentionMask], q_len: int, kv_len: int):
   """AttentionMask -> (k_start `[B or 1, L]`, k_end `[B or 1, L]`, kv_valid `[B, S]` or None).
 
   Query i may attend key j iff `k_start[i] <= j < k_end[i]` (and `kv_valid[j]` when given).
@@ -116,7 +116,7 @@ def key_ranges(mask: Optional[attention_lib.AttentionMask], q_len: int, kv_len: 
   return k_start, k_end, kv_valid
 
 
-def tokamax_attention(query, key, value, *, mask: Optional[attention_lib.AttentionMask],
+def tokamax_attention(query, key, value, *, mask: Optional[reference.AttentionMask],
                       scale: float, soft_cap: Optional[float],
                       implementation: Sequence[str]) -> jax.Array:
   """tokamax attention with the mask given as key ranges (raises what tokamax raises)."""
@@ -150,7 +150,7 @@ def tokamax_attention(query, key, value, *, mask: Optional[attention_lib.Attenti
   raise NotImplementedError('; '.join(f'{type(e).__name__}: {str(e)[:200]}' for e in errors))
 
 
-def fused_attention(query, key, value, *, mask: Optional[attention_lib.AttentionMask],
+def fused_attention(query, key, value, *, mask: Optional[reference.AttentionMask],
                     scale: float, soft_cap: Optional[float],
                     implementation: Optional[Sequence[str]] = None) -> jax.Array:
   """Fast path with the reference path's contract (see the module docstring).
@@ -161,19 +161,19 @@ def fused_attention(query, key, value, *, mask: Optional[attention_lib.Attention
   if implementation is None:
     if jax.default_backend() != 'gpu':
       _warn_once(f'no GPU (backend {jax.default_backend()!r}); the Pallas kernels need one')
-      return attention_lib.reference_attention(query, key, value, mask=mask, scale=scale,
+      return reference.reference_attention(query, key, value, mask=mask, scale=scale,
                                                soft_cap=soft_cap)
     implementation = DEFAULT_GPU_IMPLEMENTATIONS
   try:
     import tokamax  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     _warn_once('tokamax is not installed (pip install tokamax==0.0.12)')
-    return attention_lib.reference_attention(query, key, value, mask=mask, scale=scale,
+    return reference.reference_attention(query, key, value, mask=mask, scale=scale,
                                              soft_cap=soft_cap)
   try:
     return tokamax_attention(query, key, value, mask=mask, scale=scale, soft_cap=soft_cap,
                              implementation=tuple(implementation))
   except NotImplementedError as e:
     _warn_once(f'tokamax cannot run these shapes here ({str(e)[:300]})')
-    return attention_lib.reference_attention(query, key, value, mask=mask, scale=scale,
+    return reference.reference_attention(query, key, value, mask=mask, scale=scale,
                                              soft_cap=soft_cap)

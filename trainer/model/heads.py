@@ -1,6 +1,6 @@
 """Task heads on pooled encoder vectors: classification, regression, ranking.
 
-A head maps pooled [B, S, D] (one vector per packed segment, see trainer/poolers.py) to outputs and
+A head maps pooled [B, S, D] (one vector per packed segment, see trainer.model.poolers) to outputs and
 scores them against per-segment targets with a mask [B, S] (True where the segment exists):
 
   kind            outputs        target (per segment)         loss

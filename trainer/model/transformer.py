@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from trainer.model import layers
 from trainer.model import scan_layout
-from trainer.model.attention import Attention, AttentionMask
+from trainer.model.attention import Attention
+from trainer.model.reference_attention import AttentionMask
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 
 _EMBED_AXES = ('batch', 'length', 'embed')
@@ -114,7 +115,7 @@ class _Stack(nn.Module):
   """Embedder + blocks + final norm, shared by the assemblies (param names as in DESIGN.md:
   'embedder', 'layer_{i}', 'final_norm' at the top of the module's tree; with
   `config.scan_layers`, 'layers': {'block_{j}': stacked} instead of 'layer_{i}', see
-  `trainer/scan_layout.py`).
+  `trainer.model.scan_layout`).
 
   Subclasses set `cross_attention` (T5Gemma decoder blocks).
   """
@@ -178,7 +179,7 @@ class Decoder(_Stack):
   def __call__(self, tokens, *, positions=None, segment_ids=None, causal_attention=None,
                deterministic=True, return_hidden=False):
     """`return_hidden=True` returns the final hidden states [B, L, D] instead of the logits (for a
-    loss that computes the logits in chunks, `trainer/chunked_xent.py`)."""
+    loss that computes the logits in chunks, `trainer.training.chunked_xent`)."""
     _check_tokens('tokens', tokens, positions=positions, segment_ids=segment_ids,
                   causal_attention=causal_attention)
     mask = AttentionMask(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,

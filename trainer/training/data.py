@@ -19,10 +19,8 @@ Feature dicts before / after the feature converter, e.g. decoder-only, packed, l
           'decoder_segment_ids':   [[1, 1, 1, 2, 2, 0, 0, 0]],
           'decoder_positions':     [[0, 1, 2, 0, 1, 0, 0, 0]]}
 """
-import contextlib
 import dataclasses
 import os
-import sys
 from typing import Callable, Iterator, Mapping, Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -30,29 +28,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from pipelines.cache import layout as cache_layout
+from tasks import cli
 
-@contextlib.contextmanager
-def quiet_native_stderr():
-  """Silences file descriptor 2 (TF's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL).
-
-  Set GEMMA_ADAPT_VERBOSE_TF=1 to see them.
-  """
-  if os.environ.get('GEMMA_ADAPT_VERBOSE_TF', '') not in ('', '0'):
-    yield
-    return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-
-
-with quiet_native_stderr():
+with cli.quiet_native_stderr():
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # Keep TF off the accelerators (JAX owns them) and quiet.
@@ -73,7 +52,7 @@ class DatasetConfig:
     shuffle: shuffle examples (seeded).
     seed: seed for seqio's preprocessing randomness and the shuffle.
     use_cached: read the task's materialised cache instead of preprocessing on the fly.
-    cache_dir: a cache directory written by `pipelines.cache_tasks`; its cached tasks are
+    cache_dir: a cache directory written by `python -m pipelines.cache_tasks`; its cached tasks are
       registered (and seqio's cache search path extended) before the dataset is built.
     pack: let the feature converter pack several examples per row.
     num_epochs: None repeats forever (training); an int stops (evaluation).
@@ -113,21 +92,20 @@ def register_cache_dir(cache_dir: str) -> list:
   """Registers the Beam job's completed cached tasks under `cache_dir`; returns their names."""
   if not tf.io.gfile.isdir(cache_dir):
     raise ValueError(f'DatasetConfig.cache_dir: {cache_dir!r} is not a directory')
-  from pipelines import cache_registry  # pylint: disable=g-import-not-at-top
-  return cache_registry.register_cached_tasks(cache_dir)
+  from pipelines.cache import registry  # pylint: disable=g-import-not-at-top
+  return registry.register_cached_tasks(cache_dir)
 
 
 def resolve_task_name(cfg: DatasetConfig) -> str:
   """The seqio name to read: with `use_cached`, a source task name maps to its cached task.
 
   The Beam job registers `<task>.<lengths>` (e.g. `wiki_ul2.in512_tg512`, see
-  `pipelines.cache_plan.cached_task_name`) holding finished examples at those lengths; a run that
+  `pipelines.cache.layout.cached_task_name`) holding finished examples at those lengths; a run that
   names the source task and sets USE_CACHED_TASKS reads that cached task.
   """
   name = cfg.mixture_or_task_name
   if cfg.use_cached and name in seqio.TaskRegistry.names():
-    from pipelines import cache_plan  # pylint: disable=g-import-not-at-top
-    cached = cache_plan.cached_task_name(name, cfg.task_feature_lengths)
+    cached = cache_layout.cached_task_name(name, cfg.task_feature_lengths)
     if cached in seqio.TaskRegistry.names():
       return cached
   return name
@@ -174,7 +152,7 @@ def dataset_fn(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter
   def make(start_batch: int = 0) -> Iterator[Mapping[str, np.ndarray]]:
     # Building the pipeline and reading its first batch load the vocabularies, whose native code
     # logs to stderr (e.g. SentencePiece's normalizer notes): keep those out of the progress output.
-    with quiet_native_stderr():
+    with cli.quiet_native_stderr():
       ds = get_tf_dataset(cfg, feature_converter)
       if start_batch:
         ds = ds.skip(start_batch)

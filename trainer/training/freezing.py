@@ -166,6 +166,6 @@ def freeze_top_level(inner: optax.GradientTransformation, *,
 
 
 def freeze_teacher(optimizer: Union[optax.GradientTransformation, Callable[..., Any]]) -> Any:
-  """Gin-facing: keeps the distillation teacher (`params['teacher']`, see trainer/distillation.py)
+  """Gin-facing: keeps the distillation teacher (`params['teacher']`, see trainer.adaptation.distillation)
   frozen. Put it outermost (around `cross_attention_warmup`) so no inner optimizer sees the teacher."""
   return _wrap(optimizer, lambda tx: freeze_top_level(tx, frozen_keys=('teacher',)), 'freeze_teacher')

@@ -2,13 +2,12 @@
 
 `train()` takes its parts as arguments (gin wires them at the edge, `trainer/train.py`):
 
-* `model`: a wrapper from `trainer/models.py` (or any object with the same interface: `init`,
-  `loss_fn`, `eval_fn`, `feature_converter`, `training_flops_per_example`, `tokens_per_example`).
+* `model`: a `trainer.training.models.ModelWrapper`.
 * data: either `train_dataset_cfg` (a `trainer.training.data.DatasetConfig`; seqio/TF are imported only then)
   or `train_dataset_fn(start_batch=0) -> iterator of host-local numpy batches` (synthetic data,
   tests, custom loaders). Same for eval (`eval_dataset_cfg` / `eval_dataset_fn() -> iterator`).
 * `optimizer`: an `optax.GradientTransformation`, or a zero-argument factory returning one (so a
-  wrapper such as the cross-attention warm-up in `trainer/freezing.py` can be composed in gin).
+  wrapper such as the cross-attention warm-up in `trainer.training.freezing` can be composed in gin).
 * `partitioner`: `trainer.training.partitioning.Partitioner` (mesh + logical axis rules).
 * `checkpoint_cfg`: `trainer.checkpoint.checkpoints.CheckpointConfig`; `init_checkpoint`: a directory to take
   the initial *params* from (adaptation, fine-tuning) when the run has no checkpoint of its own.
@@ -21,14 +20,13 @@ the loop finish the current step, save a checkpoint (params, optimiser state, st
 position) and return with `interrupted=True`; a rerun resumes from it and sees the same batches.
 """
 import dataclasses
-import json
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Callable, Dict, Iterator, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +35,14 @@ import optax
 from flax.core import meta
 
 from trainer.checkpoint import checkpoints as checkpoints_lib
+from trainer.checkpoint import loader
+from trainer.model import config_io
+from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 from trainer.training import flops as flops_lib
 from trainer.training import metrics as metrics_lib
 from trainer.training import optimizers
 from trainer.training import partitioning
+from trainer.training.models import ModelWrapper
 from trainer.training.train_state import TrainState
 
 DatasetFn = Callable[..., Iterator[Mapping[str, np.ndarray]]]
@@ -107,7 +109,7 @@ def _split_micro_batches(batch, num: int):
   return jax.tree_util.tree_map(split, batch)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, *, micro_batches: int = 1,
+def make_train_step(model: ModelWrapper, tx: optax.GradientTransformation, *, micro_batches: int = 1,
                     learning_rate_fn: Optional[Callable] = None):
   """(state, batch) -> (state, metrics); pure, to be jitted."""
 
@@ -170,7 +172,7 @@ def _shapes(batch) -> Dict[str, tuple]:
   return {k: tuple(np.shape(v)) for k, v in batch.items()}
 
 
-def train(*, model, model_dir: str, optimizer: Union[optax.GradientTransformation, Callable],
+def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.GradientTransformation, Callable],
           total_steps: int,
           train_dataset_cfg=None, train_dataset_fn: Optional[DatasetFn] = None,
           eval_dataset_cfg=None, eval_dataset_fn: Optional[DatasetFn] = None,
@@ -203,14 +205,16 @@ def train(*, model, model_dir: str, optimizer: Union[optax.GradientTransformatio
   tx = _resolve_optimizer(optimizer)
   partitioner = partitioner or partitioning.Partitioner()
 
-  if train_dataset_cfg is not None:
-    from trainer.training import data  # pylint: disable=g-import-not-at-top  (TF only when asked)
-    train_dataset_fn = data.dataset_fn(train_dataset_cfg,
-                                       model.feature_converter(pack=train_dataset_cfg.pack))
-  if eval_dataset_cfg is not None:
+  if train_dataset_cfg is not None or eval_dataset_cfg is not None:
+    # TF only when asked.
     from trainer.training import data  # pylint: disable=g-import-not-at-top
-    eval_dataset_fn = data.dataset_fn(eval_dataset_cfg,
-                                      model.feature_converter(pack=eval_dataset_cfg.pack))
+    from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
+    if train_dataset_cfg is not None:
+      train_dataset_fn = data.dataset_fn(
+          train_dataset_cfg, feature_converters.for_model(model, pack=train_dataset_cfg.pack))
+    if eval_dataset_cfg is not None:
+      eval_dataset_fn = data.dataset_fn(
+          eval_dataset_cfg, feature_converters.for_model(model, pack=eval_dataset_cfg.pack))
 
   writer = metrics_lib.MetricsWriter(model_dir, total_steps=total_steps, stream=stream)
   if writer.enabled:
@@ -231,8 +235,7 @@ def train(*, model, model_dir: str, optimizer: Union[optax.GradientTransformatio
   rng = jax.random.PRNGKey(seed)
   init_rng, dropout_base = jax.random.split(rng)
   dummy = {k: np.zeros((1,) + s[1:], np.asarray(first_batch[k]).dtype) for k, s in shapes.items()}
-  # Init runs outside the rules context: parameter placement comes from out_shardings, and flax's
-  # boxed-kernel reshape in DenseGeneral's init would otherwise get a constraint of the wrong rank.
+  # Init runs outside the rules context: parameter placement comes from out_shardings.
   boxed = jax.eval_shape(model.init, init_rng, dummy)
   param_shardings = partitioner.params_sharding(boxed)
   params = jax.jit(lambda r: meta.unbox(model.init(r, dummy)),
@@ -240,7 +243,7 @@ def train(*, model, model_dir: str, optimizer: Union[optax.GradientTransformatio
   with partitioner.activate():
     num_params = model.num_params(params)
     if latest is None and init_checkpoint:
-      params = checkpoints_lib.restore_params(
+      params = loader.restore_params(
           init_checkpoint, checkpoints_lib.abstract_like(params, param_shardings))
       logging.info('initialised params from %s', init_checkpoint)
     opt_state = jax.jit(tx.init)(params)
@@ -358,26 +361,15 @@ def train(*, model, model_dir: str, optimizer: Union[optax.GradientTransformatio
 
 
 def write_model_config(model, model_dir: str) -> Optional[str]:
-  """Writes MODEL_DIR/model_config.json in `trainer.adapt`'s format (what adapt/export read).
+  """Writes MODEL_DIR/model_config.json (`trainer.model.config_io`; what adapt/export/eval read).
 
-  TransformerConfig -> its fields; EncoderDecoderConfig -> {"encoder": {...}, "decoder": {...}}.
-  Models without such a `config` write nothing.
+  Models without a TransformerConfig / EncoderDecoderConfig `config` write nothing.
   """
-  from trainer import adapt  # pylint: disable=g-import-not-at-top  (owns the format)
-  from trainer.model.config import EncoderDecoderConfig, TransformerConfig  # pylint: disable=g-import-not-at-top
   config = getattr(model, 'config', None)
-  if isinstance(config, EncoderDecoderConfig):
-    content = {'encoder': adapt.config_to_dict(config.encoder),
-               'decoder': adapt.config_to_dict(config.decoder)}
-  elif isinstance(config, TransformerConfig):
-    content = adapt.config_to_dict(config)
-  else:
+  if not isinstance(config, (EncoderDecoderConfig, TransformerConfig)):
     return None
-  path = os.path.join(model_dir, adapt.MODEL_CONFIG_FILE)
   os.makedirs(model_dir, exist_ok=True)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(content, f, indent=2, sort_keys=True)
-  return path
+  return config_io.write_model_config(config, os.path.join(model_dir, config_io.MODEL_CONFIG_FILE))
 
 
 def _next_batch(iterator, position: int):

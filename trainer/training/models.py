@@ -1,29 +1,17 @@
 """Model wrappers (T5X style): what the trainer talks to. No TensorFlow and no gin in here.
 
-A wrapper knows its flax module, its seqio feature converter and its loss. The interface every
-wrapper offers (others plug in more: distillation, encoder classification) is:
-
-* `feature_converter(pack: bool) -> seqio.FeatureConverter` (seqio is imported lazily, so the
-  model and train step never import TensorFlow); `FEATURE_CONVERTER_NAME` names the class.
-* `init(rng, batch) -> params`: the parameter tree *boxed* with flax `nn.Partitioned` metadata
-  (logical axis names); `flax.core.meta.unbox(params)` gives plain arrays and
-  `flax.core.meta.get_partition_spec(params)` the logical PartitionSpecs that
-  `partitioning.Partitioner.params_sharding` maps to the mesh. Only the batch's shapes matter.
-* `loss_fn(params, batch, dropout_rng) -> (scalar_loss, metrics)`: `params` unboxed,
-  `dropout_rng=None` means deterministic. `metrics` maps names to `(sum, count)` pairs (averaged
-  as sum/count over steps, hosts and micro-batches) or scalars; it always has `'loss'`, whose count
-  is the number of target tokens — the trainer weights gradient-accumulation micro-batches by it.
-* `eval_fn(params, batch) -> metrics` (deterministic).
-* `training_flops_per_example(batch_shapes)` and `tokens_per_example(batch_shapes)`, with
-  `batch_shapes` a `{feature: shape}` dict (see `trainer/flops.py` for the counting convention).
-* `num_params(params) -> int`.
+A wrapper knows its flax module, the seqio feature converter its batches come from (by name:
+`trainer.training.feature_converters.for_model` builds it) and its loss. `ModelWrapper` is the
+interface the training loop, evaluation, the benchmark and distillation use; the wrappers here,
+`trainer.training.encoder_models.EncoderClassifierModel` and
+`trainer.adaptation.distillation.DistillationModel` implement it.
 
 Batch dicts are seqio feature-converter outputs (DESIGN.md "Feature dicts"). When a batch is not
 packed (no `*_segment_ids`), padding is recovered as T5X does: segment id 1 where the token is
 non-zero (encoder: input tokens; decoder: target tokens), 0 elsewhere.
 """
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 
 import flax.linen as nn
 import jax
@@ -34,6 +22,47 @@ from trainer.training import flops as flops_lib
 from trainer.training import losses
 
 Batch = Mapping[str, jax.Array]
+BatchShapes = Mapping[str, Tuple[int, ...]]
+
+
+class ModelWrapper(Protocol):
+  """The interface of a model wrapper.
+
+  * `FEATURE_CONVERTER_NAME`: the seqio feature converter class name (or
+    'EncoderClassificationFeatureConverter'); `feature_converter_kwargs(pack)` its arguments
+    besides `pack`.
+  * `init(rng, batch) -> params`: the parameter tree *boxed* with flax `nn.Partitioned` metadata
+    (logical axis names); `flax.core.meta.unbox(params)` gives plain arrays and
+    `flax.core.meta.get_partition_spec(params)` the logical PartitionSpecs that
+    `partitioning.Partitioner.params_sharding` maps to the mesh. Only the batch's shapes matter.
+  * `loss_fn(params, batch, dropout_rng) -> (scalar_loss, metrics)`: `params` unboxed,
+    `dropout_rng=None` means deterministic. `metrics` maps names to `(sum, count)` pairs (averaged
+    as sum/count over steps, hosts and micro-batches) or scalars; it always has `'loss'`, whose
+    count is the number of target tokens: the trainer weights gradient-accumulation micro-batches
+    by it.
+  * `eval_fn(params, batch) -> metrics` (deterministic).
+  * `training_flops_per_example(batch_shapes)` and `tokens_per_example(batch_shapes)`, with
+    `batch_shapes` a `{feature: shape}` dict (`trainer.training.flops` gives the convention).
+  * `num_params(params) -> int`.
+  """
+  FEATURE_CONVERTER_NAME: str
+  config: Any
+  module: nn.Module
+
+  def feature_converter_kwargs(self, pack: bool) -> Dict[str, Any]: ...
+
+  def init(self, rng: jax.Array, batch: Batch) -> Any: ...
+
+  def loss_fn(self, params, batch: Batch,
+              dropout_rng: Optional[jax.Array]) -> Tuple[jax.Array, Dict[str, Any]]: ...
+
+  def eval_fn(self, params, batch: Batch) -> Dict[str, Any]: ...
+
+  def num_params(self, params: Any) -> int: ...
+
+  def tokens_per_example(self, batch_shapes: BatchShapes) -> int: ...
+
+  def training_flops_per_example(self, batch_shapes: BatchShapes) -> float: ...
 
 
 def _segments_or_nonpad(batch: Batch, segment_key: str, token_key: str) -> jax.Array:
@@ -49,7 +78,7 @@ class BaseModel:
   def __init__(self, *, module: nn.Module, z_loss: float = 0.0,
                loss_chunk_size: Optional[int] = None):
     """`loss_chunk_size`: compute logits and cross-entropy this many tokens at a time
-    (`trainer/chunked_xent.py`), so the [B, L, V] fp32 logits are never whole; None: at once."""
+    (`trainer.training.chunked_xent`), so the [B, L, V] fp32 logits are never whole; None: at once."""
     if z_loss < 0:
       raise ValueError(f'z_loss must be >= 0, got {z_loss}')
     if loss_chunk_size is not None and (isinstance(loss_chunk_size, bool) or
@@ -60,9 +89,9 @@ class BaseModel:
     self.z_loss = z_loss
     self.loss_chunk_size = loss_chunk_size
 
-  def feature_converter(self, pack: bool = True):
-    import seqio  # pylint: disable=g-import-not-at-top  (lazy: seqio imports TensorFlow)
-    return getattr(seqio, self.FEATURE_CONVERTER_NAME)(pack=pack)
+  def feature_converter_kwargs(self, pack: bool) -> Dict[str, Any]:
+    del pack
+    return {}
 
   def num_params(self, params: Any) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(meta.unbox(params))))

@@ -13,7 +13,7 @@
   optimiser keeps an fp32 master copy of the params in its state, applies the updates to it, and
   the params become the master rounded to their dtype after every step (`apply_updates`).
 
-Gradient accumulation over micro-batches is done in the train step (`trainer/trainer.py`), not with
+Gradient accumulation over micro-batches is done in the train step (`trainer.training.loop`), not with
 `optax.MultiSteps`, so that one optimiser step = one train step and the loss is averaged over the
 real number of target tokens.
 """

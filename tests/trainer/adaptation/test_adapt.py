@@ -1,4 +1,4 @@
-"""Decoder-only -> encoder-decoder adaptation (trainer/adapt.py) and its cross-attention warm-up."""
+"""Decoder-only -> encoder-decoder adaptation (trainer/adaptation/adapt.py, trainer/adapt.py) and its cross-attention warm-up."""
 import dataclasses
 import json
 import os
@@ -11,12 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import adapt
+from flax.core import meta
+
+from trainer import adapt as adapt_entry
+from trainer.adaptation import adapt
 from trainer.checkpoint import checkpoints
+from trainer.checkpoint import loader
 from trainer.training import freezing
 from trainer.checkpoint import hf_gemma2
+from trainer.model import config_io
 from trainer.model import transformer
-from trainer.model.attention import AttentionMask
+from trainer.model.reference_attention import AttentionMask
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 
 DEC = TransformerConfig(vocab_size=89, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -27,7 +32,7 @@ ENC = dataclasses.replace(DEC, embed_dim=48, num_layers=3, mlp_dim=96)  # wider 
 
 def _decoder_params(config, seed):
   params = transformer.Decoder(config).init(jax.random.PRNGKey(seed), jnp.ones((1, 4), jnp.int32))['params']
-  params = jax.tree_util.tree_map(np.asarray, adapt._unbox(params))
+  params = jax.tree_util.tree_map(np.asarray, meta.unbox(params))
   rng = np.random.default_rng(seed)
   # Randomise the zero-initialised norm scales so a dropped or swapped norm would show.
   return jax.tree_util.tree_map_with_path(
@@ -87,7 +92,7 @@ def _expected_shapes(config):
   abstract = jax.eval_shape(lambda: transformer.EncoderDecoder(config).init(
       jax.random.PRNGKey(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 2), jnp.int32))['params'])
   return {'/'.join(freezing.path_keys(p)): tuple(x.shape)
-          for p, x in jax.tree_util.tree_flatten_with_path(adapt._unbox(abstract))[0]}
+          for p, x in jax.tree_util.tree_flatten_with_path(meta.unbox(abstract))[0]}
 
 
 def test_unbalanced_adaptation_random_cross_attention_and_model_runs():
@@ -144,20 +149,20 @@ def test_command_line_from_hf_and_orbax_sources(tmp_path, capsys):
   proc = _run_cli(f'--decoder_only={hf_dec}', f'--encoder_from={hf_enc}', f'--output={out}', '--seed=7')
   assert proc.returncode == 0, proc.stderr
   assert 'cross-attention from random' in proc.stdout
-  config = adapt.load_encoder_decoder_config(out)
+  config = config_io.load_encoder_decoder_config(out)
   assert config.encoder.embed_dim == 48 and config.decoder.embed_dim == 32
   assert config.decoder.resolved_layer_types == DEC.resolved_layer_types
   with open(os.path.join(out, 'model_config.json')) as f:
     assert json.load(f)['adapted_from']['cross_attn_init'] == 'random'
-  abstract = jax.eval_shape(lambda: adapt._unbox(transformer.EncoderDecoder(config).init(
+  abstract = jax.eval_shape(lambda: meta.unbox(transformer.EncoderDecoder(config).init(
       jax.random.PRNGKey(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 2), jnp.int32))['params']))
-  restored = checkpoints.restore_params(out, abstract)  # what train(init_checkpoint=...) does
+  restored = loader.restore_params(out, abstract)  # what train(init_checkpoint=...) does
   _, expected = adapt.adapt_params(DEC, dec_src, encoder_config=ENC, encoder_params=enc_src, seed=7)
   for k, v in _flat(expected).items():
     np.testing.assert_array_equal(_flat(restored)[k], v, err_msg=k)
   # The rest in-process (the same main() as the command line, without a new interpreter each time).
   def run(*args):
-    code = adapt.main(list(args))
+    code = adapt_entry.run(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -171,18 +176,18 @@ def test_command_line_from_hf_and_orbax_sources(tmp_path, capsys):
   checkpoints.save_params(str(orbax_src / 'params'), dec_src)
   code, _, err = run(f'--decoder_only={orbax_src}', f'--output={tmp_path / "no_config"}')
   assert code == 2 and '--decoder_only_config' in err
-  (orbax_src / 'model_config.json').write_text(json.dumps(adapt.config_to_dict(DEC)))
+  (orbax_src / 'model_config.json').write_text(json.dumps(config_io.config_to_dict(DEC)))
   code, out_text, err = run(f'--decoder_only={orbax_src}', f'--output={tmp_path / "balanced"}')
   assert code == 0, err
   assert 'cross-attention from self_attn' in out_text
-  balanced = adapt.load_encoder_decoder_config(str(tmp_path / 'balanced'))
+  balanced = config_io.load_encoder_decoder_config(str(tmp_path / 'balanced'))
   assert balanced == EncoderDecoderConfig(encoder=DEC, decoder=DEC)
   # An orbax source whose config is a gin model file (in-process: the same main() as the command).
   tiny_src = tmp_path / 'orbax_tiny'
   checkpoints.save_params(str(tiny_src / 'params'), _decoder_params(TINY, seed=2))
-  assert adapt.main([f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
+  assert adapt_entry.run([f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
                      '--gin.VOCAB_SIZE=89', f'--output={tmp_path / "from_gin"}']) == 0
-  assert adapt.load_encoder_decoder_config(str(tmp_path / 'from_gin')).decoder == TINY
+  assert config_io.load_encoder_decoder_config(str(tmp_path / 'from_gin')).decoder == TINY
   code, _, err = run(f'--decoder_only={tiny_src}', '--decoder_only_config=gin/models/gemma2_tiny.gin',
                      '--gin.VOCAB_SIZE=90', f'--output={tmp_path / "bad_vocab"}')
   assert code == 2 and 'parameter embedder/embedding has shape (89, 64), its config implies (90, 64)' in err, err
@@ -219,7 +224,7 @@ def test_cross_attention_warmup_through_the_trainer(tmp_path):
                              log_period=1, stream=open(os.devnull, 'w'))
   assert result.step == k
   abstract = jax.eval_shape(lambda: params)
-  trained = _flat(checkpoints.restore_params(str(tmp_path / 'run' / 'checkpoints'), abstract))
+  trained = _flat(loader.restore_params(str(tmp_path / 'run' / 'checkpoints'), abstract))
   initial = _flat(params)
   n_cross = 0
   for name, value in initial.items():
@@ -234,7 +239,7 @@ def test_cross_attention_warmup_through_the_trainer(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # Gin: gin/runs/adapt.gin and gin/runs/distill.gin composed with a T5Gemma model file, run through
-# the trainer's own entry-point plumbing (gin_utils) on synthetic batches.
+# the trainer's own entry-point plumbing (gin_flags) on synthetic batches.
 
 def _synthetic_enc_dec_batches(start_batch=0):
   rng = np.random.default_rng(start_batch)
@@ -253,26 +258,25 @@ TINY = TransformerConfig(vocab_size=89, embed_dim=64, num_layers=2, num_heads=4,
 
 def _gin_train(run_file, bindings):
   import gin
-  from trainer import gin_utils
+  from trainer import gin_flags
   from trainer.training import loop as trainer_lib
   gin.clear_config()
   try:
     gin.external_configurable(_synthetic_enc_dec_batches, 'test_adapt_synthetic_batches')
-    flags = gin_utils.Flags(gin_files=['gin/models/t5gemma_tiny.gin', run_file], gin_bindings=[
+    gin_flags.setup_gin(gin_files=['gin/models/t5gemma_tiny.gin', run_file], gin_bindings=[
         'VOCAB_SIZE = 89', 'MIXTURE_OR_TASK_NAME = "unused"', "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 6}",
         'TRAIN_STEPS = 2', 'LOG_PERIOD = 1', 'OPTIMIZER = "adamw"', 'WEIGHT_DECAY = 0.1',
         'LEARNING_RATE = 0.01', 'WARMUP_STEPS = 0', 'LR_DECAY = "constant"',
         'trainer.train.train_dataset_cfg = None',
         'trainer.train.train_dataset_fn = @test_adapt_synthetic_batches',
         'checkpoints.CheckpointConfig.async_save = False'] + bindings)
-    gin_utils.setup_gin(flags)
     return gin.get_configurable(trainer_lib.train)(stream=open(os.devnull, 'w'))
   finally:
     gin.clear_config()
 
 
 def test_adapt_and_distill_gin_runs(tmp_path):
-  from trainer import export_hf
+  from trainer.checkpoint import hf_export
   src = _decoder_params(TINY, seed=5)
   hf_src = str(tmp_path / 'gemma2_tiny_hf')
   hf_gemma2.export_decoder(src, TINY, hf_src)
@@ -280,9 +284,9 @@ def test_adapt_and_distill_gin_runs(tmp_path):
   result = _gin_train('gin/runs/adapt.gin', [f'MODEL_DIR = "{run_dir}"', f'DECODER_ONLY_CHECKPOINT = "{hf_src}"'])
   assert result.step == 2 and all(np.isfinite(v) for v in result.losses.values())
   assert os.path.isdir(os.path.join(run_dir, 'adapted', 'params'))
-  assert adapt.load_encoder_decoder_config(run_dir) == EncoderDecoderConfig(encoder=TINY, decoder=TINY)
+  assert config_io.load_encoder_decoder_config(run_dir) == EncoderDecoderConfig(encoder=TINY, decoder=TINY)
   # The trained run exports to HF T5Gemma (shapes from MODEL_DIR/model_config.json).
-  config, kind = export_hf.export(checkpoint=run_dir, output=str(tmp_path / 'hf_out'), log=lambda *a: None)
+  config, kind = hf_export.export(checkpoint=run_dir, output=str(tmp_path / 'hf_out'), log=lambda *a: None)
   assert kind == 'T5GemmaForConditionalGeneration'
 
   # Distillation: the teacher (= the source) is stored in the init checkpoint and stays bit-identical.
@@ -294,7 +298,7 @@ def test_adapt_and_distill_gin_runs(tmp_path):
   assert result.num_params == sum(x.size for x in jax.tree_util.tree_leaves(adapt.adapt_params(TINY, src)[1]))
   from trainer.adaptation import distillation
   abstract = jax.eval_shape(lambda: {**adapt.adapt_params(TINY, src)[1], 'teacher': src})
-  trained = checkpoints.restore_params(os.path.join(distill_dir, 'checkpoints'), abstract)
+  trained = loader.restore_params(os.path.join(distill_dir, 'checkpoints'), abstract)
   for name, value in _flat(src).items():
     assert _flat(trained['teacher'])[name].tobytes() == value.tobytes(), name
   assert distillation.TEACHER_KEY == 'teacher'

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from trainer.checkpoint import checkpoints
+from trainer.checkpoint import loader
 from trainer.training import models
 from trainer.training import loop as trainer
 from trainer.model.config import TransformerConfig
@@ -88,8 +89,8 @@ def test_keep_last_n_and_init_checkpoint_restores_params_only(tmp_path):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
       __import__('flax').core.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
                                                          batch_at(0))))
-  trained = checkpoints.restore_params(str(tmp_path / 'a'), params)  # manager dir: latest step
-  step3 = checkpoints.restore_params(str(tmp_path / 'a' / 'checkpoints' / '3'), params)
+  trained = loader.restore_params(str(tmp_path / 'a'), params)  # manager dir: latest step
+  step3 = loader.restore_params(str(tmp_path / 'a' / 'checkpoints' / '3'), params)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(trained),
                                                       jax.tree_util.tree_leaves(step3)))
   checkpoints.save_params(str(tmp_path / 'init'), trained)
@@ -99,14 +100,14 @@ def test_keep_last_n_and_init_checkpoint_restores_params_only(tmp_path):
                       optimizer=optax.set_to_zero(), train_dataset_fn=Data(),
                       init_checkpoint=str(tmp_path / 'init'))
   assert out.resumed_from is None and out.step == 1
-  again = checkpoints.restore_params(str(tmp_path / 'b'), params)
+  again = loader.restore_params(str(tmp_path / 'b'), params)
   for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(trained)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_restore_params_errors_name_the_path(tmp_path):
   with pytest.raises(ValueError, match='init_checkpoint: .*missing.* is not a directory'):
-    checkpoints.restore_params(str(tmp_path / 'missing'), {})
+    loader.restore_params(str(tmp_path / 'missing'), {})
   with pytest.raises(ValueError, match='CheckpointConfig.period must be an int >= 0'):
     checkpoints.CheckpointConfig(period=-1)
 
@@ -120,14 +121,14 @@ def test_restore_params_takes_the_models_entries_from_a_larger_checkpoint(tmp_pa
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), student)
-  restored = checkpoints.restore_params(str(tmp_path / 'distill'), abstract)
+  restored = loader.restore_params(str(tmp_path / 'distill'), abstract)
   assert sorted(restored) == ['decoder', 'encoder']
   for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(student)):
     np.testing.assert_array_equal(np.asarray(a), b)
   # A model needing an entry the checkpoint lacks still fails, naming the directory.
   bigger = dict(abstract, head={'w': jax.ShapeDtypeStruct((2,), np.float32, sharding=device)})
   with pytest.raises(ValueError, match='init_checkpoint: cannot restore params from .*distill'):
-    checkpoints.restore_params(str(tmp_path / 'distill'), bigger)
+    loader.restore_params(str(tmp_path / 'distill'), bigger)
 
 
 def _abstract(tree):
@@ -146,7 +147,7 @@ def test_init_checkpoint_may_be_a_hugging_face_directory(tmp_path):
   batch = batch_at(0)
   params = meta.unbox(decoder.init(jax.random.PRNGKey(7), batch))
   hf_gemma2.export_decoder(params, decoder.config, str(tmp_path / 'gemma2'))
-  restored = checkpoints.restore_params(str(tmp_path / 'gemma2'), _abstract(params))
+  restored = loader.restore_params(str(tmp_path / 'gemma2'), _abstract(params))
   for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -155,10 +156,10 @@ def test_init_checkpoint_may_be_a_hugging_face_directory(tmp_path):
   enc_batch = dict(batch, encoder_input_tokens=batch['decoder_target_tokens'])
   ed_params = meta.unbox(enc_dec.init(jax.random.PRNGKey(8), enc_batch))
   hf_t5gemma.export_t5gemma(ed_params, enc_dec.config, str(tmp_path / 't5gemma'))
-  restored = checkpoints.restore_params(str(tmp_path / 't5gemma'), _abstract(ed_params))
+  restored = loader.restore_params(str(tmp_path / 't5gemma'), _abstract(ed_params))
   for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(ed_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   # A directory that does not fit the model names what is wrong.
   with pytest.raises(ValueError, match='does not fit this model'):
-    checkpoints.restore_params(str(tmp_path / 'gemma2'), _abstract(ed_params))
+    loader.restore_params(str(tmp_path / 'gemma2'), _abstract(ed_params))

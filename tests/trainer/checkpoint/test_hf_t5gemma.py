@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from trainer.checkpoint import hf_t5gemma
+from trainer.model import config_io
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 from trainer.model.transformer import EncoderDecoder
 
@@ -208,7 +209,7 @@ def test_export_hf_command_line(tmp_path, capsys):
   ckpt = tmp_path / 'adapted'
   params = _random_params(UNBALANCED, seed=3)
   checkpoints.save_params(str(ckpt / 'params'), params)
-  adapt.save_encoder_decoder_config(UNBALANCED, str(ckpt / 'model_config.json'))
+  config_io.write_model_config(UNBALANCED, str(ckpt / 'model_config.json'))
   out = str(tmp_path / 'hf')
   proc = _run_export(f'--checkpoint={ckpt}', f'--output={out}')
   assert proc.returncode == 0, proc.stderr
@@ -229,7 +230,7 @@ def test_export_hf_command_line(tmp_path, capsys):
   from trainer import export_hf  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
-    assert export_hf.main([f'--checkpoint={tiny_ckpt}', f'--output={out2}', '--gin_file=gin/models/t5gemma_tiny.gin',
+    assert export_hf.run([f'--checkpoint={tiny_ckpt}', f'--output={out2}', '--gin_file=gin/models/t5gemma_tiny.gin',
                            '--gin.VOCAB_SIZE=97', '--dtype=bfloat16']) == 0
   finally:
     gin.clear_config()
@@ -239,7 +240,7 @@ def test_export_hf_command_line(tmp_path, capsys):
                                 tiny_params['decoder']['final_norm']['scale'].astype(imported['decoder']['final_norm']['scale'].dtype))
   # Clear one-line errors (in-process: same main() as the command line).
   def run(*args):
-    code = export_hf.main(list(args))
+    code = export_hf.run(list(args))
     return code, capsys.readouterr().err
 
   code, err = run(f'--checkpoint={tmp_path / "nope"}', f'--output={out}')
@@ -247,6 +248,6 @@ def test_export_hf_command_line(tmp_path, capsys):
   os.remove(ckpt / 'model_config.json')
   code, err = run(f'--checkpoint={ckpt}', f'--output={out}')
   assert code == 2 and 'no model_config.json' in err
-  adapt.save_encoder_decoder_config(BALANCED, str(ckpt / 'model_config.json'))
+  config_io.write_model_config(BALANCED, str(ckpt / 'model_config.json'))
   code, err = run(f'--checkpoint={ckpt}', f'--output={out}')
   assert code == 2 and 'encoder/embedder/embedding has shape (97, 40), the config expects (97, 32)' in err, err

@@ -19,7 +19,8 @@ from flax.core import meta
 
 from trainer.checkpoint import checkpoints
 from trainer.training import encoder_models
-from trainer import eval as eval_lib
+from trainer.evaluation import evaluate as eval_lib
+from trainer.evaluation import seqio_eval
 from trainer.training import models
 from trainer.evaluation import scoring
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
@@ -119,14 +120,14 @@ def test_mrr_at_10_by_hand():
   qids = [1, 1, 1, 2, 2, 3] + [4] * 11
   scores = [0.9, 0.5, 0.1, 3.0, 1.0, 0.2] + [float(-i) for i in range(11)]
   labels = [0, 1, 0, 1, 0, 0] + [0] * 10 + [1]
-  assert eval_lib.mrr_at_k(qids, scores, labels, k=10) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+  assert seqio_eval.mrr_at_k(qids, scores, labels, k=10) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
 
 
 def test_head_metrics_classification_and_regression():
-  m = eval_lib.head_metrics('classification', labels=[1, 0, 1, 1], predictions=[1, 0, 0, 1])
+  m = seqio_eval.head_metrics('classification', labels=[1, 0, 1, 1], predictions=[1, 0, 0, 1])
   assert m['accuracy'] == pytest.approx(75.0)
   assert m['f1'] == pytest.approx(100 * 2 * 1.0 * (2 / 3) / (1.0 + 2 / 3))
-  m = eval_lib.head_metrics('regression', labels=[1.0, 2.0, 3.0], predictions=[2.0, 4.0, 6.5])
+  m = seqio_eval.head_metrics('regression', labels=[1.0, 2.0, 3.0], predictions=[2.0, 4.0, 6.5])
   assert m['spearman_corrcoef'] == pytest.approx(100.0)
   assert 99.0 < m['pearson_corrcoef'] < 100.0
 
@@ -250,7 +251,7 @@ def test_evaluate_label_words_through_seqio_evaluator_matches_direct_scoring(sst
   assert result['scoring'] == 'label_words' and result['num_examples'] == N_DEV
   # The same accuracy computed here, without seqio's Evaluator.
   task = seqio.get_mixture_or_task('ftest_t2t')
-  cands = eval_lib.label_word_candidates(task, ['negative', 'positive'])
+  cands = seqio_eval.label_word_candidates(task, ['negative', 'positive'])
   enc = seqio.EncDecFeatureConverter(pack=False)(
       task.get_dataset({'inputs': 48, 'targets': 8}, split='validation', shuffle=False),
       {'inputs': 48, 'targets': 8})
@@ -321,13 +322,13 @@ def test_command_line(sst2, tmp_path):
           f'--gin.CHECKPOINT_PATH="{tmp_path / "ckpt"}"',
           f'--gin.EVAL_OUTPUT_DIR="{tmp_path / "out"}"']
   proc = subprocess.run(base, capture_output=True, text=True, env=env,
-                        cwd=os.path.dirname(os.path.dirname(eval_lib.__file__)), timeout=300)
+                        cwd=eval_lib.__file__.rsplit('/trainer/', 1)[0], timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'scoring=classifier_head' in proc.stdout
   saved = json.loads((tmp_path / 'out' / 'eval_ftest_cls_validation_task.json').read_text())
   assert saved['num_examples'] == N_DEV
   proc = subprocess.run(base + ['--gin.EVAL_MODE="bogus"'], capture_output=True,
                         text=True, env=env, timeout=300,
-                        cwd=os.path.dirname(os.path.dirname(eval_lib.__file__)))
+                        cwd=eval_lib.__file__.rsplit('/trainer/', 1)[0])
   assert proc.returncode == 2
   assert "mode='bogus'" in proc.stderr and 'Traceback' not in proc.stderr

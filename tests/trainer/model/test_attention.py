@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.model import attention
-from trainer.model.attention import AttentionMask
+from trainer.model.reference_attention import AttentionMask
 from trainer.model.config import ATTENTION_IMPLS
 
 

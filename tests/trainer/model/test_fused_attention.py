@@ -14,7 +14,8 @@ import pytest
 
 from trainer.model import attention
 from trainer.model import fused_attention
-from trainer.model.attention import AttentionMask
+from trainer.model import reference_attention
+from trainer.model.reference_attention import AttentionMask
 
 pytest.importorskip('tokamax')
 
@@ -105,7 +106,7 @@ def _compare(mask, q, k, v, *, atol, rtol, soft_cap=5.0, scale=32**-0.5):
   def fused(q, k, v, **kw):
     return fused_attention.tokamax_attention(q, k, v, implementation=('xla',), **kw)
 
-  ref_out, ref_grads = run(attention.reference_attention)
+  ref_out, ref_grads = run(reference_attention.reference_attention)
   out, grads = run(fused)
   assert out.dtype == q.dtype and out.shape == q.shape
   r = np.asarray(rows[..., 0, 0], bool)
@@ -148,7 +149,7 @@ def test_cpu_falls_back_to_the_reference_with_one_message(caplog):
         q, k, v, mask=mask, scale=0.2, soft_cap=5.0))(q, k, v)
   messages = [r.getMessage() for r in caplog.records if 'attention_impl=fused' in r.getMessage()]
   assert len(messages) == 1 and 'reference attention' in messages[0], messages
-  ref = attention.reference_attention(q, k, v, mask=mask, scale=0.2, soft_cap=5.0)
+  ref = reference_attention.reference_attention(q, k, v, mask=mask, scale=0.2, soft_cap=5.0)
   np.testing.assert_array_equal(np.asarray(out1), np.asarray(ref))
   np.testing.assert_allclose(np.asarray(out2), np.asarray(ref), atol=1e-6)
 
@@ -162,7 +163,7 @@ def test_unsupported_implementation_falls_back_too(caplog):
   assert any('cannot run' in r.getMessage() for r in caplog.records)
   np.testing.assert_array_equal(
       np.asarray(out),
-      np.asarray(attention.reference_attention(q, k, v, mask=None, scale=0.2, soft_cap=None)))
+      np.asarray(reference_attention.reference_attention(q, k, v, mask=None, scale=0.2, soft_cap=None)))
 
 
 def test_decoder_logits_through_the_fused_path(monkeypatch):
@@ -185,7 +186,7 @@ def test_decoder_logits_through_the_fused_path(monkeypatch):
     calls.append(q.shape)
     return fused_attention.tokamax_attention(q, k, v, implementation=('xla',), **kwargs)
 
-  monkeypatch.setitem(attention._IMPLS, 'reference', fused)
+  monkeypatch.setitem(attention.KERNELS, 'reference', fused)
   got = model.apply(params, tokens, **kw)
   assert len(calls) == 2
   real = np.asarray(seg) > 0

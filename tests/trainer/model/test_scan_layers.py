@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from trainer import adapt
+from trainer.adaptation import adapt
 from trainer.checkpoint import checkpoints
-from trainer import export_hf
+from trainer.checkpoint import loader
+from trainer.checkpoint import hf_export
+from trainer.model import config_io
 from trainer.checkpoint import hf_gemma2
 from trainer.checkpoint import hf_t5gemma
 from trainer.training import optimizers
@@ -181,7 +183,7 @@ def test_checkpoint_written_unrolled_restores_into_scanned_and_back(tmp_path):
   params = _random_params(EncoderDecoder(ENC_DEC), *args)
   scanned_config = _scan(ENC_DEC)
   checkpoints.save_params(str(tmp_path / 'unrolled'), params)
-  restored = checkpoints.restore_params(str(tmp_path / 'unrolled'),
+  restored = loader.restore_params(str(tmp_path / 'unrolled'),
                                         _abstract(scanned_config, EncoderDecoder, *args))
   assert scan_layout.is_scanned(restored['encoder']) and scan_layout.is_scanned(restored['decoder'])
   want = scan_layout.for_config(params, scanned_config)
@@ -196,7 +198,7 @@ def test_checkpoint_written_unrolled_restores_into_scanned_and_back(tmp_path):
   teacher = scan_layout.scanned(_random_params(Decoder(CFG), args[1]), 2)
   checkpoints.save_params(str(tmp_path / 'scanned'), {**jax.device_get(restored),
                                                       'teacher': teacher})
-  back = checkpoints.restore_params(str(tmp_path / 'scanned'),
+  back = loader.restore_params(str(tmp_path / 'scanned'),
                                     _abstract(ENC_DEC, EncoderDecoder, *args))
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
   for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
@@ -226,7 +228,7 @@ def test_hf_export_and_import_with_a_scanned_model(tmp_path):
   np.testing.assert_array_equal(imported['layers']['block_1']['self_attn']['o_proj']['kernel'][1],
                                 dec_params['layer_3']['self_attn']['o_proj']['kernel'])
   # The HF directory as init_checkpoint of a scanned model.
-  restored = checkpoints.restore_params(str(tmp_path / 'g_unrolled'),
+  restored = loader.restore_params(str(tmp_path / 'g_unrolled'),
                                         _abstract(scanned_cfg, Decoder, tokens))
   np.testing.assert_array_equal(restored['layers']['block_0']['mlp']['gate_proj']['kernel'],
                                 imported['layers']['block_0']['mlp']['gate_proj']['kernel'])
@@ -238,8 +240,8 @@ def test_hf_export_and_import_with_a_scanned_model(tmp_path):
   hf_t5gemma.export_t5gemma(params, ENC_DEC, str(tmp_path / 't_unrolled'))
   run_dir = tmp_path / 'run'
   checkpoints.save_params(str(run_dir / 'params'), scan_layout.for_config(params, scanned))
-  adapt.save_encoder_decoder_config(scanned, str(run_dir / adapt.MODEL_CONFIG_FILE))
-  export_hf.export(checkpoint=str(run_dir), output=str(tmp_path / 't_scanned'), log=lambda *a: None)
+  config_io.write_model_config(scanned, str(run_dir / config_io.MODEL_CONFIG_FILE))
+  hf_export.export(checkpoint=str(run_dir), output=str(tmp_path / 't_scanned'), log=lambda *a: None)
   (config_a, tensors_a), (config_b, tensors_b) = (_read_dir(tmp_path / 't_unrolled'),
                                                   _read_dir(tmp_path / 't_scanned'))
   assert config_a == config_b and tensors_a.keys() == tensors_b.keys()
@@ -260,8 +262,8 @@ def test_adapt_from_a_scanned_source_into_scanned_and_unrolled_models():
   for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(adapted_u)):
     np.testing.assert_array_equal(a, b)
   # A scanned source checked against an unrolled config (and vice versa) is fine.
-  adapt.check_decoder_params(scan_layout.for_config(source, scanned_cfg), CFG, what='src')
-  adapt.check_decoder_params(source, scanned_cfg, what='src')
+  loader.check_decoder_params(scan_layout.for_config(source, scanned_cfg), CFG, what='src')
+  loader.check_decoder_params(source, scanned_cfg, what='src')
 
 
 def test_optimizer_step_on_scanned_params_equals_the_unrolled_step():

@@ -100,7 +100,7 @@ def test_drop_in_for_the_decoder_loss():
   """Model hidden states + tied embedding give the model's loss (the lead's wiring)."""
   from trainer.model import config as config_lib
   from trainer.training import models
-  from trainer.model.attention import AttentionMask
+  from trainer.model.reference_attention import AttentionMask
   cfg = config_lib.TransformerConfig(
       vocab_size=50, embed_dim=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8,
       mlp_dim=32, query_pre_attn_scalar=8, final_logit_soft_cap=5.0)

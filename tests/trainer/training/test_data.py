@@ -116,7 +116,8 @@ CACHE_TASK_MODULE = textwrap.dedent('''
 
 def test_use_cached_reads_the_beam_cache_like_the_on_the_fly_pipeline(shared_data, tmp_path,
                                                                        monkeypatch):
-  from pipelines import cache_plan, cache_tasks
+  from pipelines.cache import driver as cache_driver
+  from pipelines.cache import plan as cache_plan
   from tasks import vocab as vocab_lib
   text = (shared_data / 'tinyshakespeare' / 'input.txt').read_bytes()
   (tmp_path / 'corpus.txt').write_bytes(text[:12_000])
@@ -133,8 +134,8 @@ def test_use_cached_reads_the_beam_cache_like_the_on_the_fly_pipeline(shared_dat
   config = cache_plan.CacheJobConfig(
       tasks=('datacache_tokens',), output_cache_dir=str(tmp_path / 'cache'),
       feature_lengths=tuple(lengths.items()), module_import=('datacache_tasks',), min_shards=2)
-  cache_tasks.run_cache_job(config, runner='local', num_workers=1, running_mode='in_memory',
-                            progress_interval_s=60, log=lambda _: None)
+  cache_driver.run_cache_job(config, runner='local', num_workers=1, running_mode='in_memory',
+                             progress_interval_s=60, log=lambda _: None)
 
   def rows(**kw):
     c = cfg(mixture_or_task_name='datacache_tokens', task_feature_lengths=lengths, shuffle=False,

@@ -78,9 +78,9 @@ def test_loss_decreases_and_metrics_are_written(tmp_path):
   assert glob.glob(str(tmp_path / 'eval' / 'events.out.tfevents.*'))
   assert os.path.isdir(tmp_path / 'checkpoints' / '16')
   # The model's config beside the checkpoints, in trainer.adapt's format (adapt/export read it).
-  from trainer import adapt
+  from trainer.model import config_io
   saved = json.load(open(tmp_path / 'model_config.json'))
-  assert adapt.transformer_config_from_dict(saved, 'model_config.json') == tiny_model().config
+  assert config_io.transformer_config_from_dict(saved, 'model_config.json') == tiny_model().config
 
 
 def test_gradient_accumulation_equals_full_batch():

@@ -1,5 +1,8 @@
 """The seqio face of `tasks.sources.CorpusSpec` (imports TensorFlow; `sources` itself does not).
 
+`CorpusSpec.data_source()` builds these; this module does not import `tasks.sources` (the spec
+comes in as an argument), so the two do not import each other.
+
 File formats (text, JSONL, TFRecord) read through `CorpusSpec.read_range` and `CorpusSpec.parse`
 inside `tf.data.Dataset.from_generator`: seqio's own `TextLineDataSource`/`TFExampleDataSource`
 would be faster, but could not do paragraph mode, and would apply different rules for bad records
@@ -14,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from tasks import sources
+from tasks import record_formats
 
 _OUTPUT_SIGNATURE = {'text': tf.TensorSpec(shape=(), dtype=tf.string)}
 
@@ -26,7 +29,7 @@ class CorpusFileDataSource(seqio.FileDataSource):
   (seqio's `Task` shuffles examples after preprocessing).
   """
 
-  def __init__(self, spec: sources.CorpusSpec,
+  def __init__(self, spec,
                num_input_examples: Optional[Mapping[str, int]] = None):
     self._spec = spec
 
@@ -35,7 +38,7 @@ class CorpusFileDataSource(seqio.FileDataSource):
       for _, raw in spec.read_range(path, 0, None):
         try:
           yield {'text': spec.parse(raw)}
-        except sources.BadRecord:
+        except record_formats.BadRecord:
           continue
 
     def read_file_fn(path_tensor):
@@ -46,7 +49,7 @@ class CorpusFileDataSource(seqio.FileDataSource):
                      num_input_examples=num_input_examples, cycle_length=1, block_length=1)
 
   @property
-  def spec(self) -> sources.CorpusSpec:
+  def spec(self):
     return self._spec
 
   def list_shards(self, split: str) -> Sequence[str]:
@@ -56,13 +59,13 @@ class CorpusFileDataSource(seqio.FileDataSource):
 class TfdsCorpusDataSource(seqio.DataSource):
   """seqio `DataSource` over a prepared TFDS dataset: yields `{'text': str}` (valid docs only)."""
 
-  def __init__(self, spec: sources.CorpusSpec):
+  def __init__(self, spec):
     self._spec = spec
     self._builder = None
     super().__init__(splits=spec.tfds_splits)
 
   @property
-  def spec(self) -> sources.CorpusSpec:
+  def spec(self):
     return self._spec
 
   @property
@@ -76,7 +79,7 @@ class TfdsCorpusDataSource(seqio.DataSource):
       spec = self._spec
       # Check the directory first: tfds.builder would otherwise raise a registry error that does
       # not say where it looked.
-      path = sources.tfds_dataset_dir(spec.tfds_name, spec.tfds_data_dir)
+      path = record_formats.tfds_dataset_dir(spec.tfds_name, spec.tfds_data_dir)
       try:
         builder = tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir)
       except Exception:  # pylint: disable=broad-except
@@ -111,7 +114,7 @@ class TfdsCorpusDataSource(seqio.DataSource):
     def check(value):
       try:
         return spec.check_text(value.decode('utf-8')).encode('utf-8'), True
-      except (sources.BadRecord, UnicodeDecodeError):
+      except (record_formats.BadRecord, UnicodeDecodeError):
         return b'', False
 
     def to_text(ex):
@@ -122,7 +125,7 @@ class TfdsCorpusDataSource(seqio.DataSource):
     return ds
 
 
-def make_data_source(spec: sources.CorpusSpec) -> seqio.DataSource:
+def make_data_source(spec) -> seqio.DataSource:
   if spec.format == 'tfds':
     return TfdsCorpusDataSource(spec)
   return CorpusFileDataSource(spec)

@@ -11,9 +11,9 @@ these (its multi-output ParDo and CombinePerKey are broken in Beam 2.77, and it 
 graph's last node, hence the final `Done` that depends on every branch).
 No Beam sink decides shard names or order (WriteToTFRecord would shard by bundle, which depends on
 the runner): each example's shard and its place in the shard come from its key
-(`cache_plan.example_key`), so the bytes do not depend on the runner or the number of workers.
-`info.<split>.json`, the wall-time figures and `COMPLETED` are written by the driver after the
-pipeline succeeded (see `pipelines.cache_tasks`).
+(`plan.example_key`), so the bytes do not depend on the runner or the number of workers.
+File names come from `pipelines.cache.layout`. `info.<split>.json`, the wall-time figures and
+`COMPLETED` are written by the driver after the pipeline succeeded (`pipelines.cache.driver`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from typing import Mapping, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines import cache_plan
+from pipelines.cache import layout
+from pipelines.cache import plan as cache_plan
+from pipelines.cache import stats as stats_lib
 
 _NS = "cache_tasks"
 
@@ -50,8 +52,8 @@ class ProcessUnits(beam.DoFn):
     self._processor = None
 
   def setup(self):
-    from pipelines import cache_core  # pylint: disable=g-import-not-at-top  (TF: workers only)
-    self._processor = cache_core.UnitProcessor(
+    from pipelines.cache import unit_processor  # pylint: disable=g-import-not-at-top  (TF: workers only)
+    self._processor = unit_processor.UnitProcessor(
         module_import=self._module_import, feature_lengths=self._feature_lengths,
         max_document_chars=self._max_document_chars, objective_impl=self._objective_impl)
 
@@ -115,7 +117,7 @@ class WriteShard(beam.DoFn):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     items = sorted(v for v in values if v is not None)
     path = os.path.join(self._output_dirs[cached],
-                        cache_plan.shard_file_name(split, shard, num_shards))
+                        layout.shard_file_name(split, shard, num_shards))
 
     def write(tmp):
       with tf.io.TFRecordWriter(tmp) as writer:
@@ -137,7 +139,7 @@ class WriteDeadLetters(beam.DoFn):
     (cached, split), values = element
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     items = sorted(v for v in values if v is not None)
-    path = os.path.join(self._output_dirs[cached], cache_plan.dead_letter_file_name(split))
+    path = os.path.join(self._output_dirs[cached], layout.dead_letter_file_name(split))
 
     def write(tmp):
       with tf.io.gfile.GFile(tmp, "w") as f:
@@ -148,8 +150,7 @@ class WriteDeadLetters(beam.DoFn):
 
 
 def _merge_all(stats_list):
-  from pipelines import cache_core  # pylint: disable=g-import-not-at-top
-  return functools.reduce(cache_core.merge_stats, stats_list, {})
+  return functools.reduce(stats_lib.merge_stats, stats_list, {})
 
 
 class WriteStats(beam.DoFn):
@@ -161,10 +162,9 @@ class WriteStats(beam.DoFn):
 
   def process(self, element):
     (cached, split), stats = element
-    from pipelines import cache_core  # pylint: disable=g-import-not-at-top
-    stats = cache_core.finish_stats(stats, self._feature_lengths)
-    path = os.path.join(self._output_dirs[cached], f"stats.{split}.json")
-    _atomic_write(path, lambda tmp: cache_core.write_json(tmp, stats))
+    stats = stats_lib.finish_stats(stats, self._feature_lengths)
+    path = os.path.join(self._output_dirs[cached], layout.stats_file_name(split))
+    _atomic_write(path, lambda tmp: layout.write_json(tmp, stats))
     yield (cached, split), stats["examples"]
 
 

@@ -1,24 +1,25 @@
 """The pretraining objectives of `tasks.objectives`, vectorised in NumPy for the Beam cache job.
 
-Why a second implementation. `tasks.objectives` is a seqio preprocessor: it runs per document and
-per chunk in tf.data (a `scan` over documents, then a `switch_case` per chunk). That is right for
-seqio on the fly, but in the cache job it was ~98% of the time (a 2 MB range: 0.2 s to tokenise,
-~10 s for span corruption in tf.data), so the job ran at ~3% of SentencePiece's speed. Here a whole
-input range is one token stream: it is cut into chunks with one vectorised draw, and every full
-chunk of a denoiser (they all have the same length, so the same noise/span counts) is corrupted at
-once as a `[num_chunks, chunk_length]` array.
+Why a second implementation. `tasks.objectives.preprocessors` are seqio preprocessors: they run per
+document and per chunk in tf.data (a `scan` over documents, then a `switch_case` per chunk). That
+is right for seqio on the fly, but slow for caching a corpus. Here a whole input range is one token
+stream: it is cut into chunks with one vectorised draw, and every full chunk of a denoiser (they
+all have the same length, so the same noise/span counts) is corrupted at once as a
+`[num_chunks, chunk_length]` array.
 
 Same objective, not the same random numbers: the counts and lengths are shared code
-(`objectives.span_counts`, `objectives.raw_length`), the span layout, sentinels, mode tokens and
-PrefixLM split follow the TF functions step by step, and `tests/test_objectives.py` runs the same
-statistical tests on both implementations (stream reassembly, noise density, span length, mode
-rates, sentinel cap) plus two-sample tests between them. The random draws differ (NumPy's PCG64
-instead of TF's stateless ops), so the cached examples equal `task.get_dataset` in distribution,
-not byte for byte; `pipelines.cache_tasks --objective_impl=tf` runs the TF preprocessor instead
-and matches `task.get_dataset(seed=...)` exactly.
+(`planning.span_counts`, `planning.raw_length`, `planning.plan_mixture`), the span layout,
+sentinels, mode tokens and PrefixLM split follow the TF functions step by step, and
+`tests/tasks/test_objectives.py` runs the same statistical tests on both implementations (stream
+reassembly, noise density, span length, mode rates, sentinel cap) plus two-sample tests between
+them. The random draws differ (NumPy's PCG64 instead of TF's stateless ops), so the cached examples
+equal `task.get_dataset` in distribution, not byte for byte; `pipelines.cache_tasks
+--objective_impl=tf` runs the TF preprocessor instead and matches `task.get_dataset(seed=...)`
+exactly.
 
 Randomness uses only the raw 64-bit output of PCG64 seeded by `numpy.random.SeedSequence` (both
 specified algorithms, stable across NumPy versions), so a seed gives the same bytes everywhere.
+Imports neither TensorFlow nor seqio.
 
   documents = [np.array([5, 6, 7, 1]), np.array([8, 9, 1])]   # tokenized, EOS (1) appended
   run_objective(objectives.span_corruption, documents, sequence_length={'inputs': 8,
@@ -30,8 +31,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tasks import objectives
-from tasks import vocab as vocab_lib
+from tasks import special_tokens as special_lib
+from tasks.objectives import planning
 
 Example = Dict[str, np.ndarray]
 _TWO_53 = float(2 ** 53)
@@ -68,7 +69,7 @@ def chunk_stream(length: int, chunk_lengths: Sequence[int], rates: Sequence[floa
 
   Returns (starts, lengths, denoiser indices), in stream order. Every chunk has its denoiser's
   length except the last one of the stream, which takes the rest (it is flushed, never dropped),
-  as `objectives._chunk_stream`.
+  as `preprocessors._chunk_stream`.
   """
   chunk_lengths = np.asarray(chunk_lengths, np.int64)
   if length <= 0:
@@ -99,7 +100,7 @@ def chunk_stream(length: int, chunk_lengths: Sequence[int], rates: Sequence[floa
 
 def random_segmentation(total: int, parts: int, rows: int, rng: Rng) -> np.ndarray:
   """[rows, parts] positive lengths summing to `total` per row (all compositions equally likely):
-  `parts - 1` distinct cut points out of 1..total-1, as `objectives._random_segmentation`."""
+  `parts - 1` distinct cut points out of 1..total-1, as `preprocessors._random_segmentation`."""
   if parts == 1:
     return np.full([rows, 1], total, np.int64)
   keys = rng.raw([rows, total - 1])
@@ -112,8 +113,8 @@ def random_segmentation(total: int, parts: int, rows: int, rng: Rng) -> np.ndarr
 def random_spans_mask(rows: int, length: int, noise_density: float, mean_span_length: float,
                       max_spans: int, rng: Rng) -> np.ndarray:
   """Bool noise masks [rows, length]: non-noise span first, then alternating, with the counts of
-  `objectives.span_counts` (as `objectives.random_spans_mask`)."""
-  num_noise, num_spans = objectives.span_counts(length, noise_density, mean_span_length, max_spans)
+  `planning.span_counts` (as `preprocessors.random_spans_mask`)."""
+  num_noise, num_spans = planning.span_counts(length, noise_density, mean_span_length, max_spans)
   noise_lens = random_segmentation(num_noise, num_spans, rows, rng)
   nonnoise_lens = random_segmentation(length - num_noise, num_spans, rows, rng)
   span_lens = np.stack([nonnoise_lens, noise_lens], axis=2).reshape(-1)
@@ -123,13 +124,13 @@ def random_spans_mask(rows: int, length: int, noise_density: float, mean_span_le
 
 def _replace_spans(tokens, keep, sentinels, first, width):
   """Per row: kept tokens, with the span's sentinel before the first position of each span
-  (`objectives._replace_spans`); every row has `width` outputs."""
+  (`preprocessors._replace_spans`); every row has `width` outputs."""
   pairs = np.stack([np.where(first, sentinels, -1), np.where(keep, tokens, -1)], axis=2)
   flat = pairs.reshape(tokens.shape[0], -1)
   return flat[flat >= 0].reshape(tokens.shape[0], width)
 
 
-def span_examples(chunks: np.ndarray, denoiser: objectives.Denoiser, mode_id: Optional[int],
+def span_examples(chunks: np.ndarray, denoiser: planning.Denoiser, mode_id: Optional[int],
                   sentinel_ids: np.ndarray, rng: Rng) -> Tuple[np.ndarray, np.ndarray]:
   """[rows, n] chunks -> ([rows, inputs length], [rows, targets length]) span-corruption examples.
 
@@ -140,7 +141,7 @@ def span_examples(chunks: np.ndarray, denoiser: objectives.Denoiser, mode_id: Op
                            len(sentinel_ids), rng)
   first = mask & ~np.pad(mask[:, :-1], [(0, 0), (1, 0)])
   sentinels = sentinel_ids[np.maximum(np.cumsum(first, axis=1) - 1, 0)]
-  num_noise, num_spans = objectives.span_counts(n, denoiser.noise_density,
+  num_noise, num_spans = planning.span_counts(n, denoiser.noise_density,
                                                 denoiser.mean_span_length, len(sentinel_ids))
   inputs = _replace_spans(chunks, ~mask, sentinels, first, n - num_noise + num_spans)
   targets = _replace_spans(chunks, mask, sentinels, first, num_noise + num_spans)
@@ -149,9 +150,9 @@ def span_examples(chunks: np.ndarray, denoiser: objectives.Denoiser, mode_id: Op
   return inputs, targets
 
 
-def prefix_splits(n: int, rows: int, denoiser: objectives.Denoiser, has_mode: bool,
+def prefix_splits(n: int, rows: int, denoiser: planning.Denoiser, has_mode: bool,
                   inputs_length: int, targets_length: int, rng: Rng) -> np.ndarray:
-  """Split points of `rows` chunks of n tokens (as `objectives._prefix_example`)."""
+  """Split points of `rows` chunks of n tokens (as `preprocessors._prefix_example`)."""
   room = inputs_length - int(has_mode)
   if denoiser.random_split:
     lo = max(1, n - targets_length)
@@ -167,17 +168,17 @@ def prefix_splits(n: int, rows: int, denoiser: objectives.Denoiser, has_mode: bo
 
 def denoise_mixture(documents: Sequence[np.ndarray], *, sequence_length: Mapping[str, int],
                     output_features: Mapping[str, object],
-                    denoisers: Sequence[Tuple[objectives.Denoiser, float]] = (
-                        objectives.UL2_DENOISERS),
-                    special: Optional[vocab_lib.SpecialTokens] = None,
+                    denoisers: Sequence[Tuple[planning.Denoiser, float]] = (
+                        planning.UL2_DENOISERS),
+                    special: Optional[special_lib.SpecialTokens] = None,
                     seed: Sequence[int] = (0,)) -> List[Example]:
-  """`objectives.denoise_mixture` on a list of tokenized documents (one stream), in NumPy.
+  """`preprocessors.denoise_mixture` on a list of tokenized documents (one stream), in NumPy.
 
   before: [int32[doc_len], ...] (EOS appended)
   after:  [{'inputs': int32[<= inputs_length], 'targets': int32[<= targets_length]}, ...] in
           stream order ({'targets'} only for causal_lm).
   """
-  plan = objectives.plan_mixture(sequence_length, output_features, denoisers, special)
+  plan = planning.plan_mixture(sequence_length, output_features, denoisers, special)
   sentinel_ids = np.asarray(plan.sentinel_ids, np.int32)
   rng = Rng(seed)
   documents = [np.asarray(d, np.int32).reshape(-1) for d in documents]
@@ -190,11 +191,11 @@ def denoise_mixture(documents: Sequence[np.ndarray], *, sequence_length: Mapping
     for n in np.unique(lens[choices == index]):
       rows = np.flatnonzero((choices == index) & (lens == n))
       chunks = stream[starts[rows, None] + np.arange(n)]
-      if d.kind == objectives.SPAN:
+      if d.kind == planning.SPAN:
         inputs, targets = span_examples(chunks, d, mode_id, sentinel_ids, rng)
         for row, i, t in zip(rows, inputs, targets):
           out[row] = {'inputs': i, 'targets': t}
-      elif d.kind == objectives.PREFIX_LM:
+      elif d.kind == planning.PREFIX_LM:
         splits = prefix_splits(int(n), len(rows), d, mode_id is not None, plan.inputs_length,
                                plan.targets_length, rng)
         prefix = [] if mode_id is None else [mode_id]
@@ -212,8 +213,9 @@ def denoise_mixture(documents: Sequence[np.ndarray], *, sequence_length: Mapping
 
 
 def numpy_objective(preprocessor) -> Optional[Callable[..., List[Example]]]:
-  """The NumPy twin of a `tasks.objectives` preprocessor (a function or a functools.partial of
-  one), as `fn(documents, *, sequence_length, output_features, seed)`; None for anything else."""
+  """The NumPy twin of a `tasks.objectives.preprocessors` preprocessor (a function or a
+  functools.partial of one), as `fn(documents, *, sequence_length, output_features, seed)`; None
+  for anything else."""
   keywords: dict = {}
   fn = preprocessor
   while isinstance(fn, functools.partial):
@@ -221,7 +223,7 @@ def numpy_objective(preprocessor) -> Optional[Callable[..., List[Example]]]:
       return None
     keywords = {**fn.keywords, **keywords}  # An outer partial's keywords win, as in a call.
     fn = fn.func
-  denoisers = objectives.denoisers_of(fn, keywords)
+  denoisers = planning.denoisers_of(fn, keywords)
   if denoisers is None:
     return None
   return functools.partial(denoise_mixture, denoisers=denoisers, special=keywords.get('special'))

@@ -1,36 +1,31 @@
 """The work of one input range: read, validate, tokenise, run the task's objective, serialise.
 
-Plain Python + TF, no Beam: `pipelines.cache_beam` wraps `UnitProcessor` in DoFns, and tests call
-it directly.
+Plain Python + TF, no Beam: `pipelines.cache.beam_graph` wraps `UnitProcessor` in DoFns, and tests
+call it directly.
 
-How a task's preprocessing is run (and why). A task's preprocessors look like
-`[rekey?, tokenize(_and_append_eos), objective..., append_eos_after_trim?]`. Measured on this
-machine, the tokenize step is the most expensive part when run as seqio does it (the TF
-SentencePiece op in a tf.data map, per document, with `num_parallel_calls=256` threads fighting
-for the cores of a multi-process Beam worker). So we replace *that one step* by SentencePiece's
-batch `encode` on a list of documents in plain Python, which gives the same ids (same model proto:
-`vocab.tokenizer` is what `vocab.encode` uses; the test compares with `task.get_dataset`), and run
-every other preprocessor — the objective, with its own seeds — as the task defines it, through
-tf.data, under `seqio.map_seed_manager` exactly as `Task.get_dataset(seed=...)` does. So the
-examples of a range are those `task.get_dataset(seed=range_seed, shuffle=False)` would produce from
-that range's documents. `rekey` before tokenize and `append_eos` after it are applied in Python (no
-per-document tf.data trip); any other preprocessor before the objective runs in tf.data.
+How a task's preprocessing is run. A task's preprocessors look like
+`[rekey?, tokenize(_and_append_eos), objective..., append_eos_after_trim?]`. The tokenize step is
+done by SentencePiece's batch `encode` on a list of documents in plain Python, which gives the same
+ids as seqio's TF op (same model proto: `vocab.tokenizer` is what `vocab.encode` uses; the tests
+compare with `task.get_dataset`), and every other preprocessor (the objective, with its own seeds)
+runs as the task defines it, through tf.data, under `seqio.map_seed_manager` exactly as
+`Task.get_dataset(seed=...)` does. So the examples of a range are those
+`task.get_dataset(seed=range_seed, shuffle=False)` would produce from that range's documents.
+`rekey` before tokenize and `append_eos` after it are applied in Python (no per-document tf.data
+trip); any other preprocessor before the objective runs in tf.data.
 
 The objective. With `objective_impl='numpy'` (the default) a preprocessor of `tasks.objectives`
-runs as its NumPy twin (`tasks.objectives_numpy`): the range's documents are one stream, corrupted
-a batch of chunks at a time. Measured on a 2 MB range (span corruption 512/128, 570k tokens):
-~10 s through tf.data (98% of the range's time; SentencePiece took 0.2 s). The twin draws its own
-random numbers (seeded by the range seed), so the examples follow the same distribution as
-`task.get_dataset` (tests/test_objectives.py checks both implementations with the same statistical
-tests and against each other) but are not the same bytes; `objective_impl='tf'` runs the task's
-TF preprocessor and gives exactly `task.get_dataset(seed=range_seed)`. Preprocessors that are not
-ours always run in tf.data.
+runs as its NumPy twin (`tasks.objectives.numpy_impl`): the range's documents are one stream,
+corrupted a batch of chunks at a time. The twin draws its own random numbers (seeded by the range
+seed), so the examples follow the same distribution as `task.get_dataset` (tests/tasks/
+test_objectives.py checks both implementations with the same statistical tests and against each
+other) but are not the same bytes; `objective_impl='tf'` runs the task's TF preprocessor and gives
+exactly `task.get_dataset(seed=range_seed)`. Preprocessors that are not ours always run in tf.data.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -41,23 +36,14 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import cache_plan  # noqa: E402
-
-OBJECTIVE_IMPLS = ("numpy", "tf")
+from pipelines.cache import plan as cache_plan  # noqa: E402
+from pipelines.cache import stats as stats_lib  # noqa: E402
+from tasks import cli  # noqa: E402
 
 _MODE_PIECE = re.compile(r"^\[[A-Z0-9_]+\]$")
 # Raw bytes kept in a dead-letter record (a too-long document is cut; the reason says why).
 MAX_DEAD_LETTER_RAW = 4096
 _DOC_BATCH = 2048
-
-
-def import_modules(modules) -> None:
-  import importlib
-  for name in modules:
-    try:
-      importlib.import_module(name)
-    except ImportError as e:
-      raise cache_plan.CacheJobError(f"--module_import: cannot import {name!r}: {e}") from None
 
 
 def corpus_of(source) -> Optional[Any]:
@@ -158,9 +144,10 @@ class TaskProgram:
 
   def __init__(self, task: seqio.Task, feature_lengths: Mapping[str, int],
                objective_impl: str = "numpy"):
-    if objective_impl not in OBJECTIVE_IMPLS:
+    if objective_impl not in cache_plan.OBJECTIVE_IMPLS:
       raise cache_plan.CacheJobError(
-          f"--objective_impl: must be one of {', '.join(OBJECTIVE_IMPLS)}, got {objective_impl!r}")
+          f"--objective_impl: must be one of {', '.join(cache_plan.OBJECTIVE_IMPLS)}, got "
+          f"{objective_impl!r}")
     self.task = task
     self.feature_lengths = dict(feature_lengths)
     self.objective_impl = objective_impl
@@ -264,8 +251,8 @@ class TaskProgram:
   def _numpy_twin(self, prep):
     if self.objective_impl != "numpy":
       return None
-    from tasks import objectives_numpy  # pylint: disable=g-import-not-at-top
-    return objectives_numpy.numpy_objective(prep)
+    from tasks.objectives import numpy_impl  # pylint: disable=g-import-not-at-top
+    return numpy_impl.numpy_objective(prep)
 
   def _validate(self, examples: list[dict]) -> list[dict]:
     """seqio's Task._validate_preprocessing for examples that never entered tf.data: every
@@ -298,30 +285,6 @@ def serialize_example(ex: Mapping[str, np.ndarray]) -> bytes:
       deterministic=True)
 
 
-def new_stats(output_features) -> dict:
-  stats = {"records": 0, "documents": 0, "source_tokens": 0, "examples": 0,
-           "dead_letters": {}, "mode_examples": {}}
-  for k in output_features:
-    for suffix in ("tokens", "max_tokens", "length_tokens", "truncated_tokens", "padded_slots"):
-      stats[f"{k}_{suffix}"] = 0
-  return stats
-
-
-def merge_stats(a: dict, b: dict) -> dict:
-  """Sums counters; `*max_tokens` take the max; nested dicts merge recursively."""
-  out = dict(a)
-  for k, v in b.items():
-    if k not in out:
-      out[k] = v
-    elif isinstance(v, dict):
-      out[k] = merge_stats(out[k], v)
-    elif k.endswith("max_tokens"):
-      out[k] = max(out[k], v)
-    else:
-      out[k] = out[k] + v
-  return out
-
-
 class UnitProcessor:
   """Runs work units (see cache_plan.WorkUnit); one per Beam worker (tasks cached per name)."""
 
@@ -338,7 +301,7 @@ class UnitProcessor:
 
   def _setup(self):
     if not self._imported:
-      import_modules(self.module_import)
+      cli.import_modules(self.module_import)
       self._imported = True
 
   def program(self, task_name: str) -> TaskProgram:
@@ -400,7 +363,7 @@ class UnitProcessor:
   def process(self, unit: cache_plan.WorkUnit,
               progress: Optional[Callable[[dict], None]] = None) -> UnitResult:
     program = self.program(unit.task)
-    stats = new_stats(program.output_features)
+    stats = stats_lib.new_stats(program.output_features)
     dead: list = []
     docs = self._documents(unit, stats, dead)
     if progress:
@@ -436,27 +399,3 @@ class UnitProcessor:
       key = cache_plan.example_key(unit.seed, index)
       examples.append((cache_plan.shard_of(key, unit.num_shards), key, serialize_example(out)))
     return UnitResult(examples=examples, dead_letters=dead, stats=stats)
-
-
-def info_json(output_features, num_shards: int) -> dict:
-  """seqio's info.<split>.json: what `_CachedDataSource` needs to parse the shards."""
-  return {"num_shards": num_shards,
-          "features": {k: {"shape": [None] * f.rank, "dtype": f.dtype.name}
-                       for k, f in sorted(output_features.items())},
-          "seqio_version": seqio.__version__}
-
-
-def finish_stats(stats: dict, feature_lengths: Mapping[str, int]) -> dict:
-  """Adds derived figures (padding fraction per feature) to merged stats."""
-  out = dict(stats)
-  n = stats.get("examples", 0)
-  for k, length in sorted(feature_lengths.items()):
-    if f"{k}_padded_slots" in stats:
-      out[f"{k}_padding_fraction"] = (stats[f"{k}_padded_slots"] / (n * length)) if n else 0.0
-  return out
-
-
-def write_json(path: str, obj) -> None:
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-

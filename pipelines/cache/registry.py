@@ -1,7 +1,7 @@
-"""Registers the tasks materialised by `pipelines.cache_tasks` so seqio reads them back.
+"""Registers the tasks materialised by the cache job so seqio reads them back.
 
-    from pipelines import cache_registry
-    names = cache_registry.register_cached_tasks('/data/cache')   # ['wiki_ul2.in512_tg512', ...]
+    from pipelines.cache import registry
+    names = registry.register_cached_tasks('/data/cache')   # ['wiki_ul2.in512_tg512', ...]
     ds = seqio.get_dataset('wiki_ul2.in512_tg512', task_feature_lengths={'inputs': 512,
                            'targets': 512}, use_cached=True, feature_converter=...)
 
@@ -9,11 +9,11 @@ Each cached task `T.<lengths>` has the source task's output features (same vocab
 single preprocessor, `seqio.CacheDatasetPlaceholder(required=True)`: reading it runs no
 preprocessing at all (seqio raises if asked for it with `use_cached=False`). The cache directory is
 added to seqio's global cache directories, where `Task.cache_dir` looks for `<dir>/<name>/COMPLETED`.
-Directories without `COMPLETED` (a job still running, or killed) are never registered.
+Directories without `COMPLETED` (a job still running, or killed) are never registered. File names
+are those of `pipelines.cache.layout`.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
@@ -22,8 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-COMPLETED = "COMPLETED"
-JOB_INFO = "cache_job.json"
+from pipelines.cache import layout  # noqa: E402
+from tasks import cli  # noqa: E402
 
 
 def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[str]] = None,
@@ -37,11 +37,11 @@ def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[st
   Args:
     cache_dir: the cache job's `--output_cache_dir`.
     module_import: modules that register the source tasks (default: those the cache job used,
-      from each `cache_job.json`); only imported when a source task is not registered yet.
+      from each `cache_job.json`); imported with `tasks.cli.import_modules` (so `tasks` registers
+      the built-in tasks) only when a source task is not registered yet.
     replace: re-register a name that is already registered (e.g. after re-running the job, or a
       cache of the same task and lengths in another directory: the last one registered is read).
   """
-  import importlib  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.isdir(cache_dir):
     raise FileNotFoundError(f"register_cached_tasks: cache_dir {cache_dir!r} is not a directory")
   # seqio reads a cached task from the first global cache dir holding its name: put this one first
@@ -49,16 +49,14 @@ def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[st
   seqio.set_global_cache_dirs(
       [cache_dir] + [d for d in seqio.get_global_cache_dirs() if d != cache_dir])
   names = []
-  for info_path in sorted(tf.io.gfile.glob(os.path.join(cache_dir, "*", JOB_INFO))):
+  for info_path in sorted(tf.io.gfile.glob(os.path.join(cache_dir, "*", layout.JOB_INFO))):
     task_dir = os.path.dirname(info_path)
-    if not tf.io.gfile.exists(os.path.join(task_dir, COMPLETED)):
+    if not tf.io.gfile.exists(os.path.join(task_dir, layout.COMPLETED)):
       continue
-    with tf.io.gfile.GFile(info_path) as f:
-      info = json.load(f)
+    info = layout.read_json(info_path)
     source_name, cached_name = info["task"], info["cached_task"]
     if source_name not in seqio.TaskRegistry.names():
-      for module in (module_import if module_import is not None else info["module_import"]):
-        importlib.import_module(module)
+      cli.import_modules(module_import if module_import is not None else info["module_import"])
     if source_name not in seqio.TaskRegistry.names():
       raise ValueError(f"register_cached_tasks: {cached_name!r} was cached from task "
                        f"{source_name!r}, which is not registered (pass module_import=[...])")
@@ -77,9 +75,8 @@ def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[st
         metric_fns=source_task.metric_fns)
     names.append(cached_name)
   # Mixtures cached by pattern (`<mixture>.<lengths>.mixture.json`), once all their tasks are.
-  for path in sorted(tf.io.gfile.glob(os.path.join(cache_dir, "*.mixture.json"))):
-    with tf.io.gfile.GFile(path) as f:
-      record = json.load(f)
+  for path in sorted(tf.io.gfile.glob(os.path.join(cache_dir, "*" + layout.MIXTURE_SUFFIX))):
+    record = layout.read_json(path)
     tasks = [(t, float(r)) for t, r in record["tasks"]]
     if not all(t in names for t, _ in tasks):
       continue
@@ -91,10 +88,3 @@ def register_cached_tasks(cache_dir: str, *, module_import: Optional[Sequence[st
     seqio.MixtureRegistry.add(record["cached_mixture"], tasks)
     names.append(record["cached_mixture"])
   return sorted(names)
-
-
-def cached_feature_lengths(cache_dir: str, cached_name: str) -> dict[str, int]:
-  """The feature lengths a cached task was made at (from its cache_job.json)."""
-  path = os.path.join(cache_dir, *cached_name.split(":"), JOB_INFO)
-  with tf.io.gfile.GFile(path) as f:
-    return dict(json.load(f)["feature_lengths"])

@@ -1,8 +1,8 @@
-"""Planning for the cache job: configuration, task selection, names, work units, seeds.
+"""Planning for the cache job: configuration, task selection, work units, seeds.
 
 Plain Python (no Beam, no TF at import): the driver plans here, the Beam DoFns in
-`pipelines.cache_beam` execute the plan. Everything that decides output bytes — the work units
-(input ranges), their seeds and the output shard of each example — is a pure function of the
+`pipelines.cache.beam_graph` execute the plan. Everything that decides output bytes (the work units
+(input ranges), their seeds and the output shard of each example) is a pure function of the
 inputs, the tasks, the feature lengths and `base_seed`, never of the runner or the number of
 workers. That is what makes the job's output byte-identical across runners.
 """
@@ -12,17 +12,15 @@ import dataclasses
 import difflib
 import hashlib
 import math
-import os
 import re
 from typing import Iterable, Mapping, Optional, Sequence
 
-# Seqio's task names allow `[\w\d\.\:_#]`; `:` would turn into a sub-folder in the cache layout
-# (seqio.get_task_dir_from_name), so the length suffix is joined with a dot.
-_SHORT_FEATURE_NAMES = {"inputs": "in", "targets": "tg"}
-SKIP_DIR_NAMES = (".progress",)
+from tasks import cli
+
+OBJECTIVE_IMPLS = ("numpy", "tf")
 
 
-class CacheJobError(Exception):
+class CacheJobError(cli.UserError):
   """An error the user can fix; the entry point prints it as one line (no traceback)."""
 
 
@@ -51,7 +49,7 @@ class CacheJobConfig:
       documents go to the dead-letter output with reason 'too_long').
     objective_impl: 'numpy' runs `tasks.objectives` preprocessors as their vectorised NumPy twins
       (same distribution, its own random draws); 'tf' runs them in tf.data, giving exactly
-      `task.get_dataset(seed=range seed)` (see `pipelines.cache_core`).
+      `task.get_dataset(seed=range seed)` (see `pipelines.cache.unit_processor`).
   """
   tasks: tuple[str, ...]
   output_cache_dir: str
@@ -62,10 +60,8 @@ class CacheJobConfig:
   overwrite: bool = False
   min_shards: int = 16
   max_shards: int = 0
-  # A range whose preprocessing runs in tf.data (any objective without a NumPy twin, or
-  # --objective_impl=tf) pays a fixed cost to trace the graph (~1 s idle, several under load), so
-  # ranges are large by default (8 MB of text: ~3 s with the NumPy objectives on one core);
-  # min_input_ranges only matters for small corpora.
+  # A range whose preprocessing runs in tf.data pays a fixed cost to trace the graph, so ranges
+  # are large by default; min_input_ranges only matters for small corpora.
   input_range_bytes: int = 8 << 20
   min_input_ranges: int = 4
   min_range_bytes: int = 64 << 10
@@ -102,7 +98,7 @@ class CacheJobConfig:
       raise CacheJobError(f"max_shards: must be >= 0 (0 = no maximum), got {self.max_shards}")
     if self.max_document_chars is not None and self.max_document_chars < 1:
       raise CacheJobError(f"max_document_chars: must be >= 1, got {self.max_document_chars}")
-    if self.objective_impl not in ("numpy", "tf"):
+    if self.objective_impl not in OBJECTIVE_IMPLS:
       raise CacheJobError(f"objective_impl: must be 'numpy' or 'tf', got {self.objective_impl!r}")
 
   @property
@@ -122,16 +118,6 @@ def parse_feature_lengths(text: str) -> dict[str, int]:
   if not out:
     raise CacheJobError("--feature_lengths: required, e.g. inputs:512,targets:512")
   return out
-
-
-def cached_task_name(task_name: str, feature_lengths: Mapping[str, int]) -> str:
-  """The seqio task name of `task_name` cached at `feature_lengths`.
-
-  >>> cached_task_name('wiki_ul2', {'inputs': 512, 'targets': 256})
-  'wiki_ul2.in512_tg256'
-  """
-  parts = [f"{_SHORT_FEATURE_NAMES.get(k, k)}{v}" for k, v in sorted(feature_lengths.items())]
-  return f"{task_name}.{'_'.join(parts)}"
 
 
 def select_task_names(registered: Iterable[str], include: Sequence[str],
@@ -163,10 +149,6 @@ def select_task_names(registered: Iterable[str], include: Sequence[str],
   if not names:
     raise CacheJobError("--tasks/--excluded_tasks: every matching task is excluded")
   return names
-
-
-def mixture_file_name(cached_mixture: str) -> str:
-  return f"{cached_mixture}.mixture.json"
 
 
 def derive_seed(*parts) -> int:
@@ -231,16 +213,3 @@ def num_output_shards(num_units: int, *, min_shards: int, max_shards: int) -> in
   if max_shards > 0:
     n = min(n, max_shards)
   return n
-
-
-def shard_file_name(split: str, shard: int, num_shards: int) -> str:
-  # seqio's _CachedDataSource globs '<split>.tfrecord-*-of-*<num_shards>'.
-  return f"{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
-
-
-def dead_letter_file_name(split: str) -> str:
-  return f"deadletter.{split}.jsonl"
-
-
-def task_output_dir(output_cache_dir: str, cached_name: str) -> str:
-  return os.path.join(output_cache_dir, *cached_name.split(":"))

@@ -1,0 +1,136 @@
+"""The seqio and t5 side of evaluation: task datasets, seqio's Evaluator, t5's metric functions.
+
+Imports seqio (hence TensorFlow) and t5 on use; `trainer.evaluation.evaluate` calls it.
+"""
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from trainer.evaluation import scoring
+
+
+def mrr_at_k(query_ids: Sequence[int], scores: Sequence[float], labels: Sequence[float],
+             k: int = 10) -> float:
+  """Mean over queries of 1 / rank of the first relevant candidate within the top k (else 0).
+
+  Queries without a relevant candidate are skipped. Ties are broken by input order.
+  """
+  groups: Dict[int, List[tuple]] = {}
+  for i, (q, s, l) in enumerate(zip(query_ids, scores, labels)):
+    groups.setdefault(int(q), []).append((-float(s), i, float(l)))
+  rr = []
+  for items in groups.values():
+    if not any(l > 0 for _, _, l in items):
+      continue
+    ranked = sorted(items)
+    rank = next(r for r, (_, _, l) in enumerate(ranked, 1) if l > 0)
+    rr.append(1.0 / rank if rank <= k else 0.0)
+  return float(np.mean(rr)) if rr else 0.0
+
+
+def head_metrics(kind: str, *, labels=None, predictions=None, scores=None, query_ids=None,
+                 num_classes: int = 2) -> Dict[str, float]:
+  """Metrics of an encoder head's outputs (t5's metric functions where they exist; percents)."""
+  from t5.evaluation import metrics as t5_metrics  # pylint: disable=g-import-not-at-top
+  if kind == 'classification':
+    labels = [int(x) for x in labels]
+    predictions = [int(x) for x in predictions]
+    out = dict(t5_metrics.accuracy(labels, predictions))
+    if num_classes == 2:
+      out.update(t5_metrics.f1_score_with_invalid(labels, predictions))
+    else:
+      out.update(t5_metrics.mean_multiclass_f1(num_classes)(labels, predictions))
+    return out
+  if kind == 'regression':
+    targets = [float(x) for x in labels]
+    preds = [float(x) for x in predictions]
+    out = dict(t5_metrics.pearson_corrcoef(targets, preds))
+    out.update(t5_metrics.spearman_corrcoef(targets, preds))
+    out['mse'] = float(np.mean((np.asarray(targets) - np.asarray(preds)) ** 2))
+    return out
+  if kind == 'ranking':
+    return {'mrr@10': 100.0 * mrr_at_k(query_ids, scores, labels, k=10)}
+  raise ValueError(f'unknown head kind {kind!r}')
+
+
+def task_dataset(task_name: str, *, split: str, task_feature_lengths: Mapping[str, int],
+                 feature_converter, max_examples: Optional[int] = None):
+  """The unshuffled, single-epoch, converted dataset of a registered task (unbatched)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  check_task(task_name)
+  ds = seqio.get_dataset(task_name, task_feature_lengths=dict(task_feature_lengths),
+                         feature_converter=feature_converter, dataset_split=split,
+                         shuffle=False, num_epochs=1, verbose=False, seed=0)
+  return ds.take(max_examples) if max_examples else ds
+
+
+def check_task(name: str) -> None:
+  import seqio  # pylint: disable=g-import-not-at-top
+  if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
+    return
+  import difflib  # pylint: disable=g-import-not-at-top
+  close = difflib.get_close_matches(name, sorted(seqio.TaskRegistry.names()), n=5)
+  raise ValueError(f'MIXTURE_OR_TASK_NAME: {name!r} is not a registered task'
+                   + (f' (close: {close})' if close else ' (did you pass --module_import=tasks?)'))
+
+
+def label_word_candidates(task, label_words: Optional[Sequence[str]]) -> List[List[int]]:
+  """Token ids (EOS appended when the task's targets get one) of each label word."""
+  feature = task.output_features['targets']
+  words = list(label_words or [])
+  if not words:
+    raise ValueError("scoring='label_words' needs LABEL_WORDS (e.g. ['negative', 'positive'])")
+  out = []
+  for word in words:
+    ids = list(feature.vocabulary.encode(word))
+    if feature.add_eos:
+      ids.append(feature.vocabulary.eos_id)
+    out.append(ids)
+  return out
+
+
+def eval_generative(model, params, *, task_name: str, split: str,
+                     task_feature_lengths: Mapping[str, int], batch_size: int, scoring_name: str,
+                     label_words, max_decode_length: int, max_examples: Optional[int]):
+  import seqio  # pylint: disable=g-import-not-at-top
+  check_task(task_name)
+  if 'inputs' not in task_feature_lengths or 'targets' not in task_feature_lengths:
+    raise ValueError(f"TASK_FEATURE_LENGTHS must have 'inputs' and 'targets' for a text-to-text "
+                     f'task, got {dict(task_feature_lengths)}')
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name=task_name,
+      # Keeps inputs and targets apart for both model kinds; trainer/evaluation/scoring.py lays them out.
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=max_examples,
+      shuffle=False, use_memory_cache=True, async_compute_metrics=False)
+  if not evaluator.eval_tasks:
+    raise ValueError(f'task {task_name!r} has no {split!r} split with metric functions')
+  candidates = {}
+  if scoring_name == 'label_words':
+    for task in evaluator.eval_tasks:
+      candidates[task.name] = label_word_candidates(task, label_words)
+  counted = []
+
+  def predict_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    out = []
+    cands = next(iter(candidates.values())) if candidates else None
+    for index, batch in dataset.batch(batch_size).as_numpy_iterator():
+      if scoring_name == 'label_words':
+        ids = scoring.label_word_predictions(model, params, batch, cands)
+      else:
+        ids = scoring.greedy_decode(model, params, batch, max_decode_length=max_decode_length)
+      # Fixed width (0 = pad, dropped by the vocabulary's decode): seqio stacks predictions.
+      width = max(len(c) for c in cands) if cands else max_decode_length
+      out.extend((i, list(x) + [0] * (width - len(x))) for i, x in zip(index.tolist(), ids))
+    counted.append(len(out))
+    return out
+
+  metrics_future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
+  all_metrics = metrics_future.result()
+  metrics = {}
+  for task_metrics in all_metrics.values():
+    for name, value in task_metrics.items():
+      metrics[name] = float(getattr(value, 'value', value))
+  return {'metrics': metrics, 'num_examples': int(sum(counted)),
+          'scoring': scoring_name}

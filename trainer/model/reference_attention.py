@@ -1,0 +1,92 @@
+"""The attention mask description and the reference attention kernel.
+
+The mask is described, not materialised: `AttentionMask` holds segment ids, an optional
+bidirectional-prefix marker, causality and the sliding window. The reference kernel builds a
+`[B, L, S]` boolean from it by broadcasting (never `[B, H, L, S]`); the fused kernel
+(`trainer.model.fused_attention`) turns the same description into per-query key ranges.
+
+Kernel interface (every kernel, dispatched by `trainer.model.attention.dot_product_attention`):
+  query [B, L, H, Dh], key/value [B, S, K, Dh] (H a multiple of K: grouped-query attention),
+  mask: AttentionMask | None, scale, soft_cap -> [B, L, H, Dh] in the query dtype.
+Logits are `soft_cap(q . k * scale)`; masked entries get the fp32 minimum (finite, so rows that
+see nothing, e.g. padding queries, give a uniform average instead of NaN); softmax in fp32.
+"""
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from trainer.model import layers
+
+
+@flax.struct.dataclass
+class AttentionMask:
+  """Which keys each query may attend to. All index arithmetic uses array indices (within a packed
+  segment they differ exactly as seqio's per-segment positions do).
+
+  Attributes:
+    q_segment_ids: `[B, L]` int or None. With kv_segment_ids: query i sees key j only if
+      `q_segment_ids[i] == kv_segment_ids[j]`. None: no segment matching (only kv padding).
+    kv_segment_ids: `[B, S]` int or None; 0 marks padding keys (never attended). None: all valid.
+    bidirectional: `[B, L]` bool or None (self-attention only): positions of a PrefixLM prefix;
+      query i sees key j > i when both are in the prefix (seqio `decoder_causal_attention`).
+    causal: key j visible to query i only if j <= i (or both in the bidirectional prefix).
+    sliding_window: None (global) or w. Causal masks: |i - j| < w (HF Gemma 2's `q - kv < w`; the
+      `j > i` side only matters inside a bidirectional prefix). Non-causal masks: |i - j| <= w, as
+      HF T5Gemma's bidirectional sliding window (inclusive).
+  """
+  q_segment_ids: Optional[jax.Array] = None
+  kv_segment_ids: Optional[jax.Array] = None
+  bidirectional: Optional[jax.Array] = None
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+  sliding_window: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+
+  def with_window(self, window: Optional[int]) -> 'AttentionMask':
+    return self.replace(sliding_window=window)
+
+  def materialize(self, q_len: int, kv_len: int) -> Optional[jax.Array]:
+    """Boolean `[B or 1, L or 1, S]`, broadcastable to `[B, L, S]` (True = attend), or None when
+    nothing is masked."""
+    mask = None
+
+    def both(a, b):
+      return b if a is None else jnp.logical_and(a, b)
+
+    if self.kv_segment_ids is not None:
+      kv_seg = self.kv_segment_ids[:, None, :]
+      mask = both(mask, kv_seg != 0)
+      if self.q_segment_ids is not None:
+        mask = both(mask, self.q_segment_ids[:, :, None] == kv_seg)
+    if self.causal or self.sliding_window is not None:
+      q_idx = jnp.arange(q_len, dtype=jnp.int32)[None, :, None]
+      kv_idx = jnp.arange(kv_len, dtype=jnp.int32)[None, None, :]
+      if self.causal:
+        causal = kv_idx <= q_idx
+        if self.bidirectional is not None:
+          prefix = jnp.asarray(self.bidirectional).astype(bool)
+          causal = jnp.logical_or(causal, jnp.logical_and(prefix[:, :, None], prefix[:, None, :]))
+        mask = both(mask, causal)
+        if self.sliding_window is not None:
+          mask = both(mask, jnp.abs(q_idx - kv_idx) < self.sliding_window)
+      else:
+        mask = both(mask, jnp.abs(q_idx - kv_idx) <= self.sliding_window)
+    return mask
+
+
+def reference_attention(query, key, value, *, mask: Optional[AttentionMask], scale: float,
+                        soft_cap: Optional[float]) -> jax.Array:
+  """Einsum attention; any backend, every feature. See the module docstring for the contract."""
+  batch, q_len, num_heads, head_dim = query.shape
+  kv_len, num_kv_heads = key.shape[1], key.shape[2]
+  groups = num_heads // num_kv_heads
+  q = query.reshape(batch, q_len, num_kv_heads, groups, head_dim)
+  logits = jnp.einsum('blkgd,bskd->bkgls', q, key, preferred_element_type=jnp.float32)
+  logits = layers.soft_cap(logits * scale, soft_cap)
+  if mask is not None:
+    bool_mask = mask.materialize(q_len, kv_len)
+    if bool_mask is not None:
+      logits = jnp.where(bool_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+  out = jnp.einsum('bkgls,bskd->blkgd', probs, value)
+  return out.reshape(batch, q_len, num_heads, head_dim)
