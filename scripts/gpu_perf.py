@@ -304,7 +304,7 @@ def _pair(text: str):
   return int(a), (int(b) if b else None)
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--part', choices=('all', 'attention', 'compile'), default='all',
                  help="'all': the budgeted plan; 'attention' alone; 'compile' (any backend)")
@@ -350,7 +350,11 @@ def parse_args(argv=None):
   p.add_argument('--compile_batch', type=int, default=2)
   p.add_argument('--compile_length', type=int, default=2048)
   p.add_argument('--compile_encoder_length', type=int, default=2048)
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv=None):
+  return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -153,3 +153,23 @@ def test_gpu_wheels_are_the_versions_tested_here():
                                       'opt_einsum'):
         continue  # in the GPU image
       assert dep.replace('_', '-') in pins, (name, req)
+
+
+def test_documented_commands_use_existing_flags(gpu_perf):
+  """Every `gpu_perf.py` command in docs/performance.md and the README names flags that exist."""
+  known = {o for a in gpu_perf.build_parser()._actions for o in a.option_strings}  # pylint: disable=protected-access
+  seen = 0
+  for doc in ('docs/performance.md', 'README.md'):
+    with open(os.path.join(REPO_ROOT, doc)) as f:
+      text = f.read().replace('\\\n', ' ')
+    for line in text.splitlines():
+      if 'scripts/gpu_perf.py --' not in line:
+        continue
+      seen += 1
+      words = line[line.index('scripts/gpu_perf.py'):].replace('`', ' ').split()
+      for word in words[1:]:
+        if word.startswith('--'):
+          assert word.split('=')[0] in known, (doc, word)
+        elif word in ('2>&1', '|', '&&', ';', ':'):
+          break
+  assert seen >= 4
