@@ -359,6 +359,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  unknown = set(filter(None, args.rows.split(','))) - {r['id'] for r in plan(args)}
+  if unknown:
+    build_parser().error(f'--rows: unknown row ids {sorted(unknown)}; the ids are '
+                         f"{', '.join(r['id'] for r in plan(args))}")
   if args.part == 'all':
     run_all(args)
     return 0

@@ -19,7 +19,7 @@ TOY = ['--attention_batch=1', '--attention_length=64', '--attention_window=16', 
        '--t5_model=gin/models/t5gemma_tiny.gin', '--t5_lengths=16,16',
        '--dec_model=gin/models/gemma2_tiny.gin', '--dec_length=32',
        '--lever_model=gin/models/t5gemma_tiny.gin', '--lever_layers=2', '--lever_lengths=16,16',
-       '--steps=1', '--lever_steps=1', '--loss_chunk=8', '--binding=VOCAB_SIZE=128',
+       '--steps=1', '--lever_steps=1', '--lever_cap_s=60', '--loss_chunk=8', '--binding=VOCAB_SIZE=128',
        '--peak_flops=1e7']
 NUMBERS = ('step_time_s', 'tokens_per_s', 'mfu', 'tflops')
 
@@ -56,6 +56,13 @@ def test_plan_best_settings_first_then_one_lever_at_a_time(gpu_perf):
     # One lever per row: one setting (the master copy is bf16 params plus its optimizer switch).
     assert len(changed) + len(extra) + len(lever['env']) in (1, 2), lever['label']
     assert len(changed) + len(lever['env']) == 1, lever['label']
+
+
+def test_unknown_row_id_is_a_one_line_error(gpu_perf, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    gpu_perf.main(['--rows=attention,lever:99'])
+  assert exit_info.value.code == 2
+  assert "unknown row ids ['lever:99']" in capsys.readouterr().err
 
 
 def test_rows_stop_before_the_budget(gpu_perf, monkeypatch, tmp_path):
@@ -121,7 +128,9 @@ def test_all_runs_end_to_end_at_toy_size(tmp_path):
   train = rows[6]
   assert (train['model'], train['length'], train['batch']) == ('gemma2_tiny', 32, 2)
   assert train['error'] is None, train
-  assert all(train[k] > 0 for k in NUMBERS) and train['compile_s'] > 0
+  # trainer.bench prints 2 decimals of GFLOP/s: a toy step on a loaded CPU may show 0.00.
+  assert all(train[k] > 0 for k in ('step_time_s', 'tokens_per_s', 'mfu', 'compile_s'))
+  assert train['tflops'] >= 0
   assert train['check'].startswith('fused attention FELL BACK')
   assert "--gin.SCAN_LAYERS=True" in train['command']
   lever = rows[7]
