@@ -140,7 +140,8 @@ def plan(args) -> list:
                      length=length, encoder_length=enc, batch=batch, overrides=best,
                      extra=[], env={}, steps=args.steps, cap_s=args.train_cap_s))
   best, loss = _best(args.lever_model, args.loss_chunk)
-  shape = {'encoder_length': args.lever_lengths[1], 'length': args.lever_lengths[0],
+  shape = {'encoder_length': args.lever_lengths[1] if loss == 'EncoderDecoderModel' else None,
+           'length': args.lever_lengths[0],
            'batch': args.lever_batch}
   layers = ([f'{s}/config.TransformerConfig.num_layers={args.lever_layers}'
              for s in ('encoder', 'decoder')] if loss == 'EncoderDecoderModel'

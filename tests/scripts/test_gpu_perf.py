@@ -18,7 +18,7 @@ SCRIPT = os.path.join(REPO_ROOT, 'scripts', 'gpu_perf.py')
 TOY = ['--attention_batch=1', '--attention_length=64', '--attention_window=16', '--iters=1',
        '--t5_model=gin/models/t5gemma_tiny.gin', '--t5_lengths=16,16',
        '--dec_model=gin/models/gemma2_tiny.gin', '--dec_length=32',
-       '--lever_model=gin/models/t5gemma_tiny.gin', '--lever_layers=2', '--lever_lengths=16,16',
+       '--lever_model=gin/models/gemma2_tiny.gin', '--lever_layers=2', '--lever_lengths=32',
        '--steps=1', '--lever_steps=1', '--lever_cap_s=60', '--loss_chunk=8', '--binding=VOCAB_SIZE=128',
        '--peak_flops=1e7']
 NUMBERS = ('step_time_s', 'tokens_per_s', 'mfu', 'tflops')
@@ -133,8 +133,9 @@ def test_all_runs_end_to_end_at_toy_size(tmp_path):
   assert train['tflops'] >= 0
   assert train['check'].startswith('fused attention FELL BACK')
   assert "--gin.SCAN_LAYERS=True" in train['command']
-  lever = rows[7]
-  assert lever['model'] == 't5gemma_tiny' and lever['encoder_length'] == 16
+  lever = rows[7]  # decoder-only here (the encoder-decoder's bindings: the plan test above)
+  assert (lever['model'], lever['length']) == ('gemma2_tiny', 32)
+  assert 'config.TransformerConfig.num_layers=2' in lever['settings']
   assert lever['error'] is None or 'skipped' in lever['error'] or 'timed out' in lever['error']
   text = (tmp_path / 'gpu_perf.md').read_text()
   assert '## Attention fwd+bwd' in text and '## Train step' in text and '| lever:0 |' in text
