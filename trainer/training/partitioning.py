@@ -15,12 +15,13 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import numpy as np
 from flax.core import meta
+from jax.experimental import mesh_utils
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -43,16 +44,26 @@ BATCH_AXES = ('data', 'fsdp')
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Sizes of the named mesh axes; -1 on one axis means "all remaining devices".
+  """Sizes of the named mesh axes: within a slice (ICI) and across slices (DCN).
+
+  Each mesh axis `data`, `fsdp`, `tensor` has size `ici * dcn` (MaxText's `ici_*_parallelism` x
+  `dcn_*_parallelism`). On one slice (or GPU/CPU) only the ICI sizes matter. On a multi-slice TPU
+  job the DCN sizes say how the slices are laid out, usually `dcn_data=<number of slices>` (pure
+  data parallelism over the slow data-centre network; `fsdp`/`tensor` stay inside a slice).
 
   Attributes:
-    data: data-parallel replicas (params replicated along this axis).
-    fsdp: data-parallel shards with parameters sharded along `embed` (ZeRO-3 style).
-    tensor: tensor (model) parallelism over heads / mlp / vocab.
+    data: data-parallel replicas per slice (params replicated along this axis); -1 = the rest.
+    fsdp: data-parallel shards per slice with parameters sharded along `embed` (ZeRO-3 style).
+    tensor: tensor (model) parallelism per slice over heads / mlp / vocab.
+    dcn_data, dcn_fsdp, dcn_tensor: how many slices along each axis (positive ints; their product
+      is the number of slices).
   """
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_tensor: int = 1
 
   def __post_init__(self):
     sizes = {'data': self.data, 'fsdp': self.fsdp, 'tensor': self.tensor}
@@ -61,19 +72,87 @@ class MeshConfig:
         raise ValueError(f'MeshConfig.{name} must be a positive int or -1, got {size!r}')
     if sum(1 for s in sizes.values() if s == -1) > 1:
       raise ValueError(f'MeshConfig: at most one axis may be -1, got {sizes}')
+    for name in ('dcn_data', 'dcn_fsdp', 'dcn_tensor'):
+      size = getattr(self, name)
+      if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f'MeshConfig.{name} must be a positive int, got {size!r}')
 
-  def shape(self, num_devices: int) -> Tuple[int, int, int]:
+  @property
+  def num_slices(self) -> int:
+    return self.dcn_data * self.dcn_fsdp * self.dcn_tensor
+
+  def dcn_shape(self) -> Tuple[int, int, int]:
+    return (self.dcn_data, self.dcn_fsdp, self.dcn_tensor)
+
+  def ici_shape(self, devices_per_slice: int) -> Tuple[int, int, int]:
+    """The per-slice (ICI) sizes for `devices_per_slice` devices (resolves -1)."""
     sizes = [self.data, self.fsdp, self.tensor]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-      if num_devices % known:
-        raise ValueError(f'MeshConfig {self}: {num_devices} devices are not divisible by the '
-                         f'fixed axis sizes (product {known})')
-      sizes = [num_devices // known if s == -1 else s for s in sizes]
-    if math.prod(sizes) != num_devices:
-      raise ValueError(f'MeshConfig {self}: mesh shape {tuple(sizes)} needs {math.prod(sizes)} '
-                       f'devices but {num_devices} are available')
+      if devices_per_slice % known:
+        raise ValueError(f'MeshConfig {self}: {devices_per_slice} devices per slice are not '
+                         f'divisible by the fixed axis sizes (product {known})')
+      sizes = [devices_per_slice // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != devices_per_slice:
+      raise ValueError(f'MeshConfig {self}: per-slice mesh shape {tuple(sizes)} needs '
+                       f'{math.prod(sizes)} devices but {devices_per_slice} are available')
     return tuple(sizes)
+
+  def shape(self, num_devices: int) -> Tuple[int, int, int]:
+    """The whole mesh's shape (ICI x DCN per axis) for `num_devices` devices."""
+    if num_devices % self.num_slices:
+      raise ValueError(f'MeshConfig {self}: {num_devices} devices do not split into '
+                       f'{self.num_slices} slices')
+    ici = self.ici_shape(num_devices // self.num_slices)
+    return tuple(i * d for i, d in zip(ici, self.dcn_shape()))
+
+
+def device_mesh(mesh_config: MeshConfig, devices: Sequence[Any], *,
+                slice_index_fn: Optional[Callable[[Any], int]] = None) -> np.ndarray:
+  """Devices arranged as `mesh_config.shape(len(devices))` with `jax.experimental.mesh_utils`.
+
+  One slice: `create_device_mesh(ici_shape)` (on TPU the ICI torus order). Several slices:
+  `create_hybrid_device_mesh(ici_shape, dcn_shape)`, whose slices are the devices'
+  `slice_index` (TPU multi-slice) or, where devices have none, their `process_index`; each slice
+  is one contiguous block of the mesh (slice s of `dcn_data=n` holds data indices
+  `[s * data, (s + 1) * data)`). `slice_index_fn(device) -> int` overrides which slice a device is
+  in (fake slices on CPU devices in tests), building the same layout from per-slice
+  `create_device_mesh` blocks.
+  """
+  devices = list(devices)
+  mesh_config.shape(len(devices))  # raises the clear error for a device count that cannot fit
+  ici = mesh_config.ici_shape(len(devices) // mesh_config.num_slices)
+  dcn = mesh_config.dcn_shape()
+  if mesh_config.num_slices == 1:
+    return _with_split_retry(mesh_utils.create_device_mesh, ici, devices)
+  by_attr = 'slice_index' if hasattr(devices[0], 'slice_index') else 'process_index'
+  key = slice_index_fn or (lambda d: getattr(d, by_attr))
+  slices = {}
+  for d in devices:
+    slices.setdefault(key(d), []).append(d)
+  if len(slices) != mesh_config.num_slices:
+    how = 'slice_index_fn' if slice_index_fn else by_attr
+    raise ValueError(f'MeshConfig {mesh_config}: the devices form {len(slices)} slices (by '
+                     f'{how}) but dcn_data * dcn_fsdp * dcn_tensor = {mesh_config.num_slices}')
+  if slice_index_fn is None:
+    return _with_split_retry(mesh_utils.create_hybrid_device_mesh, ici, dcn, devices,
+                             process_is_granule=by_attr == 'process_index')
+  blocks = [_with_split_retry(mesh_utils.create_device_mesh, ici, slices[k])
+            for k in sorted(slices)]
+  nested = np.vectorize(lambda i: blocks[i], otypes=[object])(
+      np.arange(len(blocks)).reshape(dcn))
+  return np.block(nested.tolist())
+
+
+def _with_split_retry(build, *args, **kwargs):
+  """`build(...)`; if the TPU torus cannot host the shape unsplit, again splitting physical axes."""
+  try:
+    return build(*args, **kwargs)
+  except (ValueError, NotImplementedError) as e:
+    if 'allow_split_physical_axes' not in str(e) and 'split' not in str(e):
+      raise
+    logging.info('mesh: %s; splitting physical axes', e)
+    return build(*args, allow_split_physical_axes=True, **kwargs)
 
 
 def initialize_distributed(*, coordinator_address: Optional[str] = None,
@@ -123,7 +202,9 @@ class Partitioner:
 
   def __init__(self, *, mesh_config: MeshConfig = MeshConfig(),
                logical_axis_rules: Optional[Sequence[Tuple[str, Any]]] = None,
-               devices: Optional[Sequence[Any]] = None):
+               devices: Optional[Sequence[Any]] = None,
+               slice_index_fn: Optional[Callable[[Any], int]] = None):
+    """`devices`: default all (`jax.devices()`); `slice_index_fn`: see `device_mesh`."""
     self.mesh_config = mesh_config
     self.rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                        for name, axes in (logical_axis_rules or DEFAULT_RULES))
@@ -133,8 +214,8 @@ class Partitioner:
           raise ValueError(f'logical_axis_rules: rule for {name!r} names mesh axis {axis!r}; '
                            f'mesh axes are {MESH_AXES}')
     devices = list(devices if devices is not None else jax.devices())
-    shape = mesh_config.shape(len(devices))
-    device_array = np.asarray(devices).reshape(shape)
+    mesh_config.shape(len(devices))  # the clear error first
+    device_array = device_mesh(mesh_config, devices, slice_index_fn=slice_index_fn)
     self.mesh = jax.sharding.Mesh(
         device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
