@@ -9,7 +9,9 @@ parameter `[vocab, embed]` gets `'tensor', 'fsdp'` (FSDP / ZeRO-3 style).
 
 The same code runs on 1 device, on CPU with fake devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), on GPU and on TPU; multi-host start goes
-through `initialize_distributed` (`jax.distributed.initialize`).
+through `initialize_distributed` (`jax.distributed.initialize`, from flags or the environment).
+Multi-slice TPU jobs add DCN sizes to `MeshConfig` (`dcn_data=<slices>`); `device_mesh` lays the
+devices out with `jax.experimental.mesh_utils` (ICI torus order inside a slice, slices as blocks).
 """
 import dataclasses
 import logging
@@ -155,15 +157,35 @@ def _with_split_retry(build, *args, **kwargs):
     return build(*args, allow_split_physical_axes=True, **kwargs)
 
 
+# Environment of a multi-host Cloud TPU job in which `jax.distributed.initialize()` finds the
+# coordinator, process count and id by itself: GKE/xpk set TPU_WORKER_HOSTNAMES (all hosts of the
+# slice) and, for multi-slice, MEGASCALE_COORDINATOR_ADDRESS; on TPU VMs started by hand
+# (`gcloud ... ssh --worker=all`) set JAX_DISTRIBUTED=auto.
+_AUTO_ENV = ('JAX_DISTRIBUTED', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
+
+
+def auto_distributed_env(environ=None) -> bool:
+  """True when the environment says this is one host of a multi-host TPU job (see _AUTO_ENV)."""
+  env = os.environ if environ is None else environ
+  if env.get('JAX_DISTRIBUTED', '').lower() == 'auto':
+    return True
+  if env.get('MEGASCALE_COORDINATOR_ADDRESS'):
+    return True
+  return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]) > 1
+
+
 def initialize_distributed(*, coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None,
                            local_device_ids: Optional[Sequence[int]] = None) -> None:
-  """Starts multi-host JAX when asked (arguments, or env JAX_COORDINATOR_ADDRESS etc.).
+  """Starts multi-host JAX when asked (arguments, or environment variables).
 
-  With no arguments and no `JAX_COORDINATOR_ADDRESS`/`JAX_NUM_PROCESSES`/`JAX_PROCESS_ID` in the
-  environment this does nothing (single process). On CPU it selects the gloo collectives so that
-  several local processes can all-reduce.
+  - Arguments or `JAX_COORDINATOR_ADDRESS` (+ `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`): explicit.
+    On CPU this selects the gloo collectives so that several local processes can all-reduce.
+  - A multi-host TPU job (`auto_distributed_env`: `JAX_DISTRIBUTED=auto`, several
+    `TPU_WORKER_HOSTNAMES`, or `MEGASCALE_COORDINATOR_ADDRESS` of a multi-slice job):
+    `jax.distributed.initialize()` with no arguments, which reads the TPU environment.
+  - Otherwise nothing (single process).
   """
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
@@ -171,6 +193,10 @@ def initialize_distributed(*, coordinator_address: Optional[str] = None,
   if process_id is None and os.environ.get('JAX_PROCESS_ID'):
     process_id = int(os.environ['JAX_PROCESS_ID'])
   if not coordinator_address:
+    if auto_distributed_env():
+      jax.distributed.initialize()
+      logging.info('jax.distributed (from the TPU environment): process %d of %d',
+                   jax.process_index(), jax.process_count())
     return
   if os.environ.get('JAX_PLATFORMS', '').startswith('cpu'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')

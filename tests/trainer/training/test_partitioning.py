@@ -235,3 +235,21 @@ def test_two_fake_slices_device_order_and_step_equal_one_device(tmp_path):
   assert out['dcn_fsdp_ids'] == [[[0, 2], [4, 6], [1, 3], [5, 7]]]
   for step in ('1', '2'):
     np.testing.assert_allclose(out['multislice'][step], out['one'][step], rtol=2e-5)
+
+
+def test_initialize_distributed_from_the_tpu_environment(monkeypatch):
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_DISTRIBUTED', 'TPU_WORKER_HOSTNAMES',
+               'MEGASCALE_COORDINATOR_ADDRESS'):
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  partitioning.initialize_distributed()  # single process: nothing
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'host-0')
+  partitioning.initialize_distributed()  # one host: nothing
+  assert calls == []
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'host-0,host-1')
+  partitioning.initialize_distributed()
+  assert calls == [{}]  # no arguments: JAX reads the TPU environment
+  assert partitioning.auto_distributed_env({'MEGASCALE_COORDINATOR_ADDRESS': 'h:8080'})
+  assert partitioning.auto_distributed_env({'JAX_DISTRIBUTED': 'auto'})
+  assert not partitioning.auto_distributed_env({})
