@@ -119,7 +119,7 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top
   print(f'\n## Train step, {args.gin_file} {bindings}, batch {args.batch}, length {args.length} '
         f'(encoder {args.encoder_length}), adafactor; backend {jax.default_backend()}\n')
-  header = ('variant', 'lower/compile s', 'Mosaic kernels', 'XLA temp GiB', 'XLA arguments GiB',
+  header = ('variant', 'lower/compile s', 'tpu_custom_call sites', 'XLA temp GiB', 'XLA arguments GiB',
             'note')
   print('| ' + ' | '.join(header) + ' |')
   print('|' + '---|' * len(header))

@@ -35,6 +35,7 @@ over the mesh axes that the logical rules give `batch` and the heads over those 
 Block sizes (`block_sizes_for`, chosen for head_dim 256; not tuned on a TPU — see BLOCK_TABLE).
 """
 import contextlib
+import dataclasses
 import logging
 import math
 from typing import Optional, Tuple
@@ -42,6 +43,7 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trainer.model import reference_attention as reference
 
@@ -163,6 +165,23 @@ def _segment_ids(mask: Optional[reference.AttentionMask], batch: int, q_len: int
   return (jnp.pad(q_seg, ((0, 0), (0, q_pad))), jnp.pad(kv_seg, ((0, 0), (0, kv_pad))))
 
 
+_KNOWN_FIELDS = ('q_segment_ids', 'kv_segment_ids', 'bidirectional', 'causal', 'sliding_window')
+
+
+def _check_known_fields(mask: Optional[reference.AttentionMask]) -> None:
+  """A mask field added after this module (e.g. a decode offset) that is set: not expressible
+  here until this module maps it, so the call falls back instead of silently ignoring it."""
+  if mask is None:
+    return
+  for field in dataclasses.fields(mask):
+    value = getattr(mask, field.name)
+    if field.name in _KNOWN_FIELDS or value is None:
+      continue
+    if not isinstance(value, (jax.Array, np.ndarray)) and value == field.default:
+      continue
+    raise Unsupported(f'AttentionMask.{field.name} is not mapped onto the splash kernel')
+
+
 def _mesh_specs(batch: int, num_heads: int, num_kv_heads: int):
   """PartitionSpecs for q/out `[B, L, H, D]`, k/v `[B, S, K, D]` and segment ids `[B, L]` under
   the active mesh and logical rules, or None outside a mesh of more than one device."""
@@ -177,7 +196,7 @@ def _mesh_specs(batch: int, num_heads: int, num_kv_heads: int):
     if axes is None:
       return None
     names = axes if isinstance(axes, tuple) else (axes,)
-    kept = tuple(n for n in names if mesh.shape[n] > 1)
+    kept = tuple(n for n in names if n in mesh.shape and mesh.shape[n] > 1)
     while kept and dim % math.prod(mesh.shape[n] for n in kept):
       kept = kept[:-1]
     return kept or None
@@ -198,6 +217,7 @@ def splash_attention(query, key, value, *, mask: Optional[reference.AttentionMas
                      interpret: bool = False) -> jax.Array:
   """The splash kernel under the reference contract; raises `Unsupported` for what it cannot do."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
+  _check_known_fields(mask)
   if mask is not None and mask.bidirectional is not None:
     raise Unsupported('a PrefixLM bidirectional prefix (per example) is not a static splash mask')
   batch, q_len, num_heads, head_dim = query.shape
