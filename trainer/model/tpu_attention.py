@@ -220,7 +220,7 @@ def splash_attention(query, key, value, *, mask: Optional[reference.AttentionMas
   _check_known_fields(mask)
   if mask is not None and mask.bidirectional is not None:
     raise Unsupported('a PrefixLM bidirectional prefix (per example) is not a static splash mask')
-  batch, q_len, num_heads, head_dim = query.shape
+  batch, q_len, num_heads, _ = query.shape
   kv_len, num_kv_heads = key.shape[1], key.shape[2]
   if num_heads % num_kv_heads:
     raise Unsupported(f'{num_heads} query heads are not a multiple of {num_kv_heads} kv heads')
