@@ -1,7 +1,8 @@
 """Attention: the kernel dispatch and the Gemma 2 attention layer.
 
 Kernels (same contract, `trainer.model.reference_attention`'s docstring): 'reference' (einsum,
-any backend) and 'fused' (`trainer.model.fused_attention`: tokamax flash attention on GPU).
+any backend) and 'fused' (`trainer.model.fused_attention`: tokamax flash attention on GPU; on TPU
+it hands over to `trainer.model.tpu_attention`, splash attention).
 """
 from typing import Optional
 

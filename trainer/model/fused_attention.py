@@ -21,8 +21,10 @@ materialised per query). Queries that see no key at all (padding queries, segmen
 finite but unspecified output: the reference gives them a uniform average, and either way no real
 token's output or loss depends on them.
 
-Off GPU (CPU, TPU), without tokamax, or when tokamax rejects the shapes, this falls back to the
-reference path and logs one warning per reason.
+On a TPU backend (or inside `trainer.model.tpu_attention.force_kernel`) the call goes to
+`trainer.model.tpu_attention` (JAX's Pallas splash attention; see that module for which masks are
+fused). Elsewhere off GPU (CPU), without tokamax, or when tokamax rejects the shapes, this falls
+back to the reference path and logs one warning per reason.
 """
 import logging
 from typing import Optional, Sequence
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.model import reference_attention as reference
+from trainer.model import tpu_attention
 
 # tokamax implementation names tried in order on GPU ('mosaic' = Mosaic GPU on sm90/sm100,
 # 'triton' = Pallas Triton). 'xla' is tokamax's unfused reference (used by the CPU tests).
@@ -156,8 +159,12 @@ def fused_attention(query, key, value, *, mask: Optional[reference.AttentionMask
   """Fast path with the reference path's contract (see the module docstring).
 
   `implementation`: tokamax implementation names to try in order (default
-  `DEFAULT_GPU_IMPLEMENTATIONS` on GPU). Off GPU with the default, the reference runs.
+  `DEFAULT_GPU_IMPLEMENTATIONS` on GPU). With the default: on TPU the splash kernel
+  (`trainer.model.tpu_attention`), elsewhere off GPU the reference.
   """
+  if implementation is None and tpu_attention.wanted():
+    return tpu_attention.tpu_fused_attention(query, key, value, mask=mask, scale=scale,
+                                             soft_cap=soft_cap)
   if implementation is None:
     if jax.default_backend() != 'gpu':
       _warn_once(f'no GPU (backend {jax.default_backend()!r}); the Pallas kernels need one')

@@ -192,6 +192,9 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
   """
   if not isinstance(model_dir, str) or not model_dir:
     raise ValueError(f'train.model_dir (MODEL_DIR) must be a non-empty path, got {model_dir!r}')
+  if '://' in model_dir:
+    raise ValueError(f'train.model_dir (MODEL_DIR) must be a file-system path, got {model_dir!r}: '
+                     'mount the bucket (gcsfuse, README "Training on TPU") and give the mount')
   _check_positive_int('total_steps', total_steps)
   _check_positive_int('eval_period', eval_period, allow_zero=True)
   _check_positive_int('eval_steps', eval_steps)

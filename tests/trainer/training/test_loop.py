@@ -201,3 +201,10 @@ def test_prefix_lm_wrapper_can_read_the_prefix_causally():
   assert loss(causal_reader, prefix) == pytest.approx(loss(plain, batch), abs=1e-6)
   bidirectional = models.DecoderOnlyModel(config=config, prefix_lm=True)
   assert abs(loss(bidirectional, prefix) - loss(plain, batch)) > 1e-6
+
+
+def test_url_model_dir_is_rejected_in_one_line():
+  with pytest.raises(ValueError, match=r"MODEL_DIR\) must be a file-system path, got 'gs://b/run'.*"
+                                       r'gcsfuse'):
+    trainer.train(model=tiny_model(), model_dir='gs://b/run', total_steps=1,
+                  optimizer=optax.sgd(0.1), train_dataset_fn=dataset_fn)

@@ -184,3 +184,72 @@ def test_two_processes_train_like_one(tmp_path):
   for r in results:
     for step in ('1', '2'):
       np.testing.assert_allclose(r['losses'][step], one[step], rtol=2e-5)
+
+
+def test_mesh_config_multislice_shapes_and_errors():
+  cfg = partitioning.MeshConfig(data=-1, fsdp=2, tensor=1, dcn_data=2)
+  assert cfg.num_slices == 2
+  assert cfg.ici_shape(4) == (2, 2, 1)
+  assert cfg.shape(8) == (4, 2, 1)  # each mesh axis is ici * dcn
+  assert partitioning.MeshConfig(fsdp=4, dcn_fsdp=2).shape(16) == (2, 8, 1)
+  with pytest.raises(ValueError, match=r'MeshConfig.dcn_data must be a positive int, got -1'):
+    partitioning.MeshConfig(dcn_data=-1)
+  with pytest.raises(ValueError, match='7 devices do not split into 2 slices'):
+    cfg.shape(7)
+  with pytest.raises(ValueError, match=r'the devices form 1 slices \(by process_index\) but '
+                                       r'dcn_data \* dcn_fsdp \* dcn_tensor = 2'):
+    partitioning.device_mesh(partitioning.MeshConfig(data=1, dcn_data=2), jax.devices() * 2)
+
+
+# Two fake slices of 4 CPU devices each, interleaved (slice = device id % 2) so that grouping by
+# slice is visible in the order; the step over 2 slices x (fsdp 2 x tensor 2) equals 1 device.
+MULTISLICE = COMMON + textwrap.dedent('''
+    slice_of = lambda d: d.id % 2
+    ids = lambda p: np.vectorize(lambda d: d.id)(p.mesh.devices).tolist()
+    out = {}
+    dcn_data = partitioning.Partitioner(
+        mesh_config=partitioning.MeshConfig(data=1, fsdp=2, tensor=2, dcn_data=2),
+        slice_index_fn=slice_of)
+    out['dcn_data_ids'] = ids(dcn_data)
+    out['dcn_fsdp_ids'] = ids(partitioning.Partitioner(
+        mesh_config=partitioning.MeshConfig(data=1, fsdp=2, tensor=2, dcn_fsdp=2),
+        slice_index_fn=slice_of))
+    out['shape'] = dict(dcn_data.mesh.shape)
+    one = partitioning.Partitioner(mesh_config=partitioning.MeshConfig(data=1, fsdp=1, tensor=1),
+                                   devices=jax.devices()[:1])
+    out['one'] = run(os.path.join(sys.argv[1], 'one'), one).losses
+    out['multislice'] = run(os.path.join(sys.argv[1], 'ms'), dcn_data).losses
+    print('RESULT ' + json.dumps(out))
+''')
+
+
+def test_two_fake_slices_device_order_and_step_equal_one_device(tmp_path):
+  proc = _run(MULTISLICE, {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
+              args=(str(tmp_path),))
+  out = _result(proc)
+  assert out['shape'] == {'data': 2, 'fsdp': 2, 'tensor': 2}
+  # dcn_data=2: data index 0 is slice 0 (even ids), data index 1 slice 1 (odd ids); inside a slice
+  # create_device_mesh's (fsdp, tensor) order.
+  assert out['dcn_data_ids'] == [[[0, 2], [4, 6]], [[1, 3], [5, 7]]]
+  # dcn_fsdp=2: fsdp indices 0-1 in slice 0, 2-3 in slice 1.
+  assert out['dcn_fsdp_ids'] == [[[0, 2], [4, 6], [1, 3], [5, 7]]]
+  for step in ('1', '2'):
+    np.testing.assert_allclose(out['multislice'][step], out['one'][step], rtol=2e-5)
+
+
+def test_initialize_distributed_from_the_tpu_environment(monkeypatch):
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_DISTRIBUTED', 'TPU_WORKER_HOSTNAMES',
+               'MEGASCALE_COORDINATOR_ADDRESS'):
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  partitioning.initialize_distributed()  # single process: nothing
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'host-0')
+  partitioning.initialize_distributed()  # one host: nothing
+  assert calls == []
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'host-0,host-1')
+  partitioning.initialize_distributed()
+  assert calls == [{}]  # no arguments: JAX reads the TPU environment
+  assert partitioning.auto_distributed_env({'MEGASCALE_COORDINATOR_ADDRESS': 'h:8080'})
+  assert partitioning.auto_distributed_env({'JAX_DISTRIBUTED': 'auto'})
+  assert not partitioning.auto_distributed_env({})
