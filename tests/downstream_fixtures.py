@@ -40,7 +40,8 @@ def write_vocab(root, *, reserved_pieces=0):
   text = os.path.join(root, 'vocab_text.txt')
   with open(text, 'w') as f:
     f.write('\n'.join(sentence(rng) for _ in range(3000)) + '\n')
-    f.write(' '.join(LABEL_WORDS) + '\n')
+    f.write((' '.join(LABEL_WORDS) + ' What was the cause ? effect ? 0123456789 .\n') * 20)
+    f.write(''.join(chr(c) for c in range(33, 127)) + '\n')
   kw = (dict(num_sentinels=0, reserved_pieces=reserved_pieces) if reserved_pieces
         else dict(num_sentinels=10))
   model, _ = vocab_lib.train_vocabulary(
