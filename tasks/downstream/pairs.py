@@ -26,6 +26,9 @@ import tensorflow as tf
 from tasks import special_tokens as special_tokens_lib
 from tasks import vocab as vocab_lib
 
+# Text-to-text task name -> its label words (targets by class id), for label-word scoring.
+LABEL_WORDS: Dict[str, Tuple[str, ...]] = {}
+
 # A part of a pair is one or more columns joined by a space, e.g. COPA's ('premise', 'question').
 Part = Tuple[str, ...]
 
@@ -155,6 +158,10 @@ def register_forms(*, name: str, source, vocabulary, prefix: str,
         output_features={'inputs': seqio.Feature(vocabulary, add_eos=True),
                          'targets': seqio.Feature(vocabulary, add_eos=True)},
         postprocess_fn=t2t_postprocess, metric_fns=list(t2t_metrics))
+    if regression:
+      LABEL_WORDS.pop(t2t, None)
+    else:
+      LABEL_WORDS[t2t] = tuple(label_names)
     names.append(t2t)
   if 'encoder' in forms:
     cls = f'{name}_{encoder_suffix}' if encoder_suffix else name

@@ -16,10 +16,11 @@ Modes (`EVAL_MODE` in gin, `mode=` here):
   split, through the model's own feature converter (unpacked), for decoder-only and encoder-decoder
   models.
 
-Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>.json` (OUTPUT_DIR defaults to CHECKPOINT_PATH/eval;
-the metrics, the scoring method, counts, the
-checkpoint and step) and TensorBoard summaries (tensorboardX) under `OUTPUT_DIR/tb/`, with tags
-`eval/<task>/<metric>` at the checkpoint's step. Every example of the split is used (no batch is
+Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>_<scoring>.json` (OUTPUT_DIR defaults to
+CHECKPOINT_PATH/eval; the metrics, the scoring method, counts, the checkpoint and step; the scoring
+in the name keeps e.g. a label-word and a greedy-decoding evaluation of one checkpoint apart) and
+TensorBoard summaries (tensorboardX) under `OUTPUT_DIR/tb/`, with tags
+`eval/<task>/<scoring>/<metric>` at the checkpoint's step. Every example of the split is used (no batch is
 dropped; the last one is smaller).
 """
 import json
@@ -71,7 +72,7 @@ def load_params(model, checkpoint_path: str, example_batch: Mapping[str, np.ndar
   return loader.restore_params(checkpoint_path, abstract)
 
 
-def _eval_classifier(model, params, batches) -> Dict[str, Any]:
+def _eval_classifier(model, params, batches, task_name: str) -> Dict[str, Any]:
   predict = jax.jit(model.predict_fn)
   kind = model.head.kind
   labels, preds, qids = [], [], []
@@ -86,6 +87,8 @@ def _eval_classifier(model, params, batches) -> Dict[str, Any]:
     raise ValueError('the eval split has no examples')
   metrics = seqio_eval.head_metrics(kind, labels=labels, predictions=preds, scores=preds, query_ids=qids,
                          num_classes=model.head.num_classes)
+  # The task's own (official) metrics too, e.g. MCC for CoLA.
+  metrics.update(seqio_eval.task_metrics(task_name, labels=labels, predictions=preds))
   return {'metrics': metrics, 'num_examples': len(labels), 'scoring': 'classifier_head'}
 
 
@@ -139,7 +142,7 @@ def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: str,
   print(f'eval: {mixture_or_task_name}/{split} mode={mode} model={type(model).__name__} '
         f'checkpoint={checkpoint_path}', file=stream, flush=True)
   if classifier:
-    result = _eval_classifier(model, params, numpy_batches(ds, batch_size))
+    result = _eval_classifier(model, params, numpy_batches(ds, batch_size), mixture_or_task_name)
   elif mode == 'lm':
     result = _eval_lm(model, params, numpy_batches(ds, batch_size))
   else:
@@ -164,7 +167,7 @@ def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: str,
 
 def result_filename(result: Mapping[str, Any]) -> str:
   safe = re.sub(r'[^A-Za-z0-9_.-]', '_', result['task'])
-  return f'eval_{safe}_{result["split"]}_{result["mode"]}.json'
+  return f'eval_{safe}_{result["split"]}_{result["mode"]}_{result["scoring"]}.json'
 
 
 def write_results(output_dir: str, result: Mapping[str, Any]) -> None:
@@ -175,6 +178,7 @@ def write_results(output_dir: str, result: Mapping[str, Any]) -> None:
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   writer = SummaryWriter(os.path.join(output_dir, 'tb'))
   for name, value in result['metrics'].items():
-    writer.add_scalar(f'eval/{result["task"]}/{name}', float(value), result['step'])
+    writer.add_scalar(f'eval/{result["task"]}/{result["scoring"]}/{name}', float(value),
+                      result['step'])
   writer.flush()
   writer.close()

@@ -1,0 +1,99 @@
+"""Evaluating downstream suite tasks (GLUE pair tasks from fixture files): encoder heads with the
+task's official metrics, label words taken from the task, output names carrying the scoring mode
+(two evaluations of one checkpoint never overwrite each other), and one table for a suite run."""
+import io
+import json
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax
+import numpy as np
+import pytest
+from flax.core import meta
+
+import downstream_fixtures as fx
+from tasks import vocab as vocab_lib
+from tasks.downstream import glue
+from trainer.checkpoint import checkpoints
+from trainer.evaluation import evaluate as eval_lib
+from trainer.evaluation import suite
+from trainer.model import heads
+from trainer.model.config import EncoderDecoderConfig, TransformerConfig
+from trainer.training import encoder_models
+from trainer.training import models
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp('suite')
+  vocab = fx.write_vocab(str(root))
+  data = fx.write_glue(str(root / 'glue'), n_train=8, n_dev=10)
+  glue.register_glue_tasks(data_dir=data, vocabulary=vocab,
+                           benchmarks=[glue.COLA, glue.RTE, glue.STSB])
+  return {'root': root, 'vocab_size': vocab_lib.get_vocabulary(vocab).vocab_size}
+
+
+def _cfg(vocab_size):
+  return TransformerConfig(vocab_size=vocab_size, embed_dim=32, num_layers=1, num_heads=2,
+                           num_kv_heads=1, head_dim=16, mlp_dim=64, query_pre_attn_scalar=16,
+                           sliding_window=8)
+
+
+def _save(model, batch, path):
+  first = {k: np.asarray(v)[:1] for k, v in batch.items()}
+  checkpoints.save_params(str(path), meta.unbox(model.init(jax.random.PRNGKey(0), first)))
+  return str(path)
+
+
+def test_encoder_heads_get_the_official_metrics(setup):
+  root, vs = setup['root'], setup['vocab_size']
+  cola = encoder_models.EncoderClassifierModel(config=_cfg(vs))
+  ckpt = _save(cola, {'encoder_input_tokens': np.ones((1, 32), np.int32)}, root / 'cola')
+  out = io.StringIO()
+  results, table = suite.evaluate_suite(runs=[
+      dict(model=cola, checkpoint_path=ckpt, mixture_or_task_name='glue_cola_classification',
+           task_feature_lengths={'inputs': 32}),
+      dict(model=cola, checkpoint_path=ckpt, mixture_or_task_name='glue_rte_classification',
+           task_feature_lengths={'inputs': 32}),
+  ], defaults=dict(batch_size=4, output_dir=str(root / 'eval')), stream=out)
+  assert set(results['glue_cola_classification']) >= {'matthews_corrcoef', 'accuracy', 'f1'}
+  assert (root / 'eval' / 'eval_glue_rte_classification_validation_task_classifier_head.json'
+          ).exists()
+  printed = out.getvalue()
+  assert table in printed and printed.count('GLUE average') == 1
+  avg = float(table.splitlines()[-1].split()[-1])
+  assert avg == pytest.approx((results['glue_cola_classification']['matthews_corrcoef'] +
+                               results['glue_rte_classification']['accuracy']) / 2, abs=0.01)
+  stsb = encoder_models.EncoderClassifierModel(config=_cfg(vs),
+                                               head=heads.HeadConfig(kind='regression'))
+  ckpt = _save(stsb, {'encoder_input_tokens': np.ones((1, 32), np.int32)}, root / 'stsb')
+  r = eval_lib.evaluate(model=stsb, checkpoint_path=ckpt, mixture_or_task_name='glue_stsb_regression',
+                        task_feature_lengths={'inputs': 32}, batch_size=4, stream=io.StringIO())
+  assert {'pearson_corrcoef', 'spearman_corrcoef', 'mse'} <= set(r['metrics'])
+  assert r['num_examples'] == 10
+
+
+def test_two_scorings_of_one_checkpoint_write_two_files(setup):
+  root, vs = setup['root'], setup['vocab_size']
+  cfg = _cfg(vs)
+  model = models.EncoderDecoderModel(config=EncoderDecoderConfig(encoder=cfg, decoder=cfg))
+  ckpt = _save(model, {'encoder_input_tokens': np.ones((1, 64), np.int32),
+                       'decoder_input_tokens': np.ones((1, 8), np.int32),
+                       'decoder_target_tokens': np.ones((1, 8), np.int32),
+                       'decoder_loss_weights': np.ones((1, 8), np.int32)}, root / 'encdec')
+  lengths = {'inputs': 64, 'targets': 8}
+  common = dict(model=model, checkpoint_path=ckpt, mixture_or_task_name='glue_rte_text_to_text',
+                task_feature_lengths=lengths, batch_size=5, stream=io.StringIO())
+  # No LABEL_WORDS: the task's declared label list is used.
+  words = eval_lib.evaluate(scoring_method='label_words', **common)
+  greedy = eval_lib.evaluate(scoring_method='greedy_decode', max_decode_length=4, **common)
+  out = os.path.join(ckpt, 'eval')
+  a = json.load(open(os.path.join(out, 'eval_glue_rte_text_to_text_validation_task_label_words.json')))
+  b = json.load(open(os.path.join(out,
+                                  'eval_glue_rte_text_to_text_validation_task_greedy_decode.json')))
+  assert a['scoring'] == 'label_words' and b['scoring'] == 'greedy_decode'
+  assert a['metrics'] == pytest.approx(words['metrics'])
+  assert b['metrics'] == pytest.approx(greedy['metrics'])
+  # Label-word scoring always names a label: accuracy is a multiple of 10 over 10 examples.
+  assert words['num_examples'] == 10 and words['metrics']['accuracy'] % 10 == pytest.approx(0)
