@@ -18,7 +18,6 @@ from tasks.downstream import glue
 from trainer.checkpoint import checkpoints
 from trainer.evaluation import evaluate as eval_lib
 from trainer.evaluation import suite
-from trainer.model import heads
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 from trainer.training import encoder_models
 from trainer.training import models
@@ -65,13 +64,6 @@ def test_encoder_heads_get_the_official_metrics(setup):
   avg = float(table.splitlines()[-1].split()[-1])
   assert avg == pytest.approx((results['glue_cola_classification']['matthews_corrcoef'] +
                                results['glue_rte_classification']['accuracy']) / 2, abs=0.01)
-  stsb = encoder_models.EncoderClassifierModel(config=_cfg(vs),
-                                               head=heads.HeadConfig(kind='regression'))
-  ckpt = _save(stsb, {'encoder_input_tokens': np.ones((1, 32), np.int32)}, root / 'stsb')
-  r = eval_lib.evaluate(model=stsb, checkpoint_path=ckpt, mixture_or_task_name='glue_stsb_regression',
-                        task_feature_lengths={'inputs': 32}, batch_size=4, stream=io.StringIO())
-  assert {'pearson_corrcoef', 'spearman_corrcoef', 'mse'} <= set(r['metrics'])
-  assert r['num_examples'] == 10
 
 
 def test_two_scorings_of_one_checkpoint_write_two_files(setup):
