@@ -89,3 +89,28 @@ def test_two_scorings_of_one_checkpoint_write_two_files(setup):
   assert b['metrics'] == pytest.approx(greedy['metrics'])
   # Label-word scoring always names a label: accuracy is a multiple of 10 over 10 examples.
   assert words['num_examples'] == 10 and words['metrics']['accuracy'] % 10 == pytest.approx(0)
+
+
+def test_ranking_head_on_msmarco_candidates(setup):
+  """The ranking task feeds the encoder's ranking head; MRR@10 / Recall@k come per query."""
+  from tasks.downstream import metrics as metrics_lib
+  from tasks.downstream import ranking
+  from trainer.model import heads
+  root, vs = setup['root'], setup['vocab_size']
+  data = fx.write_msmarco(str(root / 'msmarco'))
+  ranking.register_ranking_tasks(data_dir=data, vocabulary=str(root / 'spm.model'))
+  model = encoder_models.EncoderClassifierModel(
+      config=_cfg(vs), head=heads.HeadConfig(kind='ranking', ranking_loss='listwise'))
+  ckpt = _save(model, {'encoder_input_tokens': np.ones((1, 32), np.int32),
+                       'label': np.zeros((1, 1), np.int32),
+                       'query_id': np.zeros((1, 1), np.int32)}, root / 'rank')
+  r = eval_lib.evaluate(model=model, checkpoint_path=ckpt,
+                        mixture_or_task_name='msmarco_passage_ranking',
+                        task_feature_lengths={'inputs': 32}, batch_size=8, stream=io.StringIO())
+  cols = ranking.build_split(data_dir=data, files=ranking.DEFAULT_SPLITS['validation'],
+                             collection='collection.tsv', train=False, num_negatives=0, seed=0)
+  assert r['num_examples'] == len(cols['label'])
+  assert set(r['metrics']) == {'mrr@10', 'recall@10', 'recall@100'}
+  # Every candidate set has 8 passages, so the top 10 / 100 hold all of each query's relevant ones.
+  assert r['metrics']['recall@10'] == pytest.approx(100.0)
+  assert 0.0 < r['metrics']['mrr@10'] <= 100.0
