@@ -29,7 +29,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -112,14 +112,35 @@ def _eval_lm(model, params, batches) -> Dict[str, Any]:
   return {'metrics': metrics, 'num_examples': rows, 'scoring': 'teacher_forced_lm'}
 
 
-def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: str,
+def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: Union[str, Sequence[str]],
              task_feature_lengths: Mapping[str, int], split: str = 'validation',
              mode: str = 'task', scoring_method: str = 'label_words',
              label_words: Optional[Sequence[str]] = None, max_decode_length: int = 8,
              batch_size: int = 32, max_examples: Optional[int] = None,
              output_dir: Optional[str] = None, stream=None) -> Dict[str, Any]:
-  """Evaluates `model` with params from `checkpoint_path`; returns (and writes) the results."""
+  """Evaluates `model` with params from `checkpoint_path`; returns (and writes) the results.
+
+  `mixture_or_task_name` may be a list of task names (e.g. all GLUE text-to-text tasks for one
+  generative checkpoint): each is evaluated as above (its own JSON file; label words from each
+  task unless `label_words` is given) and one table of all of them is printed; the return value
+  is then `{'results': {task: result}, 'table': str}`.
+  """
   stream = stream or sys.stdout
+  if not isinstance(mixture_or_task_name, str):
+    names = list(mixture_or_task_name)
+    if not names:
+      raise ValueError('MIXTURE_OR_TASK_NAME: the list of tasks is empty')
+    results = {}
+    for name in names:
+      results[name] = evaluate(
+          model=model, checkpoint_path=checkpoint_path, mixture_or_task_name=name,
+          task_feature_lengths=task_feature_lengths, split=split, mode=mode,
+          scoring_method=scoring_method, label_words=label_words,
+          max_decode_length=max_decode_length, batch_size=batch_size, max_examples=max_examples,
+          output_dir=output_dir, stream=stream)
+    table = seqio_eval.suite_table({n: r['metrics'] for n, r in results.items()})
+    print(table, file=stream, flush=True)
+    return {'results': results, 'table': table}
   if mode not in MODES:
     raise ValueError(f'evaluate.mode={mode!r} is not one of {MODES}')
   if scoring_method not in SCORINGS:

@@ -79,7 +79,7 @@ def test_two_scorings_of_one_checkpoint_write_two_files(setup):
                 task_feature_lengths=lengths, batch_size=5, stream=io.StringIO())
   # No LABEL_WORDS: the task's declared label list is used.
   words = eval_lib.evaluate(scoring_method='label_words', **common)
-  greedy = eval_lib.evaluate(scoring_method='greedy_decode', max_decode_length=4, **common)
+  greedy = eval_lib.evaluate(scoring_method='greedy_decode', max_decode_length=2, **common)
   out = os.path.join(ckpt, 'eval')
   a = json.load(open(os.path.join(out, 'eval_glue_rte_text_to_text_validation_task_label_words.json')))
   b = json.load(open(os.path.join(out,
@@ -89,6 +89,17 @@ def test_two_scorings_of_one_checkpoint_write_two_files(setup):
   assert b['metrics'] == pytest.approx(greedy['metrics'])
   # Label-word scoring always names a label: accuracy is a multiple of 10 over 10 examples.
   assert words['num_examples'] == 10 and words['metrics']['accuracy'] % 10 == pytest.approx(0)
+  # A list of tasks (one generative checkpoint, GLUE-wide): each evaluated, one table printed.
+  out = io.StringIO()
+  both = eval_lib.evaluate(**dict(common, mixture_or_task_name=['glue_rte_text_to_text',
+                                                                 'glue_cola_text_to_text'],
+                                  stream=out))
+  assert both['results']['glue_rte_text_to_text']['metrics'] == pytest.approx(words['metrics'])
+  cola = both['results']['glue_cola_text_to_text']['metrics']
+  assert 'matthews_corrcoef' in cola
+  assert out.getvalue().count('GLUE average (2 tasks)') == 1
+  assert both['table'].splitlines()[-1].split()[-1] == (
+      f"{(cola['matthews_corrcoef'] + words['metrics']['accuracy']) / 2:.2f}")
 
 
 def test_ranking_head_on_msmarco_candidates(setup):
