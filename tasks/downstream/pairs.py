@@ -85,6 +85,8 @@ def encoder_pair(dataset, sequence_length=None, output_features=None, *, first: 
   vocab = output_features['inputs'].vocabulary
   sep_id = special_tokens_lib.pair_separator(vocab_lib.special_tokens(vocab))[1] if second else 0
   length = (sequence_length or {}).get('inputs')
+  if second:
+    encoder_check_length(sequence_length)
   add_eos = output_features['inputs'].add_eos
 
   def fn(x):
