@@ -167,10 +167,10 @@ class RankingTable(rows.TableSource):
   def columns(self, split: str):
     paths = self.files(split)
     key = (split,) + tuple(rows._file_key(p) for p in paths)  # pylint: disable=protected-access
-    if key not in self._cache:
-      self._cache = {key: build_split(files=self._splits[split], train=(split == 'train'),
-                                      **self._args)}
-    return self._cache[key]
+    if self._cache.get(split, (None,))[0] != key:
+      self._cache[split] = (key, build_split(files=self._splits[split], train=(split == 'train'),
+                                             **self._args))
+    return self._cache[split][1]
 
 
 def register_ranking_tasks(*, data_dir: Optional[str] = None, vocabulary=None,

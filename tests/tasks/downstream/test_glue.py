@@ -214,3 +214,12 @@ def test_bad_data_is_one_line_naming_file_and_line(tmp_path, vocab_path, subdir,
   finally:
     glue.register_glue_tasks(data_dir=str(tmp_path / 'none'), vocabulary=vocab_path,
                              benchmarks=[b])
+
+
+def test_importing_the_package_loads_no_tensorflow():
+  import subprocess
+  import sys
+  code = ('import sys, tasks.downstream, tasks.downstream.metrics, tasks.downstream.rows\n'
+          "print(sorted(m for m in ('tensorflow', 'seqio', 't5') if m in sys.modules))")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == '[]'
