@@ -6,9 +6,10 @@ Files (MS MARCO passage ranking layout, tab-separated, no header):
   qrels.<split>.tsv     qid \t 0 \t pid \t relevance      (TREC qrels)
   candidates (eval)     qid \t pid [\t ...]                (top1000.dev: qid pid query passage;
                                                             or a run file: qid pid rank)
-Splits (`RankingFiles`): `train` = each query with a relevant passage gives one group: its
-positives, then `num_negatives` negatives sampled (seeded per query) from its candidates when a
-candidate file is given, else from the whole collection, never a judged-relevant passage;
+Splits (`RankingFiles`): `train` = each (query, relevant passage) gives one group of 1 +
+`num_negatives` examples: the positive, then negatives sampled (seeded by seed, qid and pid) from
+the query's candidates when a candidate file is given, else from the whole collection, never a
+judged-relevant passage (a pool too small gives fewer);
 `validation` = every (query, candidate) pair of the candidate file, labelled from the qrels.
 A query's examples are consecutive and share `query_id` (the qid), which the listwise head
 groups on; MRR@10 and Recall@k are computed per query over its candidates.
@@ -16,9 +17,10 @@ groups on; MRR@10 and Recall@k are computed per query over its candidates.
 Task `msmarco_passage_ranking` (encoder form; the pair is (query, passage)):
   {'query': 'what is a cat', 'passage': 'A cat is ...', 'label': 1, 'query_id': 1185869}
   -> {'inputs': query tokens + [SEP] + passage tokens + EOS, 'label': 1, 'query_id': 1185869}
-Fine-tune with `HeadConfig(kind='ranking', ranking_loss='pointwise' | 'listwise')`; for listwise
-training a query's group must land in one batch: train unshuffled with a batch size that is a
-multiple of the group size (1 + num_negatives when a query has one positive).
+Fine-tune with `HeadConfig(kind='ranking', ranking_loss='pointwise' | 'listwise')`. Listwise
+training needs each group whole in one batch: train unshuffled
+(`--gin.train/data.DatasetConfig.shuffle=False`) with a batch size that is a multiple of
+1 + num_negatives; pointwise training can shuffle.
 """
 import dataclasses
 import functools
@@ -120,16 +122,16 @@ def build_split(*, data_dir: str, files: RankingFiles, collection: str, train: b
       if not rel:
         continue
       pool = candidates.get(qid, []) if candidates is not None else all_pids
-      rng = random.Random(f'{seed}:{qid}')
-      negatives = []
-      pool_size = len(pool)
-      tries = 0
-      while len(negatives) < num_negatives and tries < 20 * max(1, num_negatives) and pool_size:
-        tries += 1
-        p = pool[rng.randrange(pool_size)]
-        if p not in rel and p not in negatives:
-          negatives.append(p)
-      groups.append((qid, [(p, 1) for p in sorted(rel)] + [(p, 0) for p in negatives]))
+      for pos in sorted(rel):
+        rng = random.Random(f'{seed}:{qid}:{pos}')
+        negatives = []
+        tries = 0
+        while len(negatives) < num_negatives and tries < 20 * max(1, num_negatives) and pool:
+          tries += 1
+          p = pool[rng.randrange(len(pool))]
+          if p not in rel and p not in negatives:
+            negatives.append(p)
+        groups.append((qid, [(pos, 1)] + [(p, 0) for p in negatives]))
     elif qid in candidates:
       groups.append((qid, [(p, 1 if p in rel else 0) for p in candidates[qid]]))
   wanted = {p for _, g in groups for p, _ in g}

@@ -42,11 +42,12 @@ def test_train_groups_and_candidate_set(tmp_path, vocab_path):
     pid = by_passage[cols['passage'][i]]
     assert cols['query'][i] == queries[qid]
     assert cols['label'][i] == (1 if pid in rel[qid] else 0)
-  # Groups are consecutive: each query once, with its positives then 3 negatives.
-  assert seen == sorted(set(seen), key=seen.index) and set(seen) == set(rel)
+  # Groups are consecutive: each query once, one group of a positive + 3 negatives per positive.
+  assert len(seen) == len(set(seen)) and set(seen) == set(rel)
+  assert any(len(r) > 1 for r in rel.values())
   for qid in rel:
     labels = [l for q, l in zip(cols['query_id'], cols['label']) if q == qid]
-    assert labels == [1] * len(rel[qid]) + [0] * 3
+    assert labels == ([1] + [0] * 3) * len(rel[qid])
 
   cols = ranking.build_split(data_dir=root, files=ranking.DEFAULT_SPLITS['validation'],
                              collection='collection.tsv', train=False, num_negatives=0, seed=0)
