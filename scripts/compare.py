@@ -240,7 +240,8 @@ class Comparison:
                                  steps=s.finetune_steps, batch_size=s.finetune_batch_size,
                                  lr=s.finetune_lr, seed=seed, init_checkpoint=init_checkpoint,
                                  warmup=s.finetune_steps // 10)
-    result_file = os.path.join(model_dir, 'eval', f'eval_{task}_validation_task.json')
+    scoring = 'classifier_head' if classifier else 'label_words'
+    result_file = os.path.join(model_dir, 'eval', f'eval_{task}_validation_task_{scoring}.json')
     if not os.path.isfile(result_file):
       eval_lib.evaluate(model=model, checkpoint_path=model_dir, mixture_or_task_name=task,
                         task_feature_lengths=lengths, scoring_method='label_words',
@@ -255,7 +256,9 @@ class Comparison:
     task = 'glue_sst2_classification' if classifier else 'glue_sst2_text_to_text'
     model_dir = os.path.join(self.workdir, f'ft_{key}_seed{seed}')
     return (os.path.isfile(os.path.join(model_dir, 'DONE.json')) and
-            os.path.isfile(os.path.join(model_dir, 'eval', f'eval_{task}_validation_task.json')))
+            os.path.isfile(os.path.join(
+                model_dir, 'eval', f'eval_{task}_validation_task_'
+                f'{"classifier_head" if classifier else "label_words"}.json')))
 
   # -- cost figures -----------------------------------------------------------------------------
 

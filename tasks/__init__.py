@@ -7,7 +7,8 @@ file and registers:
 - pretraining tasks on the built-in `pydoc` corpus (`tasks.builtin`): `pydoc_prefix_lm`,
   `pydoc_ul2`, `pydoc_span_corruption`, `pydoc_causal_lm`, and the mixture `pydoc_ul2_prefix_lm`;
 - downstream tasks `glue_sst2_text_to_text` and `glue_sst2_classification` (`tasks.downstream`,
-  data under `$GEMMA_ADAPT_GLUE_DIR`).
+  data under `$GEMMA_ADAPT_GLUE_DIR`); the rest of GLUE, SuperGLUE and MS MARCO ranking are
+  registered from a data directory with `tasks.downstream.register_*_tasks` (see that package).
 All use the vocabulary at `tasks.vocab.default_vocab_path()` (`$GEMMA_ADAPT_VOCAB`, default
 `~/.cache/gemma_adapt/vocab/spm.model`); it is loaded when a task is used, not here.
 

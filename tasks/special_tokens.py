@@ -138,3 +138,14 @@ def special_tokens_for_model(model_bytes: bytes, description: str) -> SpecialTok
   return SpecialTokens(mode_ids=mode_ids, sentinel_ids=tuple(i for _, i in sentinels),
                        mode_pieces=mode_pieces, sentinel_pieces=tuple(p for p, _ in sentinels),
                        style=style)
+
+
+def pair_separator(tokens: SpecialTokens) -> Tuple[str, int]:
+  """(piece, id) an encoder puts between the two texts of a sentence pair.
+
+  Neither vocabulary style has a piece of its own for this, so the separator is the last reserved
+  piece: `<extra_id_{K-1}>` in our vocabularies, the last `<unusedN>` in Gemma-style ones. Span
+  corruption uses sentinels from 0 up and reaches the last one only when a chunk needs all K, and
+  a downstream task uses no sentinel, so inside a fine-tuning input the piece means "next part".
+  """
+  return tokens.sentinel_pieces[-1], tokens.sentinel_ids[-1]

@@ -18,9 +18,11 @@ Modes (`EVAL_MODE` in gin, `mode=` here):
   split, through the model's own feature converter (unpacked), for decoder-only and encoder-decoder
   models.
 
-Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>.json` (OUTPUT_DIR defaults to CHECKPOINT_PATH/eval) (the metrics, the scoring method, counts, the
-checkpoint and step) and TensorBoard summaries (tensorboardX) under `OUTPUT_DIR/tb/`, with tags
-`eval/<task>/<metric>` at the checkpoint's step. Every example of the split is used (no batch is
+Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>_<scoring>.json` (OUTPUT_DIR defaults to
+CHECKPOINT_PATH/eval; the metrics, the scoring method, counts, the checkpoint and step) and
+TensorBoard summaries (tensorboardX) under `OUTPUT_DIR/tb/`, with tags
+`eval/<task>/<scoring>/<metric>` at the checkpoint's step. `MIXTURE_OR_TASK_NAME` may be a list of
+tasks: each is evaluated and one table (with the GLUE average for GLUE tasks) is printed. Every example of the split is used (no batch is
 dropped; the last one is smaller).
 
 The library is `trainer.evaluation.evaluate`; gin/runs/eval.gin configures its `evaluate()`.

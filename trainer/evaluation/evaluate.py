@@ -16,10 +16,11 @@ Modes (`EVAL_MODE` in gin, `mode=` here):
   split, through the model's own feature converter (unpacked), for decoder-only and encoder-decoder
   models.
 
-Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>.json` (OUTPUT_DIR defaults to CHECKPOINT_PATH/eval;
-the metrics, the scoring method, counts, the
-checkpoint and step) and TensorBoard summaries (tensorboardX) under `OUTPUT_DIR/tb/`, with tags
-`eval/<task>/<metric>` at the checkpoint's step. Every example of the split is used (no batch is
+Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>_<scoring>.json` (OUTPUT_DIR defaults to
+CHECKPOINT_PATH/eval; the metrics, the scoring method, counts, the checkpoint and step; the scoring
+in the name keeps e.g. a label-word and a greedy-decoding evaluation of one checkpoint apart) and
+TensorBoard summaries (tensorboardX) under `OUTPUT_DIR/tb/`, with tags
+`eval/<task>/<scoring>/<metric>` at the checkpoint's step. Every example of the split is used (no batch is
 dropped; the last one is smaller).
 """
 import json
@@ -28,7 +29,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,7 @@ def load_params(model, checkpoint_path: str, example_batch: Mapping[str, np.ndar
   return loader.restore_params(checkpoint_path, abstract)
 
 
-def _eval_classifier(model, params, batches) -> Dict[str, Any]:
+def _eval_classifier(model, params, batches, task_name: str) -> Dict[str, Any]:
   predict = jax.jit(model.predict_fn)
   kind = model.head.kind
   labels, preds, qids = [], [], []
@@ -86,6 +87,8 @@ def _eval_classifier(model, params, batches) -> Dict[str, Any]:
     raise ValueError('the eval split has no examples')
   metrics = seqio_eval.head_metrics(kind, labels=labels, predictions=preds, scores=preds, query_ids=qids,
                          num_classes=model.head.num_classes)
+  # The task's own (official) metrics too, e.g. MCC for CoLA.
+  metrics.update(seqio_eval.task_metrics(task_name, labels=labels, predictions=preds))
   return {'metrics': metrics, 'num_examples': len(labels), 'scoring': 'classifier_head'}
 
 
@@ -109,14 +112,35 @@ def _eval_lm(model, params, batches) -> Dict[str, Any]:
   return {'metrics': metrics, 'num_examples': rows, 'scoring': 'teacher_forced_lm'}
 
 
-def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: str,
+def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: Union[str, Sequence[str]],
              task_feature_lengths: Mapping[str, int], split: str = 'validation',
              mode: str = 'task', scoring_method: str = 'label_words',
              label_words: Optional[Sequence[str]] = None, max_decode_length: int = 8,
              batch_size: int = 32, max_examples: Optional[int] = None,
              output_dir: Optional[str] = None, stream=None) -> Dict[str, Any]:
-  """Evaluates `model` with params from `checkpoint_path`; returns (and writes) the results."""
+  """Evaluates `model` with params from `checkpoint_path`; returns (and writes) the results.
+
+  `mixture_or_task_name` may be a list of task names (e.g. all GLUE text-to-text tasks for one
+  generative checkpoint): each is evaluated as above (its own JSON file; label words from each
+  task unless `label_words` is given) and one table of all of them is printed; the return value
+  is then `{'results': {task: result}, 'table': str}`.
+  """
   stream = stream or sys.stdout
+  if not isinstance(mixture_or_task_name, str):
+    names = list(mixture_or_task_name)
+    if not names:
+      raise ValueError('MIXTURE_OR_TASK_NAME: the list of tasks is empty')
+    results = {}
+    for name in names:
+      results[name] = evaluate(
+          model=model, checkpoint_path=checkpoint_path, mixture_or_task_name=name,
+          task_feature_lengths=task_feature_lengths, split=split, mode=mode,
+          scoring_method=scoring_method, label_words=label_words,
+          max_decode_length=max_decode_length, batch_size=batch_size, max_examples=max_examples,
+          output_dir=output_dir, stream=stream)
+    table = seqio_eval.suite_table({n: r['metrics'] for n, r in results.items()})
+    print(table, file=stream, flush=True)
+    return {'results': results, 'table': table}
   if mode not in MODES:
     raise ValueError(f'evaluate.mode={mode!r} is not one of {MODES}')
   if scoring_method not in SCORINGS:
@@ -139,7 +163,7 @@ def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: str,
   print(f'eval: {mixture_or_task_name}/{split} mode={mode} model={type(model).__name__} '
         f'checkpoint={checkpoint_path}', file=stream, flush=True)
   if classifier:
-    result = _eval_classifier(model, params, numpy_batches(ds, batch_size))
+    result = _eval_classifier(model, params, numpy_batches(ds, batch_size), mixture_or_task_name)
   elif mode == 'lm':
     result = _eval_lm(model, params, numpy_batches(ds, batch_size))
   else:
@@ -164,7 +188,7 @@ def evaluate(*, model, checkpoint_path: str, mixture_or_task_name: str,
 
 def result_filename(result: Mapping[str, Any]) -> str:
   safe = re.sub(r'[^A-Za-z0-9_.-]', '_', result['task'])
-  return f'eval_{safe}_{result["split"]}_{result["mode"]}.json'
+  return f'eval_{safe}_{result["split"]}_{result["mode"]}_{result["scoring"]}.json'
 
 
 def write_results(output_dir: str, result: Mapping[str, Any]) -> None:
@@ -175,6 +199,7 @@ def write_results(output_dir: str, result: Mapping[str, Any]) -> None:
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   writer = SummaryWriter(os.path.join(output_dir, 'tb'))
   for name, value in result['metrics'].items():
-    writer.add_scalar(f'eval/{result["task"]}/{name}', float(value), result['step'])
+    writer.add_scalar(f'eval/{result["task"]}/{result["scoring"]}/{name}', float(value),
+                      result['step'])
   writer.flush()
   writer.close()

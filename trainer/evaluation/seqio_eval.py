@@ -49,8 +49,42 @@ def head_metrics(kind: str, *, labels=None, predictions=None, scores=None, query
     out['mse'] = float(np.mean((np.asarray(targets) - np.asarray(preds)) ** 2))
     return out
   if kind == 'ranking':
-    return {'mrr@10': 100.0 * mrr_at_k(query_ids, scores, labels, k=10)}
+    from tasks.downstream import metrics as downstream_metrics  # pylint: disable=g-import-not-at-top
+    out = {'mrr@10': 100.0 * mrr_at_k(query_ids, scores, labels, k=10)}
+    for k in RECALL_AT:
+      out[f'recall@{k}'] = 100.0 * downstream_metrics.recall_at_k(query_ids, scores, labels, k=k)
+    return out
   raise ValueError(f'unknown head kind {kind!r}')
+
+
+RECALL_AT = (10, 100)
+
+
+def task_metrics(task_name: str, *, labels, predictions) -> Dict[str, float]:
+  """The task's own metric functions on head outputs (ints for classes, floats for scores)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  try:
+    task = seqio.get_mixture_or_task(task_name)
+  except ValueError:
+    return {}
+  out = {}
+  for fn in getattr(task, 'metric_fns', None) or []:
+    for name, value in fn(list(labels), list(predictions)).items():
+      out[name] = float(getattr(value, 'value', value))
+  return out
+
+
+def task_label_words(task_name: str) -> Optional[List[str]]:
+  """The label words a downstream task declared (`tasks.downstream`), or None."""
+  from tasks.downstream import pairs  # pylint: disable=g-import-not-at-top
+  words = pairs.LABEL_WORDS.get(task_name)
+  return list(words) if words else None
+
+
+def suite_table(results: Mapping[str, Mapping[str, float]]) -> str:
+  """One table of a suite's results (GLUE tasks get their GLUE score and the GLUE average)."""
+  from tasks.downstream import metrics as downstream_metrics  # pylint: disable=g-import-not-at-top
+  return downstream_metrics.glue_table(results)
 
 
 def task_dataset(task_name: str, *, split: str, task_feature_lengths: Mapping[str, int],
@@ -77,7 +111,7 @@ def check_task(name: str) -> None:
 def label_word_candidates(task, label_words: Optional[Sequence[str]]) -> List[List[int]]:
   """Token ids (EOS appended when the task's targets get one) of each label word."""
   feature = task.output_features['targets']
-  words = list(label_words or [])
+  words = list(label_words or task_label_words(task.name) or [])
   if not words:
     raise ValueError("scoring='label_words' needs LABEL_WORDS (e.g. ['negative', 'positive'])")
   out = []

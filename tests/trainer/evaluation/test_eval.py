@@ -229,7 +229,7 @@ def test_evaluate_encoder_classifier(sst2, tmp_path):
   assert result['num_examples'] == N_DEV  # 24 = 10 + 10 + 4: no example dropped
   assert result['scoring'] == 'classifier_head'
   assert set(result['metrics']) == {'accuracy', 'f1'}
-  saved = json.loads((out / 'eval_ftest_cls_validation_task.json').read_text())
+  saved = json.loads((out / 'eval_ftest_cls_validation_task_classifier_head.json').read_text())
   assert saved['metrics'] == pytest.approx(result['metrics'])
   assert glob.glob(str(out / 'tb' / 'events.out.tfevents.*'))
 
@@ -286,7 +286,7 @@ def test_evaluate_greedy_decoding_and_lm_mode(sst2, tmp_path):
   assert m['perplexity'] == pytest.approx(np.exp(m['loss']), rel=1e-6)
   # A random model over a 400-piece vocabulary: loss near log(400), far from 0.
   assert 3.0 < m['loss'] < 12.0
-  assert (tmp_path / 'eval' / 'eval_ftest_t2t_validation_lm.json').exists()
+  assert (tmp_path / 'eval' / 'eval_ftest_t2t_validation_lm_teacher_forced_lm.json').exists()
 
 
 def test_bad_settings_are_named(sst2, tmp_path):
@@ -325,7 +325,7 @@ def test_command_line(sst2, tmp_path):
                         cwd=eval_lib.__file__.rsplit('/trainer/', 1)[0], timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'scoring=classifier_head' in proc.stdout
-  saved = json.loads((tmp_path / 'out' / 'eval_ftest_cls_validation_task.json').read_text())
+  saved = json.loads((tmp_path / 'out' / 'eval_ftest_cls_validation_task_classifier_head.json').read_text())
   assert saved['num_examples'] == N_DEV
   proc = subprocess.run(base + ['--gin.EVAL_MODE="bogus"'], capture_output=True,
                         text=True, env=env, timeout=300,
