@@ -98,15 +98,14 @@ def test_logits_match_transformers(hf_checkpoint, scan):
 
 
 def test_window_convention_and_merge_matter(hf_checkpoint):
-  """Not vacuous: the symmetric (T5Gemma) encoder window, or dropping the decoder window, moves
-  the logits far beyond the tolerance."""
+  """Not vacuous: the symmetric (T5Gemma) encoder window without the decoder window moves the
+  logits far beyond the tolerance (the conventions themselves: test_gemma3_family)."""
   model, path = hf_checkpoint
   config, params = hf_t5gemma2.load_encoder_decoder(path)
   enc, dec = _tokens(2, 11, 1), _tokens(2, 10, 2)
   theirs = hf_logits(model, enc, dec)
-  for enc_change, dec_change in ((dict(bidirectional_window='symmetric'), {}),
-                                 (dict(bidirectional_window='exclusive'), {}),
-                                 ({}, dict(sliding_window=None))):
+  for enc_change, dec_change in ((dict(bidirectional_window='symmetric'),
+                                  dict(sliding_window=None)),):
     changed = EncoderDecoderConfig(encoder=dataclasses.replace(config.encoder, **enc_change),
                                    decoder=dataclasses.replace(config.decoder, **dec_change),
                                    merged_attention=True)
