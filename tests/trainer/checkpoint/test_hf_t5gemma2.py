@@ -182,3 +182,31 @@ def test_unbalanced_or_wrong_config_refused(hf_checkpoint):
   bad['decoder']['hidden_size'] = 64
   with pytest.raises(ValueError, match='embed_dim'):
     hf_t5gemma2.config_from_hf(bad)
+
+
+def test_greedy_decoding_matches_transformers_generate(hf_checkpoint, tmp_path):
+  """The trainer's greedy decoder (`trainer.evaluation.scoring`, recomputing each step) on the
+  imported model gives the tokens of HF `generate` (which runs T5Gemma 2's merged-attention KV
+  cache). The KV-cache decoder of this project (issue #13) is checked against it after merging."""
+  from trainer.evaluation import scoring  # pylint: disable=g-import-not-at-top
+  from trainer.training import models  # pylint: disable=g-import-not-at-top
+  del hf_checkpoint
+  model = random_hf_model(seed=5)
+  with torch.no_grad():  # token 0 (padding) never wins the argmax: its tied row scores 0
+    model.get_input_embeddings().weight[0] = 0.0
+  model.save_pretrained(tmp_path)
+  config, params = hf_t5gemma2.load_encoder_decoder(str(tmp_path))
+  enc = _tokens(2, 9, 11)
+  enc[1, 7:] = 0
+  ours = scoring.greedy_decode(models.EncoderDecoderModel(config=config), params,
+                               {'encoder_input_tokens': enc}, max_decode_length=6)
+  with torch.no_grad():
+    theirs = model.generate(input_ids=torch.as_tensor(enc),
+                            attention_mask=torch.as_tensor((enc != 0).astype(np.int64)),
+                            decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
+                            max_new_tokens=6, do_sample=False).numpy()[:, 1:]
+  for row_ours, row_theirs in zip(ours, theirs):
+    row_theirs = row_theirs.tolist()
+    if 1 in row_theirs:
+      row_theirs = row_theirs[:row_theirs.index(1) + 1]
+    assert row_ours == row_theirs and len(row_ours) >= 2
