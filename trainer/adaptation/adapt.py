@@ -254,9 +254,10 @@ def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
       'encoder_from': os.path.abspath(encoder_from) if encoder_from else None,
       'cross_attn_init': mode, 'seed': seed, 'teacher': teacher}, **extra})
   n = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params))
+  attn = ('merged attention (T5Gemma 2) from the source self-attention, one tied embedding'
+          if config.merged_attention else f'cross-attention from {mode}')
   log(f'adapt: encoder {config.encoder.num_layers} layers x d{config.encoder.embed_dim}, decoder '
-      f'{config.decoder.num_layers} layers x d{config.decoder.embed_dim}, cross-attention from '
-      f'{mode}; {n:,} params')
+      f'{config.decoder.num_layers} layers x d{config.decoder.embed_dim}, {attn}; {n:,} params')
   log(f'adapt: wrote {params_dir} and {config_file}')
   return config
 

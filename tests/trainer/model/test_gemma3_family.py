@@ -53,8 +53,8 @@ def test_gemma2_defaults_unchanged():
   assert dataclasses.replace(G3, sliding_window=None, rope_scaling_factor=None).scan_period == 4
 
 
-@pytest.mark.parametrize('variant', [dict(remat='dots', scan_layers=True), dict(remat='full')])
-def test_t5gemma2_losses_same_under_remat_scan_and_chunking(variant):
+def test_t5gemma2_losses_same_under_remat_scan_and_chunking():
+  variant = dict(remat='dots', scan_layers=True)
   batch = _batch()
   base = models.EncoderDecoderModel(config=T5G2)
   params = meta.unbox(base.init(jax.random.PRNGKey(0), batch))
@@ -110,8 +110,8 @@ def test_gemma3_prefix_lm_bidirectional_prefix():
   assert np.abs(with_prefix[0, :4] - causal[0, :4]).max() > 1e-4  # the prefix sees ahead
 
 
-@pytest.mark.parametrize('config', [G3, T5G2], ids=['gemma3', 't5gemma2'])
-def test_bench_train_step_under_the_mesh_rules(config):
+def test_bench_train_step_under_the_mesh_rules():
+  config = T5G2  # the decoder-only Gemma 3 train step runs in the demo and the adapt tests
   model = (models.EncoderDecoderModel(config=config) if isinstance(config, EncoderDecoderConfig)
            else models.DecoderOnlyModel(config=config))
   out = benchmark.benchmark(model=model, steps=1, batch_size=2, length=8,
