@@ -15,7 +15,11 @@ and ends with a summary: where each artefact is, the metrics, and a PNG of the t
 A rerun reuses completed stages (a stage is complete when its command succeeded with the same
 arguments; delete WORK_DIR/stages/<stage>.done to redo one).
 
-  python -m pipelines.demo [--work_dir=demo_out] [--quick]
+  python -m pipelines.demo [--work_dir=demo_out] [--quick] [--family=gemma2|gemma3]
+
+`--family=gemma3` runs the same chain with the T5Gemma 2 recipe: a tiny Gemma 3 teacher
+(gin/models/gemma3_tiny.gin), adapted into T5Gemma 2 (merged attention, tied embedding;
+gin/models/t5gemma2_tiny.gin) and exported as `T5Gemma2ForConditionalGeneration`.
   python -m pipelines.demo --corpus_train='my/*.txt' --corpus_validation='held/*.txt' \
       [--corpus_format=text|paragraphs|jsonl] [--text_field=text]
 """
@@ -40,6 +44,14 @@ _CORPUS_FORMAT = flags.DEFINE_enum('corpus_format', 'text', ['text', 'paragraphs
                                    'format of the --corpus_* files')
 _TEXT_FIELD = flags.DEFINE_string('text_field', 'text', 'JSONL field holding the text')
 _QUICK = flags.DEFINE_boolean('quick', False, 'tiny settings (for tests)')
+_FAMILY = flags.DEFINE_enum('family', 'gemma2', ['gemma2', 'gemma3'],
+                            'gemma2: Gemma 2 -> T5Gemma; gemma3: Gemma 3 -> T5Gemma 2')
+
+# family -> (teacher model file, encoder-decoder model file, HF encoder-decoder class name)
+FAMILIES = {
+    'gemma2': ('gin/models/gemma2_tiny.gin', 'gin/models/t5gemma_tiny.gin', 'T5Gemma'),
+    'gemma3': ('gin/models/gemma3_tiny.gin', 'gin/models/t5gemma2_tiny.gin', 'T5Gemma 2'),
+}
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,15 +103,16 @@ def _gin_str(value: str) -> str:
 
 
 def build_stages(*, work: str, settings: Settings, corpus_module: str, task_prefix: str,
-                 corpus_train: Optional[str]) -> List[Stage]:
-  """The demo's chain of commands, in order."""
+                 corpus_train: Optional[str], family: str = 'gemma2') -> List[Stage]:
+  """The demo's chain of commands, in order (`family`: a key of FAMILIES)."""
   s = settings
+  teacher_gin, student_gin, hf_name = FAMILIES[family]
   vocab_prefix = os.path.join(work, 'vocab', 'spm')
   cache = os.path.join(work, 'cache')
   teacher = os.path.join(work, 'teacher')
   adapted = os.path.join(work, 'adapted')
   student = os.path.join(work, 't5gemma')
-  hf_out = os.path.join(work, 'hf_t5gemma')
+  hf_out = os.path.join(work, 'hf_t5gemma' if family == 'gemma2' else 'hf_t5gemma2')
   corpus_dir = os.path.join(work, 'corpora')
   t = task_prefix
   common_train = [
@@ -137,7 +150,7 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
                 '--min_shards=2'),
             {}),
       Stage('teacher', 'pretrain the decoder-only teacher (causal LM)',
-            _py('trainer.train', '--gin_file=gin/models/gemma2_tiny.gin',
+            _py('trainer.train', f'--gin_file={teacher_gin}',
                 '--gin_file=gin/runs/pretrain.gin', f'--gin.MODEL_DIR={_gin_str(teacher)}',
                 f'--gin.MIXTURE_OR_TASK_NAME={_gin_str(t + "_causal_lm")}',
                 f"--gin.TASK_FEATURE_LENGTHS={{'targets': {s.causal_length}}}",
@@ -147,7 +160,7 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
             _py('trainer.adapt', f'--decoder_only={teacher}', f'--output={adapted}'),
             {'adapted checkpoint': adapted}),
       Stage('distill', 'train the encoder-decoder: UL2 + PrefixLM, distilled from the teacher',
-            _py('trainer.train', '--gin_file=gin/models/t5gemma_tiny.gin',
+            _py('trainer.train', f'--gin_file={student_gin}',
                 '--gin_file=gin/runs/distill.gin', f'--gin.MODEL_DIR={_gin_str(student)}',
                 f'--gin.DECODER_ONLY_CHECKPOINT={_gin_str(teacher)}',
                 f'--gin.MIXTURE_OR_TASK_NAME={_gin_str(t + "_ul2_prefix_lm")}',
@@ -157,7 +170,7 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
             {'encoder-decoder checkpoint': student}),
       Stage('eval_teacher', 'held-out loss of the teacher (PrefixLM targets)',
             _py('trainer.eval', f'--module_import={corpus_module}',
-                '--gin_file=gin/models/gemma2_tiny.gin', '--gin_file=gin/runs/eval.gin',
+                f'--gin_file={teacher_gin}', '--gin_file=gin/runs/eval.gin',
                 f'--gin.CHECKPOINT_PATH={_gin_str(teacher)}', "--gin.EVAL_MODE='lm'",
                 f'--gin.MIXTURE_OR_TASK_NAME={_gin_str(t + "_prefix_lm")}',
                 f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {s.inputs_length}, "
@@ -169,7 +182,7 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
             {'teacher eval': os.path.join(work, 'eval', 'teacher')}),
       Stage('eval_t5gemma', 'held-out loss of the encoder-decoder (PrefixLM targets)',
             _py('trainer.eval', f'--module_import={corpus_module}',
-                '--gin_file=gin/models/t5gemma_tiny.gin', '--gin_file=gin/runs/eval.gin',
+                f'--gin_file={student_gin}', '--gin_file=gin/runs/eval.gin',
                 f'--gin.CHECKPOINT_PATH={_gin_str(student)}', "--gin.EVAL_MODE='lm'",
                 f'--gin.MIXTURE_OR_TASK_NAME={_gin_str(t + "_prefix_lm")}',
                 f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {s.inputs_length}, "
@@ -177,9 +190,9 @@ def build_stages(*, work: str, settings: Settings, corpus_module: str, task_pref
                 f'--gin.VOCAB_SIZE={s.vocab_size}', "--gin.EVAL_SPLIT='validation'",
                 f'--gin.EVAL_OUTPUT_DIR={_gin_str(os.path.join(work, "eval", "t5gemma"))}'),
             {'encoder-decoder eval': os.path.join(work, 'eval', 't5gemma')}),
-      Stage('export', 'export the encoder-decoder as a Hugging Face T5Gemma checkpoint',
+      Stage('export', f'export the encoder-decoder as a Hugging Face {hf_name} checkpoint',
             _py('trainer.export_hf', f'--checkpoint={student}', f'--output={hf_out}'),
-            {'Hugging Face T5Gemma': hf_out}),
+            {f'Hugging Face {hf_name}': hf_out}),
   ]
   return stages
 
@@ -345,7 +358,7 @@ def main(argv: Sequence[str]) -> int:
                 'GEMMA_ADAPT_DEMO_FORMAT': _CORPUS_FORMAT.value,
                 'GEMMA_ADAPT_DEMO_TEXT_FIELD': _TEXT_FIELD.value})
   stages = build_stages(work=work, settings=settings, corpus_module=corpus_module,
-                        task_prefix=prefix, corpus_train=corpus_train)
+                        task_prefix=prefix, corpus_train=corpus_train, family=_FAMILY.value)
   print(f'gemma-adapt demo: {len(stages)} stages, artefacts in {work}', flush=True)
   start = time.time()
   try:

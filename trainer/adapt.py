@@ -1,4 +1,5 @@
-r"""Entry point: decoder-only Gemma 2 checkpoint(s) -> T5Gemma encoder-decoder params.
+r"""Entry point: decoder-only Gemma 2 checkpoint(s) -> T5Gemma encoder-decoder params; a Gemma 3
+checkpoint -> T5Gemma 2 params (merged attention, tied embedding; balanced only).
 
   python -m trainer.adapt --decoder_only=/ckpt/gemma-2-2b --output=/tmp/t5gemma-2b-2b
   python -m trainer.adapt --decoder_only=/ckpt/gemma-2-2b --encoder_from=/ckpt/gemma-2-9b \
@@ -7,7 +8,8 @@ r"""Entry point: decoder-only Gemma 2 checkpoint(s) -> T5Gemma encoder-decoder p
 Writes an orbax params checkpoint that `train(init_checkpoint=...)` reads, plus the resulting
 `EncoderDecoderConfig` as JSON next to it (the adaptation: `trainer.adaptation.adapt`).
 
-A source PATH is an HF Gemma 2 checkpoint directory (config.json + *.safetensors) or a trainer
+A source PATH is an HF Gemma 2 (or Gemma 3: `Gemma3ForCausalLM`) checkpoint directory
+(config.json + *.safetensors) or a trainer
 orbax checkpoint (a run's MODEL_DIR / checkpoints dir / step dir, or a params-only dir) together
 with its `TransformerConfig`: `model_config.json` in the directory (or a parent), or
 `--decoder_only_config=FILE` / `--encoder_from_config=FILE` (JSON, or a gin model file such as
@@ -34,7 +36,8 @@ from trainer.model import config_io  # pylint: disable=g-import-not-at-top
 from trainer.model.config import TransformerConfig  # pylint: disable=g-import-not-at-top
 
 _DECODER_ONLY = flags.DEFINE_string(
-    'decoder_only', None, 'Decoder-only source: HF Gemma 2 dir or trainer orbax checkpoint dir '
+    'decoder_only', None, 'Decoder-only source: HF Gemma 2 / Gemma 3 dir or trainer orbax '
+    'checkpoint dir '
     '(required).', allow_override=True)
 _ENCODER_FROM = flags.DEFINE_string(
     'encoder_from', None, 'Optional separate encoder source (unbalanced, e.g. 9B encoder + 2B '

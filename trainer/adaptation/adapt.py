@@ -11,6 +11,19 @@ Builds `EncoderDecoder` params from one decoder-only Gemma 2 checkpoint (balance
   otherwise a fresh random init of the model's own initialisers (K/V input width = encoder
   embed_dim) with zero (identity) norm scales. `cross_attn_init` overrides the choice.
 
+A Gemma 3 source (`use_qk_norm`) gets the T5Gemma 2 recipe (arXiv 2512.14856) instead,
+`adapt_t5gemma2_params`: `EncoderDecoderConfig(merged_attention=True)` params
+(`trainer.model.tied_encoder_decoder`), balanced only (an encoder source of another width or
+vocabulary is refused):
+
+* encoder <- the source's embedder, layers and final norm (bidirectional; its sliding layers use
+  T5Gemma 2's 'split' window convention, the source's window width);
+* decoder layers <- the source's layers as they are: the merged attention is the source's
+  self-attention (same q/k/v/o projections and QK-norms, now also over the encoder outputs);
+  decoder final norm <- the source's;
+* one embedding, the encoder's, tied across encoder input, decoder input and output (the decoder
+  has no embedder of its own).
+
 In the unbalanced case train with a cross-attention warm-up (`trainer.training.freezing`,
 `CROSS_ATTN_WARMUP_STEPS` in gin/runs/adapt.gin).
 
@@ -24,6 +37,7 @@ Output layout:
   OUTPUT/model_config.json   {"encoder": {TransformerConfig fields}, "decoder": {...},
                               "adapted_from": {...}}
 """
+import dataclasses
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -45,7 +59,8 @@ CROSS_ATTN_INITS = ('auto', 'self_attn', 'random')
 # gin model file); dtype, dropout, remat, attention_impl and scan_layers may differ.
 SHAPE_FIELDS = ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
                 'mlp_dim', 'query_pre_attn_scalar', 'attn_logits_soft_cap', 'final_logit_soft_cap',
-                'sliding_window', 'rope_theta', 'rms_norm_eps')
+                'sliding_window', 'rope_theta', 'rms_norm_eps', 'use_qk_norm', 'local_rope_theta',
+                'rope_scaling_factor', 'bidirectional_window', 'eoi_token_id')
 ConfigSource = Optional[TransformerConfig]
 
 
@@ -103,6 +118,13 @@ def adapt_params(decoder_config: TransformerConfig, decoder_params: Mapping[str,
   """
   if cross_attn_init not in CROSS_ATTN_INITS:
     raise AdaptError(f'cross_attn_init must be one of {CROSS_ATTN_INITS}, got {cross_attn_init!r}')
+  if decoder_config.use_qk_norm:  # Gemma 3 -> T5Gemma 2
+    if cross_attn_init != 'auto':
+      raise AdaptError(f'cross_attn_init={cross_attn_init!r}: a Gemma 3 source is adapted with the '
+                       'T5Gemma 2 recipe, whose merged attention is the source self-attention; '
+                       "leave cross_attn_init='auto'")
+    return adapt_t5gemma2_params(decoder_config, decoder_params, encoder_config=encoder_config,
+                                 encoder_params=encoder_params)
   if (encoder_config is None) != (encoder_params is None):
     raise AdaptError('give both encoder_config and encoder_params, or neither')
   # Adapted layer by layer in the unrolled layout; the result gets each config's layout.
@@ -144,6 +166,43 @@ def adapt_params(decoder_config: TransformerConfig, decoder_params: Mapping[str,
   return config, scan_layout.for_config({'encoder': encoder, 'decoder': decoder}, config)
 
 
+def adapt_t5gemma2_params(decoder_config: TransformerConfig, decoder_params: Mapping[str, Any], *,
+                          encoder_config: Optional[TransformerConfig] = None,
+                          encoder_params: Optional[Mapping[str, Any]] = None
+                          ) -> Tuple[EncoderDecoderConfig, Dict[str, Any]]:
+  """Gemma 3 decoder-only params -> T5Gemma 2 (merged attention, tied embedding) params.
+
+  See the module docstring. An optional encoder source must have the decoder source's width and
+  vocabulary (T5Gemma 2 is balanced); its embedding becomes the tied one.
+  Returns (EncoderDecoderConfig(merged_attention=True), {'encoder': ..., 'decoder': ...}).
+  """
+  if (encoder_config is None) != (encoder_params is None):
+    raise AdaptError('give both encoder_config and encoder_params, or neither')
+  _check_source(meta.unbox(decoder_params), decoder_config, 'decoder source')
+  decoder_params = scan_layout.unrolled(meta.unbox(decoder_params))
+  if encoder_config is None:
+    encoder_config, encoder_params = decoder_config, decoder_params
+  else:
+    _check_source(meta.unbox(encoder_params), encoder_config, 'encoder source')
+    encoder_params = scan_layout.unrolled(meta.unbox(encoder_params))
+    if not encoder_config.use_qk_norm:
+      raise AdaptError('the decoder source is Gemma 3 but the encoder source is not (no QK-norm); '
+                       'T5Gemma 2 adapts Gemma 3 on both sides')
+  for field in ('embed_dim', 'vocab_size'):
+    enc, dec = getattr(encoder_config, field), getattr(decoder_config, field)
+    if enc != dec:
+      raise AdaptError(f'T5Gemma 2 (Gemma 3 sources) is balanced only: the encoder source has '
+                       f'{field}={enc} but the decoder source has {dec}; merged attention and the '
+                       'tied embedding need equal widths and vocabularies')
+  enc_cfg = dataclasses.replace(encoder_config, bidirectional_window='split', eoi_token_id=None)
+  dec_cfg = dataclasses.replace(decoder_config, eoi_token_id=None)
+  encoder = _copy(encoder_params)
+  encoder['embedder'] = {'embedding': encoder['embedder']['embedding']}
+  decoder = {k: v for k, v in _copy(decoder_params).items() if k != 'embedder'}
+  config = EncoderDecoderConfig(encoder=enc_cfg, decoder=dec_cfg, merged_attention=True)
+  return config, scan_layout.for_config({'encoder': encoder, 'decoder': decoder}, config)
+
+
 def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
           decoder_only_config: ConfigSource = None, encoder_config: ConfigSource = None,
           cross_attn_init: str = 'auto', seed: int = 0, param_dtype: Optional[str] = None,
@@ -182,6 +241,8 @@ def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
   mode = cross_attn_init
   if mode == 'auto':
     mode = 'self_attn' if config.encoder.embed_dim == config.decoder.embed_dim else 'random'
+  if config.merged_attention:
+    mode = 'merged_self_attn'  # T5Gemma 2: the merged attention is the source self-attention
   os.makedirs(output, exist_ok=True)
   if os.path.exists(params_dir):
     import shutil  # pylint: disable=g-import-not-at-top
@@ -193,9 +254,10 @@ def adapt(*, decoder_only: str, output: str, encoder_from: Optional[str] = None,
       'encoder_from': os.path.abspath(encoder_from) if encoder_from else None,
       'cross_attn_init': mode, 'seed': seed, 'teacher': teacher}, **extra})
   n = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params))
+  attn = ('merged attention (T5Gemma 2) from the source self-attention, one tied embedding'
+          if config.merged_attention else f'cross-attention from {mode}')
   log(f'adapt: encoder {config.encoder.num_layers} layers x d{config.encoder.embed_dim}, decoder '
-      f'{config.decoder.num_layers} layers x d{config.decoder.embed_dim}, cross-attention from '
-      f'{mode}; {n:,} params')
+      f'{config.decoder.num_layers} layers x d{config.decoder.embed_dim}, {attn}; {n:,} params')
   log(f'adapt: wrote {params_dir} and {config_file}')
   return config
 
@@ -209,6 +271,10 @@ def check_model_matches(config: EncoderDecoderConfig, model_config: EncoderDecod
       if getattr(a, field) != getattr(b, field):
         raise AdaptError(f'{source} has {side}.{field}={getattr(a, field)!r} but the gin model file '
                          f'sets {side}/config.TransformerConfig.{field}={getattr(b, field)!r}')
+    if side == 'encoder' and config.merged_attention != model_config.merged_attention:
+      raise AdaptError(f'{source} has merged_attention={config.merged_attention} but the gin model '
+                       f'file sets EncoderDecoderConfig.merged_attention='
+                       f'{model_config.merged_attention} (t5gemma2_* model files set it)')
     if a.resolved_layer_types != b.resolved_layer_types:
       raise AdaptError(f'{source} has {side}.layer_types={a.resolved_layer_types} but the gin model '
                        f'file gives {b.resolved_layer_types}')

@@ -1,7 +1,9 @@
 """A trainer checkpoint -> a Hugging Face checkpoint (config.json + model.safetensors).
 
-Encoder-decoder params are written as HF T5Gemma (`T5GemmaForConditionalGeneration`), decoder-only
-params as HF Gemma 2 (`Gemma2ForCausalLM`). The checkpoint is read by `trainer.checkpoint.loader`;
+Encoder-decoder params are written as HF T5Gemma (`T5GemmaForConditionalGeneration`), or T5Gemma 2
+(`T5Gemma2ForConditionalGeneration`) when the config has `merged_attention`; decoder-only params as
+HF Gemma 2 (`Gemma2ForCausalLM`), or Gemma 3 (`Gemma3ForCausalLM`) when the config has
+`use_qk_norm`. The checkpoint is read by `trainer.checkpoint.loader`;
 its config is `model_config.json` found beside it unless one is given.
 """
 import os
@@ -45,19 +47,35 @@ def export(*, checkpoint: str, output: str, config: Optional[config_io.ModelConf
     if 'encoder' not in params or 'decoder' not in params:
       raise ExportError(f'{checkpoint} holds decoder-only params (top-level keys {sorted(params)}) '
                         'but the config is encoder-decoder')
-    try:
-      hf_t5gemma.export_t5gemma(params, config, output, dtype=dtype, max_shard_size=max_shard_size)
-    except hf_t5gemma.HFConversionError as e:
-      raise ExportError(str(e)) from e
-    kind = 'T5GemmaForConditionalGeneration'
+    if config.merged_attention:
+      from trainer.checkpoint import hf_t5gemma2  # pylint: disable=g-import-not-at-top
+      try:
+        hf_t5gemma2.export_encoder_decoder(params, config, output, dtype=dtype,
+                                           max_shard_size=max_shard_size)
+      except ValueError as e:
+        raise ExportError(str(e)) from e
+      kind = 'T5Gemma2ForConditionalGeneration'
+    else:
+      try:
+        hf_t5gemma.export_t5gemma(params, config, output, dtype=dtype,
+                                  max_shard_size=max_shard_size)
+      except hf_t5gemma.HFConversionError as e:
+        raise ExportError(str(e)) from e
+      kind = 'T5GemmaForConditionalGeneration'
   else:
     if 'encoder' in params:
       raise ExportError(f'{checkpoint} holds encoder-decoder params but the config is decoder-only')
     try:
       loader.check_decoder_params(params, config, what=checkpoint)
-      hf_gemma2.export_decoder(params, config, output, dtype=dtype, max_shard_size=max_shard_size)
+      if config.use_qk_norm:
+        from trainer.checkpoint import hf_gemma3  # pylint: disable=g-import-not-at-top
+        hf_gemma3.export_decoder(params, config, output, dtype=dtype,
+                                 max_shard_size=max_shard_size)
+      else:
+        hf_gemma2.export_decoder(params, config, output, dtype=dtype,
+                                 max_shard_size=max_shard_size)
     except ValueError as e:
       raise ExportError(str(e)) from e
-    kind = 'Gemma2ForCausalLM'
+    kind = 'Gemma3ForCausalLM' if config.use_qk_norm else 'Gemma2ForCausalLM'
   log(f'export_hf: wrote {kind} checkpoint to {output}')
   return config, kind

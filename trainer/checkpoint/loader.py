@@ -1,8 +1,9 @@
 """Any checkpoint path -> (config, params): the one loading path of the trainer.
 
 A checkpoint path is one of
-* a Hugging Face directory (config.json + *.safetensors): Gemma 2 (`hf_gemma2`) or T5Gemma
-  (`hf_t5gemma`); the config comes from its config.json;
+* a Hugging Face directory (config.json + *.safetensors): Gemma 2 (`hf_gemma2`), T5Gemma
+  (`hf_t5gemma`), Gemma 3 text (`hf_gemma3`) or T5Gemma 2 (`hf_t5gemma2`); the config comes from
+  its config.json;
 * a trainer orbax checkpoint (`checkpoints.params_dir`: a run's MODEL_DIR, its checkpoints dir, one
   step dir, or a params-only dir), with its config from `model_config.json` in the directory or one
   of its parents (`trainer.model.config_io`), unless one is given.
@@ -45,8 +46,14 @@ def _load_hf(path: str, model_type: str, *, param_dtype: Optional[str] = None):
   if model_type == 't5gemma':
     from trainer.checkpoint import hf_t5gemma  # pylint: disable=g-import-not-at-top
     return hf_t5gemma.import_t5gemma(path)
+  if model_type in ('gemma3_text', 'gemma3'):  # 'gemma3' (multimodal) is refused with a message
+    from trainer.checkpoint import hf_gemma3  # pylint: disable=g-import-not-at-top
+    return hf_gemma3.load_decoder(path, param_dtype=param_dtype)
+  if model_type == 't5gemma2':
+    from trainer.checkpoint import hf_t5gemma2  # pylint: disable=g-import-not-at-top
+    return hf_t5gemma2.load_encoder_decoder(path, param_dtype=param_dtype)
   raise CheckpointError(f'{path!r} is a Hugging Face checkpoint of model_type {model_type!r}; '
-                        'supported: gemma2, t5gemma')
+                        'supported: gemma2, t5gemma, gemma3_text, t5gemma2')
 
 
 def load_checkpoint(path: str, *, config: Optional[config_io.ModelConfig] = None,

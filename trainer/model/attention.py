@@ -27,8 +27,15 @@ def dot_product_attention(query, key, value, *, mask: Optional[AttentionMask], s
   return KERNELS[impl](query, key, value, mask=mask, scale=scale, soft_cap=soft_cap)
 
 
+def qk_norm(config: TransformerConfig, name: str) -> nn.Module:
+  """Gemma 3's RMSNorm over head_dim for queries ('q_norm') or keys ('k_norm')."""
+  return layers.RMSNorm(eps=config.rms_norm_eps, param_dtype=config.parameter_dtype,
+                        axis_name='head_dim', name=name)
+
+
 class Attention(nn.Module):
-  """Gemma 2 multi-head attention (GQA, RoPE, logit soft-cap, `query_pre_attn_scalar**-0.5`).
+  """Gemma 2 multi-head attention (GQA, RoPE, logit soft-cap, `query_pre_attn_scalar**-0.5`);
+  with `config.use_qk_norm`, Gemma 3's (RMSNorm on q and k before RoPE, params q_norm / k_norm).
 
   Self-attention when `kv_inputs` is None (RoPE on q and k); cross-attention otherwise (no RoPE;
   the K/V kernels take the width of `kv_inputs`, e.g. the encoder's embed_dim).
@@ -52,6 +59,8 @@ class Attention(nn.Module):
     q = proj((cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'head_dim'), 'q_proj')(x)
     k = proj((cfg.num_kv_heads, cfg.head_dim), ('embed', 'kv_heads', 'head_dim'), 'k_proj')(kv_x)
     v = proj((cfg.num_kv_heads, cfg.head_dim), ('embed', 'kv_heads', 'head_dim'), 'v_proj')(kv_x)
+    if cfg.use_qk_norm:  # Gemma 3: before RoPE
+      q, k = qk_norm(cfg, 'q_norm')(q), qk_norm(cfg, 'k_norm')(k)
     if is_self:
       if rope is None:
         raise ValueError('self-attention needs rope=(cos, sin)')

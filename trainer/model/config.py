@@ -18,6 +18,9 @@ LAYER_TYPES = ('sliding', 'global')
 # validated without importing the model).
 ATTENTION_IMPLS = ('reference', 'fused')
 REMAT_POLICIES = ('none', 'full', 'dots')
+# Where a bidirectional (non-causal) sliding window reaches, per `TransformerConfig.bidirectional_window`
+# (see `trainer.model.reference_attention.AttentionMask.window_bounds`).
+BIDIRECTIONAL_WINDOWS = ('symmetric', 'split', 'exclusive')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
@@ -66,6 +69,18 @@ class TransformerConfig:
       global = 2 layers), so `num_layers` must be a multiple of it. Parameters are then stacked
       with a leading 'layers' axis (`trainer.model.scan_layout` converts between the two layouts;
       checkpoints, HF interop and adaptation accept either). Same maths as unrolled.
+    use_qk_norm: Gemma 3: RMSNorm (zero-init scale, applied as 1 + w, over head_dim) on the
+      queries and keys before RoPE (params 'q_norm' / 'k_norm' in each attention). Gemma 3 models
+      set `attn_logits_soft_cap=None` with it.
+    local_rope_theta: RoPE base of the 'sliding' layers (Gemma 3: 10k, with `rope_theta` = 1M for
+      the global ones); None = `rope_theta` for every layer (Gemma 2).
+    rope_scaling_factor: linear RoPE scaling of the global layers (positions divided by it, HF
+      `rope_type='linear'`; Gemma 3 4B: 8); None = no scaling.
+    bidirectional_window: where a non-causal sliding window reaches (encoders only):
+      'symmetric' |i - j| <= w (HF T5Gemma), 'split' -(w // 2) <= i - j < (w + 1) // 2 (HF
+      T5Gemma 2's encoder: w keys in all), 'exclusive' |i - j| < w (HF Gemma 3 bidirectional).
+    eoi_token_id: T5Gemma 2's end-of-image token: its input embedding is the separate (unscaled)
+      parameter 'embedder/eoi_embedding' instead of the table row; None = no such parameter.
   """
   vocab_size: int
   embed_dim: int
@@ -87,6 +102,11 @@ class TransformerConfig:
   attention_impl: str = 'reference'
   remat: str = 'none'
   scan_layers: bool = False
+  use_qk_norm: bool = False
+  local_rope_theta: Optional[float] = None
+  rope_scaling_factor: Optional[float] = None
+  bidirectional_window: str = 'symmetric'
+  eoi_token_id: Optional[int] = None
 
   def __post_init__(self):
     for name in ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
@@ -135,6 +155,19 @@ class TransformerConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'TransformerConfig.remat must be one of {REMAT_POLICIES}, got '
                        f'{self.remat!r}')
+    for name in ('use_qk_norm',):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f'TransformerConfig.{name} must be a bool, got {getattr(self, name)!r}')
+    _check_optional_positive_number('local_rope_theta', self.local_rope_theta)
+    _check_optional_positive_number('rope_scaling_factor', self.rope_scaling_factor)
+    if self.bidirectional_window not in BIDIRECTIONAL_WINDOWS:
+      raise ValueError(f'TransformerConfig.bidirectional_window must be one of '
+                       f'{BIDIRECTIONAL_WINDOWS}, got {self.bidirectional_window!r}')
+    if self.eoi_token_id is not None:
+      if (isinstance(self.eoi_token_id, bool) or not isinstance(self.eoi_token_id, int)
+          or not 0 <= self.eoi_token_id):
+        raise ValueError(f'TransformerConfig.eoi_token_id must be a non-negative int or None, '
+                         f'got {self.eoi_token_id!r}')
     if not isinstance(self.scan_layers, bool):
       raise ValueError(f'TransformerConfig.scan_layers must be a bool, got {self.scan_layers!r}')
     if self.scan_layers and self.num_layers % self.scan_period:
@@ -164,10 +197,25 @@ class TransformerConfig:
     return tuple(self.layer_window(i) for i in range(self.num_layers))
 
   @property
+  def has_local_rope(self) -> bool:
+    """True when the sliding layers use other RoPE frequencies than the global ones."""
+    return ((self.local_rope_theta is not None and self.local_rope_theta != self.rope_theta)
+            or self.rope_scaling_factor is not None)
+
+  def layer_rope_index(self, layer_index: int) -> int:
+    """Which RoPE table layer `layer_index` uses: 0 = global (`rope_theta`, scaled), 1 = local
+    (`local_rope_theta`); always 0 when `has_local_rope` is False (Gemma 2)."""
+    if not self.has_local_rope:
+      return 0
+    return 1 if self.resolved_layer_types[layer_index] == 'sliding' else 0
+
+  @property
   def scan_period(self) -> int:
-    """Smallest p with `layer_window(i) == layer_window(i % p)` for every layer: the number of
-    layers one `nn.scan` step runs (Gemma 2: 2; every layer global: 1)."""
-    windows = self.layer_windows
+    """Smallest p with `layer_window(i) == layer_window(i % p)` (and the same RoPE table) for
+    every layer: the number of layers one `nn.scan` step runs (Gemma 2: 2; every layer global: 1;
+    Gemma 3's 5 local : 1 global: 6)."""
+    windows = tuple(zip(self.layer_windows,
+                        (self.layer_rope_index(i) for i in range(self.num_layers))))
     for p in range(1, len(windows) + 1):
       if all(windows[i] == windows[i % p] for i in range(len(windows))):
         return p
@@ -186,12 +234,30 @@ class TransformerConfig:
 class EncoderDecoderConfig:
   """An encoder stack and a decoder stack (T5Gemma). The decoder's cross-attention K/V projections
   read `encoder.embed_dim`-wide encoder outputs, so unbalanced pairs (e.g. 9B encoder, 2B decoder)
-  work."""
+  work.
+
+  `merged_attention=True` is the T5Gemma 2 architecture (`trainer.model.tied_encoder_decoder`):
+  each decoder layer has one attention whose keys/values are its own states followed by the
+  encoder outputs (no separate cross-attention), and one embedding (the encoder's) is tied across
+  encoder input, decoder input and output. It needs equal widths and vocabularies (balanced).
+  """
   encoder: TransformerConfig
   decoder: TransformerConfig
+  merged_attention: bool = False
 
   def __post_init__(self):
     for name in ('encoder', 'decoder'):
       if not isinstance(getattr(self, name), TransformerConfig):
         raise ValueError(f'EncoderDecoderConfig.{name} must be a TransformerConfig, got '
                          f'{type(getattr(self, name)).__name__}')
+    if not isinstance(self.merged_attention, bool):
+      raise ValueError(f'EncoderDecoderConfig.merged_attention must be a bool, got '
+                       f'{self.merged_attention!r}')
+    if self.merged_attention:
+      for name in ('embed_dim', 'vocab_size', 'eoi_token_id'):
+        enc, dec = getattr(self.encoder, name), getattr(self.decoder, name)
+        if enc != dec:
+          raise ValueError(
+              f'EncoderDecoderConfig.merged_attention=True (T5Gemma 2) needs encoder.{name} == '
+              f'decoder.{name} (one tied embedding, decoder keys/values over encoder outputs), '
+              f'got {enc} and {dec}')

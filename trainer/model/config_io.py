@@ -31,7 +31,10 @@ def config_to_dict(config: TransformerConfig) -> Dict[str, Any]:
 
 def model_config_to_dict(config: ModelConfig) -> Dict[str, Any]:
   if isinstance(config, EncoderDecoderConfig):
-    return {'encoder': config_to_dict(config.encoder), 'decoder': config_to_dict(config.decoder)}
+    out = {'encoder': config_to_dict(config.encoder), 'decoder': config_to_dict(config.decoder)}
+    if config.merged_attention:  # written only when set: Gemma 2 files stay as they were
+      out['merged_attention'] = True
+    return out
   return config_to_dict(config)
 
 
@@ -82,7 +85,8 @@ def load_model_config(path: str) -> ModelConfig:
         raise ConfigFileError(f'{path}: no {side!r} config')
     return EncoderDecoderConfig(
         encoder=transformer_config_from_dict(d['encoder'], f'{path}:encoder'),
-        decoder=transformer_config_from_dict(d['decoder'], f'{path}:decoder'))
+        decoder=transformer_config_from_dict(d['decoder'], f'{path}:decoder'),
+        merged_attention=bool(d.get('merged_attention', False)))
   return transformer_config_from_dict({k: v for k, v in d.items() if k != 'adapted_from'}, path)
 
 

@@ -108,9 +108,9 @@ def key_ranges(mask: Optional[reference.AttentionMask], q_len: int, kv_len: int)
       k_start = jnp.maximum(k_start, q_idx - w + 1)
       k_end = jnp.minimum(k_end, q_idx + w)
   elif mask.sliding_window is not None:
-    w = int(mask.sliding_window)
-    k_start = jnp.maximum(k_start, q_idx - w)
-    k_end = jnp.minimum(k_end, q_idx + w + 1)
+    left, right = mask.window_bounds()  # (w, w) unless `bidirectional_window` says otherwise
+    k_start = jnp.maximum(k_start, q_idx - left)
+    k_end = jnp.minimum(k_end, q_idx + right + 1)
   k_start = jnp.clip(k_start, 0, kv_len)
   k_end = jnp.clip(k_end, 0, kv_len)
   empty = k_end <= k_start

@@ -28,10 +28,11 @@ class RMSNorm(nn.Module):
   """
   eps: float = 1e-6
   param_dtype: jnp.dtype = jnp.float32
+  axis_name: str = 'embed'  # logical axis of the scale ('head_dim' for Gemma 3's QK-norm)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',))
+    init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,))
     scale = self.param('scale', init, (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
@@ -39,11 +40,17 @@ class RMSNorm(nn.Module):
 
 
 class Embedder(nn.Module):
-  """Token embedding `[V, D]`, shared by the input (scaled by sqrt(D)) and the output projection."""
+  """Token embedding `[V, D]`, shared by the input (scaled by sqrt(D)) and the output projection.
+
+  With `eoi_token_id` (T5Gemma 2) there is also 'eoi_embedding' `[D]` (zero-initialised): that
+  token's input embedding is this vector, unscaled, instead of its scaled table row (HF
+  `T5Gemma2TextScaledWordEmbedding`); the output projection still uses the table.
+  """
   vocab_size: int
   embed_dim: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  eoi_token_id: Optional[int] = None
 
   def setup(self):
     # stddev D**-0.5: scaled inputs have unit RMS and tied output logits start near unit scale.
@@ -52,12 +59,20 @@ class Embedder(nn.Module):
         nn.with_logical_partitioning(nn.initializers.normal(stddev=self.embed_dim**-0.5),
                                      ('vocab', 'embed')),
         (self.vocab_size, self.embed_dim), self.param_dtype)
+    if self.eoi_token_id is not None:
+      self.eoi_embedding = self.param(
+          'eoi_embedding', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
+          (self.embed_dim,), self.param_dtype)
 
   def encode(self, tokens: jax.Array) -> jax.Array:
     """Token ids `[B, L]` -> `[B, L, D]` in the compute dtype, times sqrt(D) (cast to that dtype
     first, as HF does)."""
     x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
-    return x * jnp.asarray(np.sqrt(self.embed_dim), self.dtype)
+    x = x * jnp.asarray(np.sqrt(self.embed_dim), self.dtype)
+    if self.eoi_token_id is not None:
+      x = jnp.where((tokens == self.eoi_token_id)[..., None], self.eoi_embedding.astype(self.dtype),
+                    x)
+    return x
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Hidden `[B, L, D]` -> fp32 logits `[B, L, V]` (inputs in the compute dtype, accumulated in
@@ -113,16 +128,32 @@ class MLP(nn.Module):
     return dense(cfg.embed_dim, ('mlp', 'embed'), 'down_proj')(hidden)
 
 
-def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple:
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float, dtype,
+                 scaling_factor: Optional[float] = None) -> tuple:
   """cos, sin `[B, L, head_dim]` for integer positions `[B, L]`.
 
   HF default RoPE: frequencies `theta ** (-2i / head_dim)`, duplicated across the two halves;
-  computed in fp32, cast to dtype.
+  computed in fp32, cast to dtype. `scaling_factor` (HF 'linear' RoPE): frequencies divided by it.
   """
   inv_freq = 1.0 / (theta**(np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  if scaling_factor is not None:
+    inv_freq = (inv_freq / np.float32(scaling_factor)).astype(np.float32)
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def stack_ropes(positions: jax.Array, config: TransformerConfig) -> tuple:
+  """The RoPE tables of a stack, indexed by `config.layer_rope_index(i)`: (global,) for Gemma 2,
+  (global, local) when `config.has_local_rope` (Gemma 3)."""
+  dtype = config.compute_dtype
+  ropes = (rope_cos_sin(positions, config.head_dim, config.rope_theta, dtype,
+                        config.rope_scaling_factor),)
+  if config.has_local_rope:
+    local_theta = (config.rope_theta if config.local_rope_theta is None
+                   else config.local_rope_theta)
+    ropes += (rope_cos_sin(positions, config.head_dim, local_theta, dtype),)
+  return ropes
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:

@@ -34,13 +34,29 @@ class AttentionMask:
     causal: key j visible to query i only if j <= i (or both in the bidirectional prefix).
     sliding_window: None (global) or w. Causal masks: |i - j| < w (HF Gemma 2's `q - kv < w`; the
       `j > i` side only matters inside a bidirectional prefix). Non-causal masks: |i - j| <= w, as
-      HF T5Gemma's bidirectional sliding window (inclusive).
+      HF T5Gemma's bidirectional sliding window (inclusive); other non-causal reaches with
+      `bidirectional_window` (`window_bounds`).
+    bidirectional_window: 'symmetric' (default, above), 'split' (HF T5Gemma 2's encoder:
+      -(w // 2) <= i - j < (w + 1) // 2) or 'exclusive' (|i - j| < w, HF Gemma 3 bidirectional).
   """
   q_segment_ids: Optional[jax.Array] = None
   kv_segment_ids: Optional[jax.Array] = None
   bidirectional: Optional[jax.Array] = None
   causal: bool = flax.struct.field(pytree_node=False, default=False)
   sliding_window: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+  bidirectional_window: str = flax.struct.field(pytree_node=False, default='symmetric')
+
+  def window_bounds(self):
+    """Non-causal sliding window as (left, right): query i sees keys i - left <= j <= i + right."""
+    w = int(self.sliding_window)
+    if self.bidirectional_window == 'split':
+      return (w + 1) // 2 - 1, w // 2
+    if self.bidirectional_window == 'exclusive':
+      return w - 1, w - 1
+    if self.bidirectional_window != 'symmetric':
+      raise ValueError(f'AttentionMask.bidirectional_window={self.bidirectional_window!r}: expected '
+                       "'symmetric', 'split' or 'exclusive'")
+    return w, w
 
   def with_window(self, window: Optional[int]) -> 'AttentionMask':
     return self.replace(sliding_window=window)
@@ -69,8 +85,12 @@ class AttentionMask:
         mask = both(mask, causal)
         if self.sliding_window is not None:
           mask = both(mask, jnp.abs(q_idx - kv_idx) < self.sliding_window)
-      else:
+      elif self.bidirectional_window == 'symmetric':
         mask = both(mask, jnp.abs(q_idx - kv_idx) <= self.sliding_window)
+      else:
+        left, right = self.window_bounds()
+        dist = q_idx - kv_idx
+        mask = both(mask, jnp.logical_and(dist <= left, -dist <= right))
     return mask
 
 

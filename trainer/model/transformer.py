@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from trainer.model import layers
 from trainer.model import scan_layout
 from trainer.model.attention import Attention
+from trainer.model.merged_attention import MergedAttention
 from trainer.model.reference_attention import AttentionMask
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
 
@@ -36,10 +37,13 @@ _REMAT_POLICIES = {
 class Block(nn.Module):
   """One Gemma 2 layer; with `cross_attention`, a T5Gemma decoder layer (self, cross, MLP).
 
-  Each sub-layer: `x + dropout(post_norm(sublayer(pre_norm(x))))`.
+  Each sub-layer: `x + dropout(post_norm(sublayer(pre_norm(x))))`. With `merged_attention`, a
+  T5Gemma 2 decoder layer: 'self_attn' is a `MergedAttention` over the decoder's states and
+  `encoded` (`self_mask` is then a `MergedMask`), and there is no cross-attention sub-layer.
   """
   config: TransformerConfig
   cross_attention: bool = False
+  merged_attention: bool = False
 
   @nn.compact
   def __call__(self, x, rope, self_mask, encoded, cross_mask, deterministic):
@@ -54,7 +58,10 @@ class Block(nn.Module):
       return nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=deterministic)
 
     h = norm('pre_attention_norm')(x)
-    h = Attention(cfg, name='self_attn')(h, mask=self_mask, rope=rope)
+    if self.merged_attention:
+      h = MergedAttention(cfg, name='self_attn')(h, mask=self_mask, encoded=encoded, rope=rope)
+    else:
+      h = Attention(cfg, name='self_attn')(h, mask=self_mask, rope=rope)
     h = norm('post_attention_norm')(h)
     x = nn.with_logical_constraint(x + dropout(h), _EMBED_AXES)
 
@@ -79,23 +86,27 @@ def _block_class(config: TransformerConfig):
 class _BlockGroup(nn.Module):
   """One `nn.scan` step of a scanned stack: `config.scan_period` consecutive blocks named
   'block_{j}' (at step g, block_j is layer g * period + j, so its window is `layer_window(j)`).
-  The remat policy applies to each block inside the scanned body, as in the unrolled stack."""
+  The remat policy applies to each block inside the scanned body, as in the unrolled stack.
+  `ropes` are the stack's RoPE tables (`layers.stack_ropes`); block_j uses `layer_rope_index(j)`."""
   config: TransformerConfig
   cross_attention: bool = False
+  merged_attention: bool = False
 
   @nn.compact
-  def __call__(self, x, rope, self_mask, encoded, cross_mask, deterministic):
+  def __call__(self, x, ropes, self_mask, encoded, cross_mask, deterministic):
     cfg = self.config
     block_cls = _block_class(cfg)
     for j in range(cfg.scan_period):
       block = block_cls(cfg, cross_attention=self.cross_attention,
+                        merged_attention=self.merged_attention,
                         name=f'{scan_layout.BLOCK_PREFIX}{j}')
-      x = block(x, rope, self_mask.with_window(cfg.layer_window(j)), encoded, cross_mask,
-                deterministic)
+      x = block(x, ropes[cfg.layer_rope_index(j)], self_mask.with_window(cfg.layer_window(j)),
+                encoded, cross_mask, deterministic)
     return x, None
 
 
-def _scanned_blocks(config: TransformerConfig, cross_attention: bool) -> nn.Module:
+def _scanned_blocks(config: TransformerConfig, cross_attention: bool,
+                    merged_attention: bool = False) -> nn.Module:
   """`_BlockGroup` under `nn.scan`: params stacked on a leading axis named 'layers' (logical axis,
   unsharded by the default rules); each step gets its own dropout key."""
   scanned = nn.scan(_BlockGroup,
@@ -104,7 +115,7 @@ def _scanned_blocks(config: TransformerConfig, cross_attention: bool) -> nn.Modu
                     in_axes=(nn.broadcast,) * 5,  # rope, masks, encoded, deterministic
                     length=config.num_layers // config.scan_period,
                     metadata_params={nn.PARTITION_NAME: scan_layout.SCAN_KEY})
-  return scanned(config, cross_attention=cross_attention)
+  return scanned(config, cross_attention=cross_attention, merged_attention=merged_attention)
 
 
 def _default_positions(tokens):
@@ -117,41 +128,54 @@ class _Stack(nn.Module):
   `config.scan_layers`, 'layers': {'block_{j}': stacked} instead of 'layer_{i}', see
   `trainer.model.scan_layout`).
 
-  Subclasses set `cross_attention` (T5Gemma decoder blocks).
+  Subclasses set `cross_attention` (T5Gemma decoder blocks) or `merged_attention` (T5Gemma 2
+  decoder blocks; such a stack has no embedder of its own: `hidden_from_embeddings` takes the
+  tied embedding's output, `trainer.model.tied_encoder_decoder`).
   """
   config: TransformerConfig
   cross_attention: ClassVar[bool] = False
+  merged_attention: ClassVar[bool] = False
 
   def setup(self):
     cfg = self.config
-    self.embedder = layers.Embedder(vocab_size=cfg.vocab_size, embed_dim=cfg.embed_dim,
-                                    dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype)
+    if not self.merged_attention:
+      self.embedder = layers.Embedder(vocab_size=cfg.vocab_size, embed_dim=cfg.embed_dim,
+                                      dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype,
+                                      eoi_token_id=cfg.eoi_token_id)
     if cfg.scan_layers:
       # Named 'layers' by the attribute: params {'layers': {'block_0': ..., ...}} (scan_layout).
-      self.layers = _scanned_blocks(cfg, self.cross_attention)
+      self.layers = _scanned_blocks(cfg, self.cross_attention, self.merged_attention)
     else:
       block_cls = _block_class(cfg)
       for i in range(cfg.num_layers):
         # setattr names the submodule 'layer_{i}' (flax takes setup names from attributes).
-        setattr(self, f'layer_{i}', block_cls(cfg, cross_attention=self.cross_attention))
+        setattr(self, f'layer_{i}', block_cls(cfg, cross_attention=self.cross_attention,
+                                              merged_attention=self.merged_attention))
     self.final_norm = layers.RMSNorm(eps=cfg.rms_norm_eps, param_dtype=cfg.parameter_dtype)
     self.dropout = nn.Dropout(rate=cfg.dropout_rate)
 
   def hidden(self, tokens, positions, self_mask, encoded, cross_mask, deterministic):
+    x = self.embedder.encode(tokens)
+    return self.hidden_from_embeddings(x, positions, self_mask, encoded, cross_mask,
+                                       deterministic)
+
+  def hidden_from_embeddings(self, x, positions, self_mask, encoded, cross_mask, deterministic):
+    """`hidden` after the embedding lookup: x [B, L, D] (scaled embeddings) -> final hidden."""
     cfg = self.config
     if positions is None:
-      positions = _default_positions(tokens)
-    x = self.embedder.encode(tokens)
+      positions = _default_positions(x[..., 0])
+    if cfg.bidirectional_window != 'symmetric' and isinstance(self_mask, AttentionMask):
+      self_mask = self_mask.replace(bidirectional_window=cfg.bidirectional_window)
     x = nn.with_logical_constraint(x, _EMBED_AXES)
     x = self.dropout(x, deterministic=deterministic)
-    rope = layers.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.compute_dtype)
+    ropes = layers.stack_ropes(positions, cfg)  # (global,) or (global, local): layer_rope_index
     if cfg.scan_layers:
-      x, _ = self.layers(x, rope, self_mask, encoded, cross_mask, deterministic)
+      x, _ = self.layers(x, ropes, self_mask, encoded, cross_mask, deterministic)
     else:
       for i in range(cfg.num_layers):
         block = getattr(self, f'layer_{i}')
-        x = block(x, rope, self_mask.with_window(cfg.layer_window(i)), encoded, cross_mask,
-                  deterministic)
+        x = block(x, ropes[cfg.layer_rope_index(i)], self_mask.with_window(cfg.layer_window(i)),
+                  encoded, cross_mask, deterministic)
     x = self.final_norm(x)
     return self.dropout(x, deterministic=deterministic)
 

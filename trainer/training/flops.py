@@ -17,6 +17,15 @@ Counting (forward = 2 FLOPs per multiply-add, training = 3 x forward, i.e. forwa
     - cross-attention (full): `L_q = L_dec`, `L_k = L_enc`; its K/V projections run over the
       `L_enc` encoder positions (`6 x 2*D_enc*K*Dh` per encoder token per decoder layer) and its Q/O
       projections over the `L_dec` decoder positions.
+    - merged attention (T5Gemma 2, `EncoderDecoderConfig.merged_attention`): one attention per
+      decoder layer over [decoder keys; encoder keys]. Its q/k/v/o projections over the decoder
+      positions are the layer's (counted with the layer's weights), plus the K/V projections of
+      the `L_enc` encoder positions (`6 x 2*D*K*Dh` per encoder token per decoder layer); scores
+      and values: the causal self part as above, plus `12 x L_dec x L_enc x H x Dh` for the
+      encoder part (full). So: cross-attention's count without its Q/O projections. The tied
+      embedding is counted once, for the output logits, as always.
+    - bidirectional sliding layers with `bidirectional_window='split'` (T5Gemma 2) see
+      `min(L, window)` keys.
 * Per-token figures divide the per-example total by the tokens per example (decoder-only: `L`;
   encoder-decoder: `L_enc + L_dec`).
 
@@ -77,7 +86,10 @@ def _self_attention_flops(config, length: int, *, causal: bool) -> float:
   h, dh, window = config.num_heads, config.head_dim, getattr(config, 'sliding_window', None)
   for kind in _layer_types(config):
     if kind == 'sliding' and window:
-      keys = min(length, window) if causal else min(length, 2 * window - 1)
+      if causal or getattr(config, 'bidirectional_window', 'symmetric') == 'split':
+        keys = min(length, window)
+      else:
+        keys = min(length, 2 * window - 1)
     else:
       keys = length
     flops = 12.0 * length * keys * h * dh
@@ -107,6 +119,8 @@ def encoder_decoder_training_flops(config, encoder_length: int, decoder_length: 
   h, k, dh = dec.num_heads, dec.num_kv_heads, dec.head_dim
   cross_q_o = dec.embed_dim * h * dh * 2
   cross_k_v = enc.embed_dim * k * dh * 2
+  if getattr(config, 'merged_attention', False):  # T5Gemma 2: no cross Q/O projections
+    cross_q_o = 0
   flops += dec.num_layers * (6.0 * cross_q_o * decoder_length + 6.0 * cross_k_v * encoder_length
                              + 12.0 * decoder_length * encoder_length * h * dh)
   return flops

@@ -103,6 +103,8 @@ class BaseModel:
   def _output_embedding_and_config(self, params):
     """The tied output embedding [V, D] and the config that owns it (the decoder's)."""
     if 'decoder' in params:
+      if 'embedder' not in params['decoder']:  # T5Gemma 2: tied to the encoder's embedding
+        return params['encoder']['embedder']['embedding'], self.config.decoder
       return params['decoder']['embedder']['embedding'], self.config.decoder
     return params['embedder']['embedding'], self.config
 
@@ -187,8 +189,12 @@ class EncoderDecoderModel(BaseModel):
   def __init__(self, *, config, z_loss: float = 0.0, loss_chunk_size: Optional[int] = None,
                module: Optional[nn.Module] = None):
     if module is None:
-      from trainer.model import transformer  # pylint: disable=g-import-not-at-top
-      module = transformer.EncoderDecoder(config)
+      if getattr(config, 'merged_attention', False):  # T5Gemma 2
+        from trainer.model import tied_encoder_decoder  # pylint: disable=g-import-not-at-top
+        module = tied_encoder_decoder.TiedEncoderDecoder(config)
+      else:
+        from trainer.model import transformer  # pylint: disable=g-import-not-at-top
+        module = transformer.EncoderDecoder(config)
     super().__init__(module=module, z_loss=z_loss, loss_chunk_size=loss_chunk_size)
     self.config = config
 

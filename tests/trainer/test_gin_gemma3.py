@@ -1,0 +1,68 @@
+"""Gin model files of the Gemma 3 / T5Gemma 2 family: released shapes, tiny/small, and the demo's
+`--family=gemma3` chain of commands."""
+import gin
+import pytest
+
+from trainer import gin_flags
+from trainer.training import flops
+
+REQUIRED = ["MODEL_DIR='/tmp/unused'", "MIXTURE_OR_TASK_NAME='some_task'",
+            "TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", 'TRAIN_STEPS=10']
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  yield
+  gin.clear_config()
+
+
+def load(model_file, extra=()):
+  gin.clear_config()
+  gin_flags.setup_gin(gin_files=[f'gin/models/{model_file}.gin', 'gin/runs/pretrain.gin'],
+                      gin_bindings=REQUIRED + list(extra))
+  return gin.query_parameter('%MODEL').scoped_configurable_fn()
+
+
+# Released Gemma 3 text parameter counts (matmuls + one embedding table): 268M, 1.0B, 3.88B.
+@pytest.mark.parametrize('size,layers,dim,heads,kv,mlp,window,scale,total', [
+    ('270m', 18, 640, 4, 1, 2048, 512, None, 268e6),
+    ('1b', 26, 1152, 4, 1, 6912, 512, None, 1.0e9),
+    ('4b', 34, 2560, 8, 4, 10240, 1024, 8.0, 3.88e9)])
+def test_released_shapes(size, layers, dim, heads, kv, mlp, window, scale, total):
+  cfg = load(f'gemma3_{size}').config
+  assert (cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.mlp_dim) == (
+      layers, dim, heads, kv, mlp)
+  assert (cfg.head_dim, cfg.query_pre_attn_scalar, cfg.sliding_window) == (256, 256, window)
+  assert cfg.use_qk_norm and cfg.attn_logits_soft_cap is None and cfg.final_logit_soft_cap is None
+  assert (cfg.rope_theta, cfg.local_rope_theta, cfg.rope_scaling_factor) == (1e6, 1e4, scale)
+  types = cfg.resolved_layer_types
+  assert all(t == ('global' if (i + 1) % 6 == 0 else 'sliding') for i, t in enumerate(types))
+  count = cfg.num_layers * flops.layer_matmul_params(cfg) + cfg.vocab_size * cfg.embed_dim
+  assert count == pytest.approx(total, rel=0.01)
+  pair = load(f't5gemma2_{size}_{size}')
+  assert type(pair).__name__ == 'EncoderDecoderModel' and pair.config.merged_attention
+  assert pair.config.decoder == cfg
+  assert pair.config.encoder.bidirectional_window == 'split'
+  assert pair.config.encoder.num_layers == layers
+
+
+@pytest.mark.parametrize('size', ['tiny', 'small'])
+def test_tiny_and_small_compose(size):
+  cfg = load(f'gemma3_{size}', ['VOCAB_SIZE=100', 'SCAN_LAYERS=True']).config
+  assert cfg.scan_layers and cfg.num_layers % cfg.scan_period == 0
+  pair = load(f't5gemma2_{size}', ['VOCAB_SIZE=100']).config
+  assert pair.merged_attention and pair.decoder.vocab_size == 100
+
+
+def test_demo_family_gemma3_uses_the_t5gemma2_recipe():
+  from pipelines import demo  # pylint: disable=g-import-not-at-top
+  stages = demo.build_stages(work='/w', settings=demo.Settings.quick(), corpus_module='tasks',
+                             task_prefix='pydoc', corpus_train=None, family='gemma3')
+  by_name = {s.name: ' '.join(s.argv) for s in stages}
+  assert 'gin/models/gemma3_tiny.gin' in by_name['teacher']
+  assert 'gin/models/t5gemma2_tiny.gin' in by_name['distill']
+  assert 'gin/models/t5gemma2_tiny.gin' in by_name['eval_t5gemma']
+  assert 'T5Gemma 2' in stages[-1].title
+  default = demo.build_stages(work='/w', settings=demo.Settings.quick(), corpus_module='tasks',
+                              task_prefix='pydoc', corpus_train=None)
+  assert 'gin/models/gemma2_tiny.gin' in ' '.join(default[3].argv + default[4].argv)
