@@ -79,7 +79,11 @@ def read_tfrecord_at(f, path: str, frame_offset: int, length: int) -> bytes:
   `f`: `path` opened in binary mode. Raises `CorruptRecordError` naming the file and offset.
   """
   f.seek(frame_offset)
-  frame = f.read(12 + length + 4)
+  return check_tfrecord_frame(f.read(12 + length + 4), path, frame_offset, length)
+
+
+def check_tfrecord_frame(frame: bytes, path: str, frame_offset: int, length: int) -> bytes:
+  """The payload of a whole record frame (read at `frame_offset`), both CRCs checked."""
   if len(frame) != 12 + length + 4:
     raise CorruptRecordError(f'{path}: truncated TFRecord at byte {frame_offset}')
   (stored_length,) = struct.unpack('<Q', frame[:8])

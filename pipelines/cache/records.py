@@ -153,7 +153,8 @@ def _read_json(path: str):
 class CachedSplit:
   """One split of one cached task directory: `len()` examples, `[i]` -> feature dict.
 
-  Picklable (Grain worker processes): open files are per process and reopened on demand.
+  Picklable (Grain worker processes): file descriptors are per process, opened on demand, and
+  read with `os.pread` (safe from several threads).
   """
 
   def __init__(self, task_dir: str, split: str):
@@ -199,6 +200,13 @@ class CachedSplit:
   def __len__(self) -> int:
     return int(self._starts[-1])
 
+  def __del__(self):
+    for fd in getattr(self, '_files', {}).values():
+      try:
+        os.close(fd)
+      except OSError:
+        pass
+
   def __getstate__(self):
     state = dict(self.__dict__)
     state['_files'] = {}
@@ -213,11 +221,14 @@ class CachedSplit:
     shard = int(np.searchsorted(self._starts, index, side='right') - 1)
     offset, length = self._indexes[shard][index - self._starts[shard]]
     path = self.shards[shard]
-    f = self._files.get(path)
-    if f is None:
-      f = self._files[path] = open(path, 'rb')  # pylint: disable=consider-using-with
+    fd = self._files.get(path)
+    if fd is None:
+      fd = self._files[path] = os.open(path, os.O_RDONLY)
+    offset, length = int(offset), int(length)
     try:
-      return record_formats.read_tfrecord_at(f, path, int(offset), int(length))
+      # pread: no shared file position, so Grain's reader threads may share the descriptor.
+      frame = os.pread(fd, 12 + length + 4, offset)
+      return record_formats.check_tfrecord_frame(frame, path, offset, length)
     except record_formats.CorruptRecordError as e:
       raise CacheReadError(f'{e} (example {index} of {self.task_dir}); re-run the cache job '
                            'for this task (--overwrite)') from None
