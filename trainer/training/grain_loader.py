@@ -217,15 +217,21 @@ def dataset_fn(cfg, converter):
   if cfg.batch_size % num_hosts:
     raise ValueError(f'DatasetConfig.batch_size={cfg.batch_size} must divide by the number of '
                      f'processes ({num_hosts})')
-  loader = GrainLoader(
-      cache_dir=cfg.cache_dir, name=cfg.mixture_or_task_name,
-      task_feature_lengths=cfg.task_feature_lengths, converter=converter,
-      batch_size=cfg.batch_size // num_hosts, split=cfg.split, seed=cfg.seed,
-      shuffle=cfg.shuffle, num_epochs=cfg.num_epochs, process_index=jax.process_index(),
-      process_count=num_hosts, worker_count=cfg.worker_count, prefetch=cfg.prefetch)
+  loaders = []
+
+  def get_loader() -> GrainLoader:  # On first use (an eval split may never be read).
+    if not loaders:
+      loaders.append(GrainLoader(
+          cache_dir=cfg.cache_dir, name=cfg.mixture_or_task_name,
+          task_feature_lengths=cfg.task_feature_lengths, converter=converter,
+          batch_size=cfg.batch_size // num_hosts, split=cfg.split, seed=cfg.seed,
+          shuffle=cfg.shuffle, num_epochs=cfg.num_epochs, process_index=jax.process_index(),
+          process_count=num_hosts, worker_count=cfg.worker_count, prefetch=cfg.prefetch))
+    return loaders[0]
 
   def make(start_batch: int = 0, loader_state: Optional[Mapping[str, Any]] = None
            ) -> Iterator[Dict[str, np.ndarray]]:
+    loader = get_loader()
     if loader_state is not None:
       state = dict(loader_state)
       chunk, row = state.pop('per_process', [[state['chunk'], state['row']]])[
@@ -240,7 +246,7 @@ def dataset_fn(cfg, converter):
         next(it)
     return it
 
-  make.loader = loader
+  make.get_loader = get_loader
   return make
 
 
