@@ -197,7 +197,8 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
         task: Optional[str] = None, text_file: Optional[str] = None,
         work_dir: Optional[str] = None, batch_size: int = 8, batches: int = 20,
         mfu: float = 0.55, peak_flops: float = 989e12, headroom: float = 10.0,
-        seed: int = 0, loaders=('grain', 'seqio'), resume_at=(10, 10_000), log=print) -> dict:
+        seed: int = 0, loaders=('grain', 'seqio'), resume_at=(10, 10_000), grain_workers: int = 0,
+        log=print) -> dict:
   """Builds (optional) and reads the cache with each loader; prints and returns the figures
   (`{loader: figures}`, the first loader's figures also at the top level)."""
   from trainer.training import data  # pylint: disable=g-import-not-at-top
@@ -222,7 +223,7 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
     cfg = data.DatasetConfig(mixture_or_task_name=task,
                              task_feature_lengths=dict(feature_lengths), batch_size=batch_size,
                              seed=seed, use_cached=True, cache_dir=cache_dir, pack=True,
-                             shuffle=True, data_loader=name)
+                             shuffle=True, data_loader=name, worker_count=grain_workers)
     if name == 'grain':
       from trainer.training import numpy_converters  # pylint: disable=g-import-not-at-top
       converter = numpy_converters.for_model(model, pack=True,
@@ -241,7 +242,8 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
       figures['resume_first_batch_s'] = resume_first_batch_s(cfg, loader=name,
                                                              converter=converter, at=resume_at)
     results[name] = figures
-    log(f"input_bench: {name:5s} read {figures['rows']} rows in {figures['seconds']:.2f} s "
+    workers = f' ({grain_workers} workers)' if name == 'grain' and grain_workers else ''
+    log(f"input_bench: {name:5s}{workers} read {figures['rows']} rows in {figures['seconds']:.2f} s "
         f"(first batches {figures['startup_s']:.1f} s) | {figures['examples_per_s']:,.1f} "
         f"examples/s | {figures['tokens_per_s']:,.0f} tokens/s (real "
         f"{figures['real_tokens_per_s']:,.0f}) | {os.cpu_count()} CPUs")
@@ -279,6 +281,8 @@ _HEADROOM = flags.DEFINE_float('headroom', 10.0, 'Wanted reader headroom (x).',
                                allow_override=True)
 _LOADERS = flags.DEFINE_list('loaders', ['grain', 'seqio'], 'Loaders to compare (grain, seqio).',
                              allow_override=True)
+_GRAIN_WORKERS = flags.DEFINE_integer('grain_workers', 0, 'Grain worker processes (0: one reader '
+                                      'thread in this process).', allow_override=True)
 _RESUME_AT = flags.DEFINE_list('resume_at', ['10', '10000'], 'Batches at which to time a resume '
                                '(to the first batch); empty: none.', allow_override=True)
 flags.adopt_module_key_flags(gin_flags)
@@ -295,7 +299,8 @@ def main(argv) -> int:
         cache_dir=_CACHE_DIR.value, task=_TASK.value, text_file=_TEXT_FILE.value,
         work_dir=_WORK_DIR.value, batch_size=_BATCH_SIZE.value, batches=_BATCHES.value,
         mfu=_MFU.value, peak_flops=_PEAK_FLOPS.value, headroom=_HEADROOM.value,
-        loaders=tuple(_LOADERS.value), resume_at=tuple(int(n) for n in _RESUME_AT.value))
+        loaders=tuple(_LOADERS.value), resume_at=tuple(int(n) for n in _RESUME_AT.value),
+        grain_workers=_GRAIN_WORKERS.value)
   except ValueError as e:
     raise cli.UserError(str(e)) from e
   try:

@@ -80,7 +80,7 @@ class DatasetConfig:
     data_loader: 'grain' (random access over the cache, TF-free; only for cached tasks, others
       fall back to seqio) or 'seqio' (tf.data).
     worker_count: Grain worker processes (0: read in this process, with `prefetch` threads).
-    prefetch: Grain read-ahead, in packing chunks.
+    prefetch: Grain read-ahead, in packing windows (chunks of examples).
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -94,7 +94,7 @@ class DatasetConfig:
   num_epochs: Optional[int] = None
   data_loader: str = 'seqio'
   worker_count: int = 0
-  prefetch: int = 4
+  prefetch: int = 2
 
   def __post_init__(self):
     if self.data_loader not in DATA_LOADERS:

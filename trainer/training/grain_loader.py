@@ -11,7 +11,7 @@
 The example stream, a pure function of (cache, name, lengths, seed, process index and count):
   1. each task of `name` (a task, or a mixture's tasks and rates, `pipelines.cache.records`) is a
      Grain `MapDataset` over its cached examples, shuffled globally with a seeded permutation that
-     changes every epoch (`shuffle(seed_t).repeat()`; seed_t from the seed and the task name);
+     changes every epoch (`EpochShuffle`; its seed from the run's seed and the task name);
   2. a mixture interleaves its tasks deterministically in proportion to their rates
      (`MapDataset.mix`);
   3. host h of n takes positions h, h + n, h + 2n, ... (per-host sharding);
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import zlib
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -51,6 +52,40 @@ def task_seed(seed: int, task_dir: str) -> int:
   return (int(seed) * 1_000_003 + zlib.crc32(name.encode('utf-8'))) % 2**32
 
 
+class EpochShuffle:
+  """Stream position -> example: epoch e = position // N is a permutation of the N examples.
+
+  The permutation of epoch e is `PCG64(SeedSequence([seed, e])).permutation(N)` (one per epoch,
+  computed on first use and kept for the two most recent epochs; Grain's own index shuffle costs
+  about 1 ms per element). `shuffle=False`: the cache's order every epoch. Picklable.
+  """
+
+  def __init__(self, source, *, seed: int, shuffle: bool):
+    self.source = source
+    self.seed = seed
+    self.shuffle = shuffle
+    self._perms: Dict[int, np.ndarray] = {}
+
+  def __getstate__(self):
+    return {**self.__dict__, '_perms': {}}
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    perm = self._perms.get(epoch)
+    if perm is None:
+      rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
+      perm = rng.permutation(len(self.source))
+      if len(self._perms) >= 2:
+        self._perms.pop(min(self._perms))
+      self._perms[epoch] = perm
+    return perm
+
+  def __call__(self, position: int):
+    epoch, index = divmod(int(position), len(self.source))
+    if self.shuffle:
+      index = int(self.permutation(epoch)[index])
+    return self.source[index]
+
+
 class _Convert:
   """Packing chunk (list of examples) -> list of rows; picklable for worker processes."""
 
@@ -58,7 +93,9 @@ class _Convert:
     self.converter = converter
 
   def __call__(self, examples):
-    return self.converter(list(examples))
+    # Stacked: one array per feature crosses the process boundary, not one per row.
+    rows = self.converter(list(examples))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 class GrainLoader:
@@ -67,7 +104,7 @@ class GrainLoader:
   def __init__(self, *, cache_dir: str, name: str, task_feature_lengths: Mapping[str, int],
                converter, batch_size: int, split: str = 'train', seed: int = 0,
                shuffle: bool = True, num_epochs: Optional[int] = None, process_index: int = 0,
-               process_count: int = 1, worker_count: int = 0, prefetch: int = 4):
+               process_count: int = 1, worker_count: int = 0, prefetch: int = 2):
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} not in [0, {process_count})')
     self.sources = records.resolve_cached(cache_dir, name, task_feature_lengths, split)
@@ -95,10 +132,9 @@ class GrainLoader:
     grain = _grain()
     streams, rates = [], []
     for source, rate in self.sources:
-      ds = grain.MapDataset.source(source)
-      if self.shuffle:
-        ds = ds.shuffle(seed=task_seed(self.seed, source.task_dir))
-      ds = ds.repeat(self.num_epochs)
+      total = sys.maxsize if self.num_epochs is None else len(source) * self.num_epochs
+      ds = grain.MapDataset.range(total).map(EpochShuffle(
+          source, seed=task_seed(self.seed, source.task_dir), shuffle=self.shuffle))
       streams.append(ds)
       rates.append(rate)
     ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, rates)
@@ -133,7 +169,8 @@ class LoaderIterator:
       loader.check_state(state)
     self._chunk = int(state['chunk']) if state else 0
     self._skip = int(state['row']) if state else 0
-    self._rows: List[Dict[str, np.ndarray]] = []
+    self._rows: Dict[str, np.ndarray] = {}  # the current window's rows, stacked per feature
+    self._n = 0                              # rows in the current window
     self._used = 0
     self._it = None
 
@@ -147,9 +184,10 @@ class LoaderIterator:
           num_workers=self._loader.worker_count,
           per_worker_buffer_size=max(1, self._loader.prefetch)))
     else:
-      ds = ds.to_iter_dataset(grain.ReadOptions(
-          num_threads=max(1, min(self._loader.prefetch, 4)),
-          prefetch_buffer_size=self._loader.prefetch))
+      # One reader thread: the first window is ready after one window's work (several threads
+      # would build `prefetch` windows at once); more parallelism = worker processes.
+      ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
+                                                prefetch_buffer_size=self._loader.prefetch))
     return iter(ds)
 
   def __iter__(self):
@@ -158,21 +196,25 @@ class LoaderIterator:
   def __next__(self) -> Dict[str, np.ndarray]:
     if self._it is None:
       self._it = self._source()
-    out = []
-    while len(out) < self._loader.batch_size:
-      if self._used == len(self._rows):
+    parts, have = [], 0
+    while have < self._loader.batch_size:
+      if self._used == self._n:
         rows = next(self._it, None)
         if rows is None:
           raise StopIteration
         self._rows, self._used = rows, self._skip
+        self._n = len(next(iter(rows.values())))
         self._skip = 0
-      take = min(self._loader.batch_size - len(out), len(self._rows) - self._used)
-      out.extend(self._rows[self._used:self._used + take])
+      take = min(self._loader.batch_size - have, self._n - self._used)
+      parts.append({k: v[self._used:self._used + take] for k, v in self._rows.items()})
+      have += take
       self._used += take
-      if self._used == len(self._rows):
+      if self._used == self._n:
         self._chunk += 1
-        self._rows, self._used = [], 0
-    return {k: np.stack([r[k] for r in out]) for k in out[0]}
+        self._rows, self._n, self._used = {}, 0, 0
+    if len(parts) == 1:
+      return {k: np.array(v) for k, v in parts[0].items()}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def get_state(self) -> Dict[str, Any]:
     """The position after the last batch returned: restore with `loader.iterator(state)`."""
