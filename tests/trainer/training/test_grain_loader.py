@@ -78,6 +78,19 @@ def assert_batches_equal(a, b):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+def test_decode_example_reads_int64_and_float_lists_like_protobuf():
+  from tensorflow.core.example import example_pb2  # the reference encoder (protobuf)
+  ex = example_pb2.Example()
+  ex.features.feature['targets'].int64_list.value.extend([0, 1, 127, 128, 2**21 + 5, 2**40, -3])
+  ex.features.feature['score'].float_list.value.extend([0.5, -2.25])
+  ex.features.feature['skipped'].bytes_list.value.append(b'x')
+  got = records.decode_example(ex.SerializeToString(), {'targets': 'int64', 'score': 'float32'})
+  np.testing.assert_array_equal(got['targets'], [0, 1, 127, 128, 2**21 + 5, 2**40, -3])
+  np.testing.assert_array_equal(got['score'], np.array([0.5, -2.25], np.float32))
+  with pytest.raises(ValueError, match="no feature 'inputs'"):
+    records.decode_example(ex.SerializeToString(), {'inputs': 'int32'})
+
+
 def test_job_writes_indexes_and_the_command_adds_the_same_bytes(cache, tmp_path):
   import tensorflow as tf
   src = task_dir(cache)
