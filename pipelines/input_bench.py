@@ -18,8 +18,12 @@ wanted headroom (default 10x).
   python -m pipelines.input_bench --gin_file=gin/models/t5gemma_2b_2b.gin \
       --text_file=../shared/data/wikitext-2/valid.txt --work_dir=/tmp/input_bench
 
-Output: one line with the reader's rows/s and tokens/s, and one with the tokens/s the trainer
-consumes at the target MFU and the reader's headroom against it (figures: docs/performance.md).
+Both loaders read the same cache side by side (`--loaders=grain,seqio`): Grain (random access,
+NumPy feature converter, no TF) and seqio (tf.data + seqio's converter). Output: one line per
+loader with its rows/s and tokens/s; one with the time from building the pipeline to the first
+batch when resuming at each batch of `--resume_at` (default 10 and 10,000: Grain restores its
+saved state, seqio skips that many batches, as the trainer does); and one with the tokens/s the
+trainer consumes at the target MFU and each reader's headroom against it (docs/performance.md).
 The cache's task module must be importable when reading (`cache_job.json` names it), e.g.
 `PYTHONPATH=/tmp/input_bench --module_import=input_bench_tasks` for a cache this tool built.
 """
@@ -108,16 +112,7 @@ def required_tokens_per_s(model, feature_lengths: Mapping[str, int], *, mfu: flo
           'rows_per_s': rows_per_s, 'tokens_per_s': rows_per_s * tokens_example}
 
 
-def read_throughput(dataset_cfg, feature_converter, *, batches: int, warmup_batches: int = 2
-                    ) -> dict:
-  """Reads `warmup_batches + batches` batches with `trainer.training.data.dataset_fn`; times the last
-  `batches`. Tokens: all positions of the model features (what a step consumes) and the real
-  (non-padding) ones."""
-  from trainer.training import data  # pylint: disable=g-import-not-at-top  (imports TF)
-  if batches <= 0 or warmup_batches < 0:
-    raise ValueError(f'batches must be > 0 and warmup_batches >= 0, got {batches}, '
-                     f'{warmup_batches}')
-  iterator = data.dataset_fn(dataset_cfg, feature_converter)()
+def _time_batches(iterator, batches: int, warmup_batches: int) -> dict:
   t_start = time.perf_counter()
   for _ in range(warmup_batches):
     next(iterator)
@@ -136,6 +131,63 @@ def read_throughput(dataset_cfg, feature_converter, *, batches: int, warmup_batc
           'real_tokens_per_s': real / elapsed}
 
 
+def read_throughput(dataset_cfg, feature_converter, *, batches: int, warmup_batches: int = 2
+                    ) -> dict:
+  """Reads `warmup_batches + batches` batches with `trainer.training.data.dataset_fn` (seqio);
+  times the last `batches`. Tokens: all positions of the model features (what a step consumes)
+  and the real (non-padding) ones."""
+  from trainer.training import data  # pylint: disable=g-import-not-at-top  (imports TF)
+  if batches <= 0 or warmup_batches < 0:
+    raise ValueError(f'batches must be > 0 and warmup_batches >= 0, got {batches}, '
+                     f'{warmup_batches}')
+  return _time_batches(data.dataset_fn(dataset_cfg, feature_converter)(), batches,
+                       warmup_batches)
+
+
+def grain_read_throughput(dataset_cfg, converter, *, batches: int, warmup_batches: int = 2
+                          ) -> dict:
+  """As `read_throughput`, with the Grain loader and the NumPy feature converter."""
+  from trainer.training import grain_loader  # pylint: disable=g-import-not-at-top
+  if batches <= 0 or warmup_batches < 0:
+    raise ValueError(f'batches must be > 0 and warmup_batches >= 0, got {batches}, '
+                     f'{warmup_batches}')
+  iterator = grain_loader.dataset_fn(dataset_cfg, converter)()
+  try:
+    return _time_batches(iterator, batches, warmup_batches)
+  finally:
+    iterator.close()
+
+
+def resume_first_batch_s(dataset_cfg, *, loader: str, converter, at) -> dict:
+  """Seconds from building the data pipeline to its first batch when resuming at each batch of
+  `at`: Grain restores the saved loader state (obtained by reading that far first, not timed);
+  seqio re-creates the stream and skips that many batches (what the trainer does)."""
+  out = {}
+  if loader == 'grain':
+    from trainer.training import grain_loader  # pylint: disable=g-import-not-at-top
+    walker = grain_loader.dataset_fn(dataset_cfg, converter)()
+    states, done = {}, 0
+    for n in sorted(at):
+      for _ in range(n - done):
+        next(walker)
+      done = n
+      states[n] = walker.checkpoint_state()
+    walker.close()
+    for n in sorted(at):
+      t0 = time.perf_counter()
+      it = grain_loader.dataset_fn(dataset_cfg, converter)(start_batch=n, loader_state=states[n])
+      next(it)
+      out[n] = time.perf_counter() - t0
+      it.close()
+  else:
+    from trainer.training import data  # pylint: disable=g-import-not-at-top
+    for n in sorted(at):
+      t0 = time.perf_counter()
+      next(data.dataset_fn(dataset_cfg, converter)(start_batch=n))
+      out[n] = time.perf_counter() - t0
+  return out
+
+
 def configured_model(model):
   """Gin hook: `input_bench.configured_model.model = %MODEL`."""
   return model
@@ -145,11 +197,18 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
         task: Optional[str] = None, text_file: Optional[str] = None,
         work_dir: Optional[str] = None, batch_size: int = 8, batches: int = 20,
         mfu: float = 0.55, peak_flops: float = 989e12, headroom: float = 10.0,
-        seed: int = 0, log=print) -> dict:
-  """Builds (optional) and reads the cache; prints and returns the figures."""
+        seed: int = 0, loaders=('grain', 'seqio'), resume_at=(10, 10_000), grain_workers: int = 0,
+        log=print) -> dict:
+  """Builds (optional) and reads the cache with each loader; prints and returns the figures
+  (`{loader: figures}`, the first loader's figures also at the top level)."""
   from trainer.training import data  # pylint: disable=g-import-not-at-top
   if (cache_dir is None) == (text_file is None):
     raise ValueError('give either --cache_dir (with --task) or --text_file (with --work_dir)')
+  unknown = [name for name in loaders if name not in data.DATA_LOADERS]
+  if unknown or not loaders:
+    raise ValueError(f'--loaders: give some of {data.DATA_LOADERS}, got {list(loaders)}')
+  if any(n < 0 for n in resume_at):
+    raise ValueError(f'--resume_at: batch numbers must be >= 0, got {list(resume_at)}')
   if text_file is not None:
     if not work_dir:
       raise ValueError('--text_file needs --work_dir (where the vocabulary and cache go)')
@@ -158,26 +217,49 @@ def run(*, model, feature_lengths: Mapping[str, int], cache_dir: Optional[str] =
     task = TASK_NAME
   if not task:
     raise ValueError('--cache_dir needs --task (the source task name or the cached task name)')
-  cfg = data.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=dict(feature_lengths),
-                           batch_size=batch_size, seed=seed, use_cached=True, cache_dir=cache_dir,
-                           pack=True, shuffle=True)
-  from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
-  figures = read_throughput(cfg, feature_converters.for_model(model, pack=True), batches=batches)
   need = required_tokens_per_s(model, feature_lengths, mfu=mfu, peak_flops=peak_flops)
-  ratio = figures['tokens_per_s'] / need['tokens_per_s']
-  figures.update({'needed_tokens_per_s': need['tokens_per_s'],
-                  'needed_examples_per_s': need['rows_per_s'],
-                  'flops_per_token': need['flops_per_token'], 'headroom': ratio,
-                  'enough': ratio >= headroom, 'cpu_count': os.cpu_count()})
-  log(f"input_bench: read {figures['rows']} rows in {figures['seconds']:.2f} s (first batches "
-      f"{figures['startup_s']:.1f} s) | {figures['examples_per_s']:,.1f} examples/s | "
-      f"{figures['tokens_per_s']:,.0f} tokens/s (real {figures['real_tokens_per_s']:,.0f}) | "
-      f"{os.cpu_count()} CPUs")
+  results = {}
+  for name in loaders:
+    cfg = data.DatasetConfig(mixture_or_task_name=task,
+                             task_feature_lengths=dict(feature_lengths), batch_size=batch_size,
+                             seed=seed, use_cached=True, cache_dir=cache_dir, pack=True,
+                             shuffle=True, data_loader=name, worker_count=grain_workers)
+    if name == 'grain':
+      from trainer.training import numpy_converters  # pylint: disable=g-import-not-at-top
+      converter = numpy_converters.for_model(model, pack=True,
+                                             task_feature_lengths=feature_lengths)
+      figures = grain_read_throughput(cfg, converter, batches=batches)
+    else:
+      from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
+      converter = feature_converters.for_model(model, pack=True)
+      figures = read_throughput(cfg, converter, batches=batches)
+    ratio = figures['tokens_per_s'] / need['tokens_per_s']
+    figures.update({'needed_tokens_per_s': need['tokens_per_s'],
+                    'needed_examples_per_s': need['rows_per_s'],
+                    'flops_per_token': need['flops_per_token'], 'headroom': ratio,
+                    'enough': ratio >= headroom, 'cpu_count': os.cpu_count()})
+    if resume_at:
+      figures['resume_first_batch_s'] = resume_first_batch_s(cfg, loader=name,
+                                                             converter=converter, at=resume_at)
+    results[name] = figures
+    workers = f' ({grain_workers} workers)' if name == 'grain' and grain_workers else ''
+    log(f"input_bench: {name:5s}{workers} read {figures['rows']} rows in {figures['seconds']:.2f} s "
+        f"(first batches {figures['startup_s']:.1f} s) | {figures['examples_per_s']:,.1f} "
+        f"examples/s | {figures['tokens_per_s']:,.0f} tokens/s (real "
+        f"{figures['real_tokens_per_s']:,.0f}) | {os.cpu_count()} CPUs")
+  if resume_at:
+    parts = []
+    for n in sorted(resume_at):
+      parts.append(f'at batch {n:,}: ' + ', '.join(
+          f"{name} {results[name]['resume_first_batch_s'][n]:.2f} s" for name in loaders))
+    log('input_bench: resume -> first batch | ' + ' | '.join(parts))
+  ratios = ', '.join(f"{results[name]['headroom']:,.2f}x {name}" for name in loaders)
+  first = results[loaders[0]]
   log(f"input_bench: trainer at {100 * mfu:.0f}% MFU of {peak_flops / 1e12:.0f} TFLOP/s needs "
       f"{need['tokens_per_s']:,.0f} tokens/s ({need['rows_per_s']:.2f} examples/s, "
-      f"{need['flops_per_token'] / 1e9:.2f} GFLOP/token) -> reader {ratio:,.2f}x "
-      f"({'enough' if figures['enough'] else 'NOT enough'}: want {headroom:g}x)")
-  return figures
+      f"{need['flops_per_token'] / 1e9:.2f} GFLOP/token) -> reader {ratios} "
+      f"({'enough' if first['enough'] else 'NOT enough'} for {loaders[0]}: want {headroom:g}x)")
+  return {**first, **results}
 
 
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'A materialised Beam cache to read.',
@@ -197,6 +279,12 @@ _PEAK_FLOPS = flags.DEFINE_float('peak_flops', 989e12, 'Peak FLOP/s per device.'
                                  allow_override=True)
 _HEADROOM = flags.DEFINE_float('headroom', 10.0, 'Wanted reader headroom (x).',
                                allow_override=True)
+_LOADERS = flags.DEFINE_list('loaders', ['grain', 'seqio'], 'Loaders to compare (grain, seqio).',
+                             allow_override=True)
+_GRAIN_WORKERS = flags.DEFINE_integer('grain_workers', 0, 'Grain worker processes (0: one reader '
+                                      'thread in this process).', allow_override=True)
+_RESUME_AT = flags.DEFINE_list('resume_at', ['10', '10000'], 'Batches at which to time a resume '
+                               '(to the first batch); empty: none.', allow_override=True)
 flags.adopt_module_key_flags(gin_flags)
 
 
@@ -210,10 +298,15 @@ def main(argv) -> int:
         feature_lengths=parse_lengths(_FEATURE_LENGTHS.value),
         cache_dir=_CACHE_DIR.value, task=_TASK.value, text_file=_TEXT_FILE.value,
         work_dir=_WORK_DIR.value, batch_size=_BATCH_SIZE.value, batches=_BATCHES.value,
-        mfu=_MFU.value, peak_flops=_PEAK_FLOPS.value, headroom=_HEADROOM.value)
+        mfu=_MFU.value, peak_flops=_PEAK_FLOPS.value, headroom=_HEADROOM.value,
+        loaders=tuple(_LOADERS.value), resume_at=tuple(int(n) for n in _RESUME_AT.value),
+        grain_workers=_GRAIN_WORKERS.value)
   except ValueError as e:
     raise cli.UserError(str(e)) from e
-  input_bench.run(model=model, **kwargs)
+  try:
+    input_bench.run(model=model, **kwargs)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from e
   return 0
 
 

@@ -2,8 +2,9 @@
 
 Also `BadRecord`, the one description of why a raw record is not a document, shared by the
 TF-free reader (`tasks.sources`) and the seqio face (`tasks.seqio_sources`). Pure Python: the
-TFRecord reader checks record lengths but not the CRC32C checksums (no CRC32C in the standard
-library).
+TFRecord reader checks record lengths and the CRC32C checksums of every length and payload
+(`masked_crc32c`: `google_crc32c` when installed, else a table-driven fallback), raising
+`CorruptRecordError` naming the file and byte offset.
 """
 import glob as glob_lib
 import os
@@ -29,10 +30,77 @@ class BadRecord(ValueError):
 
 # ------------------------------------------------------------------------------------------------
 # TFRecord framing and tf.Example wire format, in pure Python.
+# A TFRecord is `uint64 length | uint32 masked_crc32c(length bytes) | data | uint32
+# masked_crc32c(data)`, little-endian.
+
+
+class CorruptRecordError(ValueError):
+  """A TFRecord whose length or payload fails its CRC32C check, or a truncated file."""
+
+
+def _crc32c_table():
+  table = []
+  for n in range(256):
+    c = n
+    for _ in range(8):
+      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    table.append(c)
+  return table
+
+
+_CRC_TABLE = None
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli) of `data`: `google_crc32c` when installed, else pure Python (slow)."""
+  try:
+    import google_crc32c  # pylint: disable=g-import-not-at-top
+    return google_crc32c.value(bytes(data))
+  except ImportError:
+    pass
+  global _CRC_TABLE
+  if _CRC_TABLE is None:
+    _CRC_TABLE = _crc32c_table()
+  c = 0xFFFFFFFF
+  for b in data:
+    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+  return c ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+  """TFRecord's masked CRC: `((crc >> 15) | (crc << 17)) + 0xa282ead8` (mod 2**32)."""
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_tfrecord_at(f, path: str, frame_offset: int, length: int) -> bytes:
+  """The payload of the record whose frame starts at `frame_offset`, both CRCs checked.
+
+  `f`: `path` opened in binary mode. Raises `CorruptRecordError` naming the file and offset.
+  """
+  f.seek(frame_offset)
+  return check_tfrecord_frame(f.read(12 + length + 4), path, frame_offset, length)
+
+
+def check_tfrecord_frame(frame: bytes, path: str, frame_offset: int, length: int) -> bytes:
+  """The payload of a whole record frame (read at `frame_offset`), both CRCs checked."""
+  if len(frame) != 12 + length + 4:
+    raise CorruptRecordError(f'{path}: truncated TFRecord at byte {frame_offset}')
+  (stored_length,) = struct.unpack('<Q', frame[:8])
+  (length_crc,) = struct.unpack('<I', frame[8:12])
+  if stored_length != length or masked_crc32c(frame[:8]) != length_crc:
+    raise CorruptRecordError(f'{path}: corrupted TFRecord at byte {frame_offset} (length does '
+                             'not match its CRC32C or the index)')
+  data = frame[12:12 + length]
+  (data_crc,) = struct.unpack('<I', frame[12 + length:])
+  if masked_crc32c(data) != data_crc:
+    raise CorruptRecordError(f'{path}: corrupted TFRecord at byte {frame_offset} (payload fails '
+                             'its CRC32C check)')
+  return data
 
 
 def tfrecord_offsets(path: str) -> Iterator[Tuple[int, int]]:
-  """Yields `(data_offset, length)` per record of a TFRecord file (CRCs are not verified)."""
+  """Yields `(data_offset, length)` per record of a TFRecord file (length CRCs verified)."""
   size = os.path.getsize(path)
   with open(path, 'rb') as f:
     pos = 0
@@ -42,6 +110,9 @@ def tfrecord_offsets(path: str) -> Iterator[Tuple[int, int]]:
       if len(header) < 12:
         raise ValueError(f'{path}: truncated TFRecord header at byte {pos}')
       (length,) = struct.unpack('<Q', header[:8])
+      if masked_crc32c(header[:8]) != struct.unpack('<I', header[8:12])[0]:
+        raise CorruptRecordError(f'{path}: corrupted TFRecord length at byte {pos} (fails its '
+                                 'CRC32C check)')
       if pos + 12 + length + 4 > size:
         raise ValueError(f'{path}: TFRecord at byte {pos} claims {length} bytes past the end')
       yield pos + 12, length
@@ -55,8 +126,7 @@ def read_tfrecord_range(path: str, start: int,
       if end is not None and index >= end:
         break
       if index >= start:
-        f.seek(offset)
-        yield f'{path}:{index}', f.read(length)
+        yield f'{path}:{index}', read_tfrecord_at(f, path, offset - 12, length)
 
 
 def _wire_fields(buf: bytes) -> Iterator[Tuple[int, int, Union[int, bytes]]]:

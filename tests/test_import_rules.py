@@ -18,6 +18,7 @@ ENTRY_POINTS = {
     'trainer.train', 'trainer.eval', 'trainer.adapt', 'trainer.export_hf', 'trainer.bench',
     'pipelines.cache_tasks', 'pipelines.train_vocab', 'pipelines.inspect_task', 'pipelines.demo',
     'pipelines.bench', 'pipelines.input_bench', 'pipelines.prepare_corpus',
+    'pipelines.cache_index',
 }
 TF_LIKE = ('tensorflow', 'seqio', 't5', 'apache_beam', 'tensorflow_text', 'tensorflow_datasets')
 
@@ -131,6 +132,7 @@ def test_checkpoint_imports_only_model():
 
 
 DATA_SIDE = ('trainer.training.data', 'trainer.training.feature_converters',
+             'trainer.training.grain_loader', 'trainer.training.numpy_converters',
              'trainer.evaluation.seqio_eval')
 
 
@@ -210,7 +212,10 @@ def test_the_checker_sees_a_cycle_and_a_forbidden_import():
 @pytest.mark.parametrize('module', ['tasks', 'tasks.cli', 'tasks.sources',
                                     'tasks.objectives.planning', 'tasks.objectives.numpy_impl',
                                     'trainer.model.transformer', 'trainer.checkpoint.checkpoints',
-                                    'pipelines.cache.layout', 'pipelines.cache.plan'])
+                                    'pipelines.cache.layout', 'pipelines.cache.plan',
+                                    'pipelines.cache.records', 'pipelines.cache_index',
+                                    'trainer.training.data', 'trainer.training.grain_loader',
+                                    'trainer.training.numpy_converters'])
 def test_light_modules_load_no_tensorflow_seqio_beam_or_gin(module):
   """Without seqio loaded nothing can be registered: importing these registers no task."""
   if module not in MODULES:

@@ -64,8 +64,10 @@ def main(argv) -> int:
 
 def run(argv=None) -> int:
   """`argv`: the arguments without the program name (default: sys.argv[1:])."""
-  # TensorFlow (seqio) first, with its native start-up noise silenced, before tasks modules load.
-  from trainer.training import data  # pylint: disable=g-import-not-at-top,unused-import
+  # TensorFlow (seqio) first, with its native start-up noise silenced, before tasks modules load;
+  # where it is not installed (GPU images), the Grain loader reads cached tasks without it.
+  from trainer.training import data  # pylint: disable=g-import-not-at-top
+  data.preload_tf()
   from tasks import cli  # pylint: disable=g-import-not-at-top
   cli.quiet_absl_logging()
   return gin_flags.run(main, argv=argv, program='train')

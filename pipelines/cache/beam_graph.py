@@ -28,6 +28,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.cache import layout
 from pipelines.cache import plan as cache_plan
+from pipelines.cache import records
 from pipelines.cache import stats as stats_lib
 
 _NS = "cache_tasks"
@@ -124,6 +125,16 @@ class WriteShard(beam.DoFn):
         for _, _, data in items:
           writer.write(data)
 
+    # The record index (random access without TF, `pipelines.cache.records`) from the lengths
+    # written; before the shard, and both before the driver's COMPLETED.
+    index = records.index_bytes([len(data) for _, _, data in items])
+
+    def write_index(tmp):
+      with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(index)
+
+    _atomic_write(os.path.join(self._output_dirs[cached],
+                               layout.index_file_name(split, shard, num_shards)), write_index)
     _atomic_write(path, write)
     Metrics.counter(_NS, "shards_written").inc()
     yield (cached, split), len(items)

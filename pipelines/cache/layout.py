@@ -3,6 +3,7 @@
     <output_cache_dir>/
       <task>.in512_tg512/                 one directory per cached task (`cached_task_name`)
         <split>.tfrecord-00000-of-00016   shards of serialized tf.Example (`shard_file_name`)
+        <split>.tfrecord_index-00000-of-00016   each shard's record index (`index_file_name`)
         info.<split>.json                 seqio's: number of shards, feature dtypes and ranks
         stats.<split>.json                counts and token figures (`pipelines.cache.stats`)
         deadletter.<split>.jsonl          bad input records, one JSON object per line
@@ -10,6 +11,13 @@
         COMPLETED                         written last: only then is the directory read
       <mixture>.in512_tg512.mixture.json  a cached mixture over cached tasks (same rates)
       .progress/                          the running job's progress files (removed at the end)
+
+A record index (`INDEX_MAGIC`, then the record count and one `(frame offset, payload length)`
+pair per record, all little-endian uint64) makes a shard randomly accessible without TensorFlow
+(`pipelines.cache.records`, the Grain loader); the job writes it beside each shard, before
+`COMPLETED`, and `python -m pipelines.cache_index --cache_dir=DIR` (`INDEX_COMMAND`) adds it to
+caches written before it existed. Its name does not match seqio's shard glob, so seqio reads the
+cache as before.
 
 The shard, info and `COMPLETED` names are seqio's (`seqio.get_task_dir_from_name` and
 `_CachedDataSource`), so seqio reads a cached task as any cache. Plain Python: no TF at import.
@@ -48,6 +56,27 @@ def shard_file_name(split: str, shard: int, num_shards: int) -> str:
 
 def shard_glob(split: str) -> str:
   return f'{split}.tfrecord-*'
+
+
+INDEX_MAGIC = b'GAIDX001'
+INDEX_COMMAND = 'python -m pipelines.cache_index --cache_dir='
+
+
+def index_file_name(split: str, shard: int, num_shards: int) -> str:
+  """The record index of `shard_file_name(split, shard, num_shards)`.
+
+  >>> index_file_name('train', 3, 16)
+  'train.tfrecord_index-00003-of-00016'
+  """
+  return f'{split}.tfrecord_index-{shard:05d}-of-{num_shards:05d}'
+
+
+def index_of_shard(shard_name: str) -> str:
+  """`train.tfrecord-00003-of-00016` -> `train.tfrecord_index-00003-of-00016`."""
+  head, sep, tail = shard_name.rpartition('.tfrecord-')
+  if not sep:
+    raise ValueError(f'{shard_name!r} is not a cache shard name')
+  return f'{head}.tfrecord_index-{tail}'
 
 
 def info_file_name(split: str) -> str:

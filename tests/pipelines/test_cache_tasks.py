@@ -173,7 +173,8 @@ def test_cached_task_equals_task_get_dataset(cache_env, tmp_path):
   assert sorted(p.name for p in out_dir.iterdir()) == [
       "COMPLETED", "cache_job.json", "deadletter.train.jsonl", "info.train.json",
       "stats.train.json", "train.tfrecord-00000-of-00003", "train.tfrecord-00001-of-00003",
-      "train.tfrecord-00002-of-00003"]
+      "train.tfrecord-00002-of-00003", "train.tfrecord_index-00000-of-00003",
+      "train.tfrecord_index-00001-of-00003", "train.tfrecord_index-00002-of-00003"]
   assert cache_registry.register_cached_tasks(str(tmp_path)) == [cached]
   got = read_cached(cached)
 

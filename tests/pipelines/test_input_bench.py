@@ -40,7 +40,7 @@ def test_cli_builds_a_cache_and_reports_reader_headroom(shared_data, tmp_path, r
   cmd = [sys.executable, '-m', 'pipelines.input_bench', '--gin_file=gin/models/t5gemma_tiny.gin',
          f'--text_file={tmp_path / "corpus.txt"}', f'--work_dir={tmp_path / "work"}',
          '--feature_lengths=inputs:64,targets:64', '--batch_size=4', '--batches=30',
-         '--peak_flops=1e12', '--gin.VOCAB_SIZE=2000']
+         '--peak_flops=1e12', '--gin.VOCAB_SIZE=2000', '--resume_at=2,20']
   out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert (tmp_path / 'work' / 'cache' / 'input_bench_prefix_lm.in64_tg64' / 'COMPLETED').exists()
@@ -50,10 +50,17 @@ def test_cli_builds_a_cache_and_reports_reader_headroom(shared_data, tmp_path, r
   tokens_per_s = float(read.group(3).replace(',', ''))
   examples_per_s = float(read.group(2).replace(',', ''))
   assert tokens_per_s == pytest.approx(examples_per_s * 128, rel=0.01)  # 64 + 64 per row
-  need = re.search(r'needs ([\d,]+) tokens/s .* reader ([\d.]+)x', out.stdout)
+  need = re.search(r'needs ([\d,]+) tokens/s .* reader ([\d.]+)x grain, ([\d.]+)x seqio',
+                   out.stdout)
   assert need, out.stdout
   assert float(need.group(2)) == pytest.approx(
       tokens_per_s / float(need.group(1).replace(',', '')), rel=0.02)
+  # Both loaders, side by side, read the same number of rows; resume timings for both.
+  lines = re.findall(r'input_bench: (grain|seqio) read (\d+) rows', out.stdout)
+  assert lines == [('grain', '120'), ('seqio', '120')], out.stdout
+  resume = re.search(r'resume -> first batch \| at batch 2: grain ([\d.]+) s, seqio ([\d.]+) s '
+                     r'\| at batch 20: grain ([\d.]+) s, seqio ([\d.]+) s', out.stdout)
+  assert resume, out.stdout
 
 
 def test_cli_bad_flags_are_one_line(repo_root):

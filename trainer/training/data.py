@@ -1,4 +1,10 @@
-"""Training / eval data through SeqIO (the only trainer module that imports TensorFlow).
+"""Training / eval data: the DatasetConfig and its two loaders (seqio + tf.data, or Grain).
+
+`DatasetConfig.data_loader` picks the reader ('grain' | 'seqio', gin `DATA_LOADER`): 'grain'
+(`trainer.training.grain_loader`, no TensorFlow) reads the Beam job's caches by random access;
+it applies to cached tasks (`use_cached=True` with a `cache_dir`), on-the-fly tasks are always read
+by seqio. `dataset_fn_for_model(cfg, model)` builds either. Importing this module imports neither
+TensorFlow nor seqio: they load on the seqio path's first use.
 
 `DatasetConfig` says which mixture or task, at which feature lengths, from which split, whether to
 read the materialised caches (`use_cached=True`, with `cache_dir` registering the Beam job's cached
@@ -31,12 +37,27 @@ import numpy as np
 from pipelines.cache import layout as cache_layout
 from tasks import cli
 
-with cli.quiet_native_stderr():
-  import seqio  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  # Keep TF off the accelerators (JAX owns them) and quiet.
-  tf.config.set_visible_devices([], 'GPU')
-  tf.get_logger().setLevel('ERROR')
+DATA_LOADERS = ('grain', 'seqio')
+
+
+def _seqio_tf():
+  """(seqio, tf), imported on first use with TF's native start-up noise silenced."""
+  with cli.quiet_native_stderr():
+    import seqio  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # Keep TF off the accelerators (JAX owns them) and quiet.
+    tf.config.set_visible_devices([], 'GPU')
+    tf.get_logger().setLevel('ERROR')
+  return seqio, tf
+
+
+def preload_tf() -> bool:
+  """Imports TF/seqio now (quietly) when they are installed; False where they are not."""
+  try:
+    _seqio_tf()
+  except ImportError:
+    return False
+  return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +77,10 @@ class DatasetConfig:
       registered (and seqio's cache search path extended) before the dataset is built.
     pack: let the feature converter pack several examples per row.
     num_epochs: None repeats forever (training); an int stops (evaluation).
+    data_loader: 'grain' (random access over the cache, TF-free; only for cached tasks, others
+      fall back to seqio) or 'seqio' (tf.data).
+    worker_count: Grain worker processes (0: read in this process, with `prefetch` threads).
+    prefetch: Grain read-ahead, in packing windows (chunks of examples).
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -67,8 +92,18 @@ class DatasetConfig:
   cache_dir: Optional[str] = None
   pack: bool = True
   num_epochs: Optional[int] = None
+  data_loader: str = 'seqio'
+  worker_count: int = 0
+  prefetch: int = 2
 
   def __post_init__(self):
+    if self.data_loader not in DATA_LOADERS:
+      raise ValueError(f'DatasetConfig.data_loader (DATA_LOADER) must be one of {DATA_LOADERS}, '
+                       f'got {self.data_loader!r}')
+    for name in ('worker_count', 'prefetch'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'DatasetConfig.{name} must be an int >= 0, got {value!r}')
     if not isinstance(self.mixture_or_task_name, str) or not self.mixture_or_task_name:
       raise ValueError('DatasetConfig.mixture_or_task_name must be a non-empty string, got '
                        f'{self.mixture_or_task_name!r}')
@@ -88,8 +123,26 @@ class DatasetConfig:
                        f'{self.num_epochs!r}')
 
 
+def uses_grain(cfg: DatasetConfig) -> bool:
+  """Whether `cfg` is read by the Grain loader: DATA_LOADER='grain' on a cached task."""
+  return cfg.data_loader == 'grain' and cfg.use_cached and bool(cfg.cache_dir)
+
+
+def dataset_fn_for_model(cfg: DatasetConfig, model) -> Callable[..., Iterator]:
+  """The data interface for `model` (a trainer model wrapper): Grain or seqio, as `cfg` says."""
+  if uses_grain(cfg):
+    from trainer.training import grain_loader  # pylint: disable=g-import-not-at-top
+    from trainer.training import numpy_converters  # pylint: disable=g-import-not-at-top
+    converter = numpy_converters.for_model(model, pack=cfg.pack,
+                                           task_feature_lengths=cfg.task_feature_lengths)
+    return grain_loader.dataset_fn(cfg, converter)
+  from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
+  return dataset_fn(cfg, feature_converters.for_model(model, pack=cfg.pack))
+
+
 def register_cache_dir(cache_dir: str) -> list:
   """Registers the Beam job's completed cached tasks under `cache_dir`; returns their names."""
+  _, tf = _seqio_tf()
   if not tf.io.gfile.isdir(cache_dir):
     raise ValueError(f'DatasetConfig.cache_dir: {cache_dir!r} is not a directory')
   from pipelines.cache import registry  # pylint: disable=g-import-not-at-top
@@ -103,6 +156,7 @@ def resolve_task_name(cfg: DatasetConfig) -> str:
   `pipelines.cache.layout.cached_task_name`) holding finished examples at those lengths; a run that
   names the source task and sets USE_CACHED_TASKS reads that cached task.
   """
+  seqio, _ = _seqio_tf()
   name = cfg.mixture_or_task_name
   if cfg.use_cached and name in seqio.TaskRegistry.names():
     cached = cache_layout.cached_task_name(name, cfg.task_feature_lengths)
@@ -112,6 +166,7 @@ def resolve_task_name(cfg: DatasetConfig) -> str:
 
 
 def _check_registered(name: str) -> None:
+  seqio, _ = _seqio_tf()
   if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
     return
   import difflib  # pylint: disable=g-import-not-at-top
@@ -123,8 +178,9 @@ def _check_registered(name: str) -> None:
                    f'or mixture.{hint}')
 
 
-def get_tf_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter) -> tf.data.Dataset:
+def get_tf_dataset(cfg: DatasetConfig, feature_converter):
   """This host's batched tf.data pipeline (deterministic for a given cfg)."""
+  seqio, tf = _seqio_tf()
   if cfg.cache_dir:
     register_cache_dir(cfg.cache_dir)
   name = resolve_task_name(cfg)
@@ -145,7 +201,7 @@ def get_tf_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter
   return ds.with_options(options)
 
 
-def dataset_fn(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter
+def dataset_fn(cfg: DatasetConfig, feature_converter
                ) -> Callable[..., Iterator[Mapping[str, np.ndarray]]]:
   """The trainer's data interface: `fn(start_batch=0)` -> iterator of numpy batches."""
 

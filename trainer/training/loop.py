@@ -18,15 +18,19 @@ norm, optimiser update. A non-finite loss or gradient norm stops the run with `T
 before anything is saved, so the last checkpoint on disk is the last good one. SIGTERM/SIGINT make
 the loop finish the current step, save a checkpoint (params, optimiser state, step, RNG, data
 position) and return with `interrupted=True`; a rerun resumes from it and sees the same batches.
+A dataset fn that also takes `loader_state` (the Grain loader, `trainer.training.grain_loader`)
+and whose iterator has `checkpoint_state()` gets its own position saved in the checkpoint's `data`
+item and handed back on resume: nothing is replayed. Others skip `batches_consumed` batches.
 """
 import dataclasses
+import inspect
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from typing import Callable, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -210,14 +214,12 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
 
   if train_dataset_cfg is not None or eval_dataset_cfg is not None:
     # TF only when asked.
+    # (DATA_LOADER='grain' on cached tasks: no TF at all.)
     from trainer.training import data  # pylint: disable=g-import-not-at-top
-    from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
     if train_dataset_cfg is not None:
-      train_dataset_fn = data.dataset_fn(
-          train_dataset_cfg, feature_converters.for_model(model, pack=train_dataset_cfg.pack))
+      train_dataset_fn = data.dataset_fn_for_model(train_dataset_cfg, model)
     if eval_dataset_cfg is not None:
-      eval_dataset_fn = data.dataset_fn(
-          eval_dataset_cfg, feature_converters.for_model(model, pack=eval_dataset_cfg.pack))
+      eval_dataset_fn = data.dataset_fn_for_model(eval_dataset_cfg, model)
 
   writer = metrics_lib.MetricsWriter(model_dir, total_steps=total_steps, stream=stream)
   if writer.enabled:
@@ -225,11 +227,17 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
   ckpt = checkpoints_lib.Checkpointer(os.path.join(model_dir, 'checkpoints'), checkpoint_cfg)
   latest = ckpt.latest_step()
   start_batch = 0
+  loader_state = None  # a resumable loader's own position (the Grain loader's), if saved
   if latest is not None:
-    start_batch = int(ckpt.manager.restore(latest, args=checkpoints_lib.ocp.args.Composite(
-        data=checkpoints_lib.ocp.args.JsonRestore()))['data']['batches_consumed'])
+    saved_data = ckpt.manager.restore(latest, args=checkpoints_lib.ocp.args.Composite(
+        data=checkpoints_lib.ocp.args.JsonRestore()))['data']
+    start_batch = int(saved_data['batches_consumed'])
+    loader_state = saved_data.get('loader')
 
-  train_iter = train_dataset_fn(start_batch=start_batch)
+  if loader_state is not None and _accepts_loader_state(train_dataset_fn):
+    train_iter = train_dataset_fn(start_batch=start_batch, loader_state=loader_state)
+  else:
+    train_iter = train_dataset_fn(start_batch=start_batch)
   first_batch = _next_batch(train_iter, 0)
   shapes = _shapes(first_batch)
   global_batch_size = shapes[next(iter(shapes))][0] * jax.process_count()
@@ -293,7 +301,8 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
   def save(force=False):
     nonlocal last_saved
     if ckpt.save(step, params=state.params, opt_state=state.opt_state, train_meta=state.meta(),
-                 data_state={'batches_consumed': batches_consumed, 'seed': seed}, force=force):
+                 data_state={'batches_consumed': batches_consumed, 'seed': seed,
+                             **_loader_state(train_iter)}, force=force):
       last_saved = step
 
   with _SignalCatcher(checkpoint_cfg.save_on_signal) as signals:
@@ -373,6 +382,19 @@ def write_model_config(model, model_dir: str) -> Optional[str]:
     return None
   os.makedirs(model_dir, exist_ok=True)
   return config_io.write_model_config(config, os.path.join(model_dir, config_io.MODEL_CONFIG_FILE))
+
+
+def _accepts_loader_state(fn) -> bool:
+  try:
+    return 'loader_state' in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def _loader_state(iterator) -> Dict[str, Any]:
+  """{'loader': state} for iterators that checkpoint their position (the Grain loader)."""
+  get = getattr(iterator, 'checkpoint_state', None)
+  return {'loader': get()} if get is not None else {}
 
 
 def _next_batch(iterator, position: int):

@@ -1,0 +1,295 @@
+"""Random access to a cache without TensorFlow: record indexes, CRC-checked reads, tf.Example decode.
+
+    from pipelines.cache import records
+    split = records.CachedSplit('/data/cache/wiki_ul2.in512_tg512', 'train')
+    len(split)   # examples in all shards
+    split[7]     # {'inputs': int32[<= 512], 'targets': int32[<= 512]}
+
+    records.resolve_cached('/data/cache', 'wiki_ul2_mix', {'inputs': 512, 'targets': 512})
+    # -> [(CachedSplit of wiki_ul2.in512_tg512, 0.5), (CachedSplit of wiki_prefix_lm..., 0.5)]
+
+Every shard `<split>.tfrecord-SSSSS-of-NNNNN` has an index `<split>.tfrecord_index-SSSSS-of-NNNNN`
+(`pipelines.cache.layout.index_file_name`): `INDEX_MAGIC`, the record count, then one
+`(frame offset, payload length)` pair per record, little-endian uint64. The cache job writes it
+with the shard (`index_bytes`, from the lengths it wrote: no re-read), and `python -m
+pipelines.cache_index` builds it from the shard for caches written before (`build_index`, every
+CRC checked). Reads check both CRC32Cs of the record (`tasks.record_formats.read_tfrecord_at`).
+Example global index `i` is record `i - offset[s]` of shard `s` (shards in name order).
+
+Errors (`CacheReadError`, a ValueError, one line): a directory without `COMPLETED`, a shard without
+its index (naming the command that adds it), an index that does not match its shard, a corrupted
+record, a task or mixture not in the cache, a mixture whose tasks were cached at other lengths.
+Plain Python + NumPy: no TensorFlow, seqio or Beam.
+"""
+from __future__ import annotations
+
+import glob as glob_lib
+import json
+import os
+import struct
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipelines.cache import layout
+from tasks import record_formats
+
+
+class CacheReadError(ValueError):
+  """A cache that cannot be read by random access (the message says why and what to run)."""
+
+
+def index_bytes(lengths: Sequence[int]) -> bytes:
+  """The index of a TFRecord file holding records of these payload lengths, in order.
+
+  >>> index_bytes([3, 5])[8:16]   # count
+  b'\\x02\\x00\\x00\\x00\\x00\\x00\\x00\\x00'
+  """
+  lengths = np.asarray(lengths, dtype=np.uint64)
+  frames = lengths + np.uint64(16)
+  offsets = np.concatenate([np.zeros(1, np.uint64), np.cumsum(frames, dtype=np.uint64)[:-1]]) \
+      if len(lengths) else np.zeros(0, np.uint64)
+  pairs = np.stack([offsets, lengths], axis=1).astype('<u8')
+  return layout.INDEX_MAGIC + struct.pack('<Q', len(lengths)) + pairs.tobytes()
+
+
+def build_index(shard_path: str) -> bytes:
+  """The index of an existing shard, read from its frames (length and payload CRCs checked)."""
+  lengths = []
+  with open(shard_path, 'rb') as f:
+    for offset, length in record_formats.tfrecord_offsets(shard_path):
+      record_formats.read_tfrecord_at(f, shard_path, offset - 12, length)
+      lengths.append(length)
+  return index_bytes(lengths)
+
+
+def read_index(index_path: str) -> np.ndarray:
+  """`[n, 2]` uint64 (frame offset, payload length) of each record."""
+  with open(index_path, 'rb') as f:
+    data = f.read()
+  if data[:8] != layout.INDEX_MAGIC or len(data) < 16:
+    raise CacheReadError(f'{index_path}: not a record index (bad header); rebuild it with '
+                         f'{layout.INDEX_COMMAND}{os.path.dirname(os.path.dirname(index_path))}'
+                         ' --overwrite')
+  (count,) = struct.unpack('<Q', data[8:16])
+  if len(data) != 16 + 16 * count:
+    raise CacheReadError(f'{index_path}: truncated record index ({count} records announced)')
+  return np.frombuffer(data, dtype='<u8', offset=16).reshape(count, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# tf.Example -> numpy, vectorised over packed int64 lists.
+
+
+def _varints(buf: bytes) -> np.ndarray:
+  """Decodes a run of protobuf varints (a packed repeated int64) into uint64."""
+  b = np.frombuffer(buf, dtype=np.uint8)
+  if not len(b):
+    return np.zeros(0, np.uint64)
+  ends = np.flatnonzero(b < 0x80)
+  if not len(ends) or ends[-1] != len(b) - 1:
+    raise ValueError('truncated varint')
+  starts = np.empty_like(ends)
+  starts[0] = 0
+  starts[1:] = ends[:-1] + 1
+  widths = ends - starts + 1
+  if widths.max() > 10:
+    raise ValueError('bad varint')
+  shift = (np.arange(len(b)) - np.repeat(starts, widths)).astype(np.uint64) * np.uint64(7)
+  values = (b & 0x7F).astype(np.uint64) << shift
+  return np.add.reduceat(values, starts)
+
+
+def decode_example(raw: bytes, dtypes: Mapping[str, str]) -> Dict[str, np.ndarray]:
+  """The features of a serialized tf.Example as 1-D numpy arrays of `dtypes` (name -> dtype).
+
+  Int64List (packed or not) and FloatList values; features not in `dtypes` are skipped.
+  Raises ValueError for a payload that is not a tf.Example with those features.
+  """
+  wire = record_formats._wire_fields  # pylint: disable=protected-access
+  out = {}
+  for f1, w1, features in wire(raw):
+    if f1 != 1 or w1 != 2:
+      continue
+    for f2, w2, entry in wire(features):
+      if f2 != 1 or w2 != 2:
+        continue
+      name, value = None, b''
+      for f3, w3, v in wire(entry):
+        if f3 == 1 and w3 == 2:
+          name = v.decode('utf-8')
+        elif f3 == 2 and w3 == 2:
+          value = v
+      if name not in dtypes:
+        continue
+      arr = np.zeros(0, np.uint64)
+      for kind, w4, lst in wire(value):
+        if w4 != 2:
+          continue
+        if kind == 3:  # Int64List
+          packed = [v for f5, w5, v in wire(lst) if f5 == 1 and w5 == 2]
+          loose = [v for f5, w5, v in wire(lst) if f5 == 1 and w5 == 0]
+          arr = np.concatenate([_varints(p) for p in packed] + [np.asarray(loose, np.uint64)])
+          arr = arr.view(np.int64)
+        elif kind == 2:  # FloatList (packed)
+          packed = b''.join(v for f5, w5, v in wire(lst) if f5 == 1 and w5 == 2)
+          arr = np.frombuffer(packed, dtype='<f4')
+      out[name] = arr.astype(dtypes[name])
+  missing = [k for k in dtypes if k not in out]
+  if missing:
+    raise ValueError(f'tf.Example has no feature {missing[0]!r}')
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# A cached task's split, by random access.
+
+
+def _read_json(path: str):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+class CachedSplit:
+  """One split of one cached task directory: `len()` examples, `[i]` -> feature dict.
+
+  Picklable (Grain worker processes): file descriptors are per process, opened on demand, and
+  read with `os.pread` (safe from several threads).
+  """
+
+  def __init__(self, task_dir: str, split: str):
+    self.task_dir = task_dir
+    self.split = split
+    if not os.path.exists(os.path.join(task_dir, layout.COMPLETED)):
+      raise CacheReadError(f'{task_dir}: no {layout.COMPLETED} file (the cache job did not '
+                           'finish writing it)')
+    info_path = os.path.join(task_dir, layout.info_file_name(split))
+    if not os.path.exists(info_path):
+      raise CacheReadError(f'{task_dir}: split {split!r} is not cached (no '
+                           f'{layout.info_file_name(split)})')
+    info = _read_json(info_path)
+    job_path = os.path.join(task_dir, layout.JOB_INFO)
+    self.job_info = _read_json(job_path) if os.path.exists(job_path) else {}
+    self.dtypes = {k: v['dtype'] for k, v in info['features'].items()}
+    shards = sorted(glob_lib.glob(os.path.join(task_dir, layout.shard_glob(split))))
+    if len(shards) != info['num_shards']:
+      raise CacheReadError(f'{task_dir}: {len(shards)} shards of split {split!r} found, '
+                           f'{layout.info_file_name(split)} says {info["num_shards"]}')
+    self.shards = shards
+    indexes = []
+    for shard in shards:
+      index_path = os.path.join(task_dir, layout.index_of_shard(os.path.basename(shard)))
+      if not os.path.exists(index_path):
+        raise CacheReadError(
+            f'{task_dir}: shard {os.path.basename(shard)} has no record index (a cache written '
+            f'before indexes existed); add them with: {layout.INDEX_COMMAND}'
+            f'{os.path.dirname(task_dir)}')
+      index = read_index(index_path)
+      if len(index):
+        end = int(index[-1, 0] + index[-1, 1] + 16)
+        if end != os.path.getsize(shard):
+          raise CacheReadError(f'{index_path}: does not match {os.path.basename(shard)} (ends '
+                               f'at byte {end}, the shard has {os.path.getsize(shard)}); rebuild '
+                               f'with {layout.INDEX_COMMAND}{os.path.dirname(task_dir)} '
+                               '--overwrite')
+      indexes.append(index)
+    self._indexes = indexes
+    self._starts = np.cumsum([0] + [len(i) for i in indexes])
+    self._files = {}
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def __del__(self):
+    for fd in getattr(self, '_files', {}).values():
+      try:
+        os.close(fd)
+      except OSError:
+        pass
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state['_files'] = {}
+    return state
+
+  def __repr__(self):
+    return f'CachedSplit({self.task_dir!r}, {self.split!r}, {len(self)} examples)'
+
+  def raw(self, index: int) -> bytes:
+    if not 0 <= index < len(self):
+      raise IndexError(f'{self!r}: index {index} out of range')
+    shard = int(np.searchsorted(self._starts, index, side='right') - 1)
+    offset, length = self._indexes[shard][index - self._starts[shard]]
+    path = self.shards[shard]
+    fd = self._files.get(path)
+    if fd is None:
+      fd = self._files[path] = os.open(path, os.O_RDONLY)
+    offset, length = int(offset), int(length)
+    try:
+      # pread: no shared file position, so Grain's reader threads may share the descriptor.
+      frame = os.pread(fd, 12 + length + 4, offset)
+      return record_formats.check_tfrecord_frame(frame, path, offset, length)
+    except record_formats.CorruptRecordError as e:
+      raise CacheReadError(f'{e} (example {index} of {self.task_dir}); re-run the cache job '
+                           'for this task (--overwrite)') from None
+
+  def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+    raw = self.raw(int(index))
+    try:
+      return decode_example(raw, self.dtypes)
+    except ValueError as e:
+      raise CacheReadError(f'{self.task_dir}: example {index} is not a valid tf.Example ({e})'
+                           ) from None
+
+
+def resolve_cached(cache_dir: str, name: str, feature_lengths: Mapping[str, int],
+                   split: str = 'train') -> List[Tuple[CachedSplit, float]]:
+  """The cached splits (with mixing rates) that `name` at `feature_lengths` means in `cache_dir`.
+
+  `name`: a source task or mixture name (as MIXTURE_OR_TASK_NAME), or a cached name
+  (`wiki_ul2.in512_tg512`). A task gives `[(split, 1.0)]`; a mixture its tasks and rates from
+  `<mixture>.<lengths>.mixture.json`. The cache's own files say what it holds: no task module is
+  imported.
+  """
+  if not os.path.isdir(cache_dir):
+    raise CacheReadError(f'CACHE_DIR {cache_dir!r} is not a directory')
+  lengths = dict(feature_lengths)
+  cached = layout.cached_task_name(name, lengths)
+  for candidate in (cached, name):
+    task_dir = layout.task_output_dir(cache_dir, candidate)
+    if os.path.exists(os.path.join(task_dir, layout.JOB_INFO)):
+      return [(CachedSplit(task_dir, split), 1.0)]
+  for candidate in (cached, name):
+    path = os.path.join(cache_dir, layout.mixture_file_name(candidate))
+    if os.path.exists(path):
+      record = _read_json(path)
+      out = []
+      for task, rate in record['tasks']:
+        task_dir = layout.task_output_dir(cache_dir, task)
+        if not os.path.exists(os.path.join(task_dir, layout.COMPLETED)):
+          source = task.rsplit('.', 1)[0]
+          others = sorted(d for d in os.listdir(cache_dir) if d.startswith(source + '.')
+                          and d != task and os.path.isdir(os.path.join(cache_dir, d)))
+          where = (f'cached at other lengths ({", ".join(others)})' if others
+                   else 'not (completely) cached')
+          raise CacheReadError(f'mixture {name!r}: its task {task!r} is {where} in {cache_dir}; '
+                               'cache the mixture\'s tasks at the same lengths')
+        out.append((CachedSplit(task_dir, split), float(rate)))
+      return out
+  # Not there at these lengths: say what is.
+  prefix = f'{name}.'
+  others = sorted(d[:-len(layout.MIXTURE_SUFFIX)] if d.endswith(layout.MIXTURE_SUFFIX) else d
+                  for d in os.listdir(cache_dir) if d.startswith(prefix))
+  if others:
+    is_mixture = any(d.endswith(layout.MIXTURE_SUFFIX) for d in os.listdir(cache_dir)
+                     if d.startswith(prefix))
+    kind = 'mixture' if is_mixture else 'task'
+    raise CacheReadError(
+        f'{kind} {name!r} is cached in {cache_dir} at other lengths ({", ".join(others)}), not '
+        f'at {cached[len(prefix):]}: set TASK_FEATURE_LENGTHS to match or cache it at these '
+        'lengths')
+  known = sorted({d[:-len(layout.MIXTURE_SUFFIX)] if d.endswith(layout.MIXTURE_SUFFIX) else d
+                  for d in os.listdir(cache_dir) if not d.startswith('.')})
+  raise CacheReadError(f'{name!r} at {cached[len(name) + 1:]} is not in the cache {cache_dir} '
+                       f'(it holds: {", ".join(known) or "nothing"})')
+

@@ -1,0 +1,311 @@
+"""The Grain loader over a real Beam cache: indexes, CRC-checked reads, seqio-identical rows,
+deterministic sharded/mixed/shuffled streams, exact resume (SIGTERM), and training without TF."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from pipelines.cache import layout
+from pipelines.cache import records
+from pipelines import cache_index
+from trainer.training import data
+from trainer.training import grain_loader
+from trainer.training import numpy_converters
+
+REPO = str(pathlib.Path(__file__).resolve().parents[3])
+LENGTHS = {'inputs': 32, 'targets': 32}
+TASK_MODULE = textwrap.dedent('''
+    from tasks import pretraining, sources
+    CORPUS = sources.CorpusSpec(name='grainc', format='text', text_mode='paragraph',
+                                splits={{'train': {text!r}}})
+    pretraining.register_corpus_tasks(
+        CORPUS, {vocab!r}, objectives_to_register=('prefix_lm', 'span_corruption'),
+        mixtures={{'mix': {{'prefix_lm': 0.7, 'span_corruption': 0.3}}}})
+''')
+
+
+@pytest.fixture(scope='module')
+def cache(shared_data, tmp_path_factory):
+  """A 2-task mixture cached at inputs:32,targets:32 by the cache job (4 shards per task)."""
+  from pipelines.cache import driver as cache_driver
+  from pipelines.cache import plan as cache_plan
+  from tasks import vocab as vocab_lib
+  work = tmp_path_factory.mktemp('grain_cache')
+  text = (shared_data / 'tinyshakespeare' / 'input.txt').read_bytes()
+  (work / 'corpus.txt').write_bytes(text[:20_000])
+  (work / 'vocab.txt').write_bytes(text[:100_000])
+  vocab, _ = vocab_lib.train_vocabulary(input_files=[str(work / 'vocab.txt')], vocab_size=500,
+                                        output_prefix=str(work / 'spm'), num_sentinels=8)
+  (work / 'grainc_tasks.py').write_text(TASK_MODULE.format(text=str(work / 'corpus.txt'),
+                                                           vocab=vocab))
+  sys.path.insert(0, str(work))
+  __import__('grainc_tasks')
+  config = cache_plan.CacheJobConfig(
+      tasks=('grainc_mix',), output_cache_dir=str(work / 'cache'),
+      feature_lengths=tuple(sorted(LENGTHS.items())), module_import=('grainc_tasks',),
+      min_shards=4)
+  cache_driver.run_cache_job(config, runner='local', num_workers=1, running_mode='in_memory',
+                             progress_interval_s=60, log=lambda _: None)
+  return str(work / 'cache')
+
+
+def task_dir(cache, task='grainc_prefix_lm'):
+  return os.path.join(cache, layout.cached_task_name(task, LENGTHS))
+
+
+def loader(cache, name='grainc_prefix_lm', *, pack=True, batch_size=4, **kwargs):
+  conv = numpy_converters.make('DecoderFeatureConverter', pack=pack, task_feature_lengths=LENGTHS)
+  return grain_loader.GrainLoader(cache_dir=cache, name=name, task_feature_lengths=LENGTHS,
+                                  converter=conv, batch_size=batch_size, **kwargs)
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert sorted(x) == sorted(y)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_decode_example_reads_int64_and_float_lists_like_protobuf():
+  from tensorflow.core.example import example_pb2  # the reference encoder (protobuf)
+  ex = example_pb2.Example()
+  ex.features.feature['targets'].int64_list.value.extend([0, 1, 127, 128, 2**21 + 5, 2**40, -3])
+  ex.features.feature['score'].float_list.value.extend([0.5, -2.25])
+  ex.features.feature['skipped'].bytes_list.value.append(b'x')
+  got = records.decode_example(ex.SerializeToString(), {'targets': 'int64', 'score': 'float32'})
+  np.testing.assert_array_equal(got['targets'], [0, 1, 127, 128, 2**21 + 5, 2**40, -3])
+  np.testing.assert_array_equal(got['score'], np.array([0.5, -2.25], np.float32))
+  with pytest.raises(ValueError, match="no feature 'inputs'"):
+    records.decode_example(ex.SerializeToString(), {'inputs': 'int32'})
+
+
+def test_job_writes_indexes_and_the_command_adds_the_same_bytes(cache, tmp_path):
+  import tensorflow as tf
+  src = task_dir(cache)
+  shards = sorted(p for p in os.listdir(src) if p.startswith('train.tfrecord-'))
+  assert len(shards) == 4
+  split = records.CachedSplit(src, 'train')
+  # The index the job wrote == the one built from the shard; examples == TF's parse of the shard.
+  tf_examples = []
+  for shard in shards:
+    index = open(os.path.join(src, layout.index_of_shard(shard)), 'rb').read()
+    assert index == records.build_index(os.path.join(src, shard))
+    for raw in tf.data.TFRecordDataset(os.path.join(src, shard)).as_numpy_iterator():
+      ex = tf.train.Example.FromString(raw).features.feature
+      tf_examples.append({k: list(ex[k].int64_list.value) for k in ('inputs', 'targets')})
+  ours = [{k: split[i][k].tolist() for k in ('inputs', 'targets')} for i in range(len(split))]
+  assert len(ours) > 50 and ours == tf_examples
+  assert split[0]['inputs'].dtype == np.int32
+  # A cache written before indexes existed: one-line error naming the command, which fixes it.
+  old = tmp_path / 'old'
+  shutil.copytree(cache, old)
+  for path in old.glob('*/train.tfrecord_index-*'):
+    path.unlink()
+  with pytest.raises(records.CacheReadError,
+                     match=r'no record index .* python -m pipelines.cache_index --cache_dir='):
+    records.CachedSplit(task_dir(str(old)), 'train')
+  written = cache_index.add_indexes(str(old), log=lambda _: None)
+  assert len(written) == 8
+  for path in written:
+    rel = os.path.relpath(path, old)
+    assert open(path, 'rb').read() == open(os.path.join(cache, rel), 'rb').read()
+  assert len(records.CachedSplit(task_dir(str(old)), 'train')) == len(split)
+
+
+def test_corrupted_record_and_wrong_lengths_are_clear_errors(cache, tmp_path):
+  bad = tmp_path / 'bad'
+  shutil.copytree(cache, bad)
+  split = records.CachedSplit(task_dir(str(bad)), 'train')
+  shard = split.shards[0]
+  raw = bytearray(open(shard, 'rb').read())
+  raw[40] ^= 0xFF  # Inside the first record's payload.
+  open(shard, 'wb').write(bytes(raw))
+  with pytest.raises(records.CacheReadError, match='fails its CRC32C check'):
+    records.CachedSplit(task_dir(str(bad)), 'train')[0]
+  with pytest.raises(ValueError, match='CRC32C'):
+    cache_index.add_indexes(str(bad), overwrite=True, log=lambda _: None)
+  with pytest.raises(records.CacheReadError, match=r"mixture 'grainc_mix' is cached .* other "
+                     r'lengths \(grainc_mix.in32_tg32\)'):
+    records.resolve_cached(cache, 'grainc_mix', {'inputs': 16, 'targets': 16})
+  # A mixture whose tasks were cached at other lengths.
+  record = json.load(open(os.path.join(cache, 'grainc_mix.in32_tg32.mixture.json')))
+  record['tasks'] = [[t.replace('in32_tg32', 'in16_tg16'), r] for t, r in record['tasks']]
+  record['cached_mixture'] = 'grainc_mix.in16_tg16'
+  (bad / 'grainc_mix.in16_tg16.mixture.json').write_text(json.dumps(record))
+  with pytest.raises(records.CacheReadError, match='cached at other lengths'):
+    records.resolve_cached(str(bad), 'grainc_mix', {'inputs': 16, 'targets': 16})
+
+
+@pytest.mark.parametrize('task,converter,lengths', [
+    ('grainc_prefix_lm', 'DecoderFeatureConverter', LENGTHS),
+    ('grainc_span_corruption', 'EncDecFeatureConverter', LENGTHS),
+    ('grainc_span_corruption', 'DecoderFeatureConverter', {'targets': 32})])  # short: packs
+def test_rows_equal_seqios_converter_on_the_same_cached_examples(cache, task, converter, lengths):
+  import seqio
+  import tensorflow as tf
+  conv = numpy_converters.make(converter, pack=True, task_feature_lengths=lengths)
+  ld = grain_loader.GrainLoader(cache_dir=cache, name=task, task_feature_lengths=LENGTHS,
+                                converter=conv, batch_size=1)
+  examples = [{k: ld.examples()[i][k] for k in lengths} for i in range(3 * conv.chunk_size)]
+  spec = {k: tf.TensorSpec([None], tf.int32) for k in lengths}
+  ds = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+  expected = list(getattr(seqio, converter)(pack=True)(ds, lengths).as_numpy_iterator())
+  ours = [{k: v[0] for k, v in b.items()} for b in take(ld.iterator(), len(expected))]
+  assert_batches_equal(expected, ours)
+  if 'inputs' not in lengths:
+    assert len(expected) < len(examples) / 2  # packed
+
+
+def test_stream_is_seeded_shuffled_per_epoch_sharded_and_mixed_by_rate(cache):
+  one = loader(cache, seed=3)
+  n = len(one.sources[0][0])
+  stream = one.examples()
+  order = [tuple(stream[i]['targets'].tolist()) for i in range(2 * n)]
+  everything = sorted(tuple(one.sources[0][0][i]['targets'].tolist()) for i in range(n))
+  assert sorted(order[:n]) == everything and sorted(order[n:]) == everything  # each epoch whole
+  assert order[:n] != order[n:]  # and reshuffled
+  assert order[:n] != [tuple(one.sources[0][0][i]['targets'].tolist()) for i in range(n)]
+  assert order != [tuple(loader(cache, seed=4).examples()[i]['targets'].tolist())
+                   for i in range(2 * n)]
+  # Host h of 2 reads global positions h, h + 2, ...
+  hosts = [loader(cache, seed=3, process_index=h, process_count=2).examples() for h in (0, 1)]
+  for i in range(20):
+    assert tuple(hosts[i % 2][i // 2]['targets'].tolist()) == order[i]
+  # Mixture: 70/30 by rate, deterministic.
+  mix = loader(cache, 'grainc_mix', seed=1)
+  prefix = {tuple(mix.sources[0][0][i]['targets'].tolist()) for i in range(len(mix.sources[0][0]))}
+  picks = [tuple(mix.examples()[i]['targets'].tolist()) in prefix for i in range(200)]
+  assert sum(picks) == 140
+  assert_batches_equal(take(mix.iterator(), 3), take(loader(cache, 'grainc_mix', seed=1).iterator(), 3))
+
+
+def test_resume_from_state_continues_exactly_and_workers_change_nothing(cache):
+  full = take(loader(cache, seed=5).iterator(), 12)
+  it = loader(cache, seed=5).iterator()
+  take(it, 5)
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = loader(cache, seed=5).iterator(state)
+  assert_batches_equal(take(resumed, 7), full[5:])
+  with pytest.raises(ValueError, match='batch_size=4, this run 8'):
+    loader(cache, seed=5, batch_size=8).iterator(state)
+  workers = loader(cache, seed=5, worker_count=2).iterator()
+  try:
+    assert_batches_equal(take(workers, 12), full)
+  finally:
+    workers.close()
+
+
+def tiny_prefix_lm():
+  from trainer.model.config import TransformerConfig
+  from trainer.training import models
+  cfg = TransformerConfig(vocab_size=512, embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                          head_dim=16, mlp_dim=64, query_pre_attn_scalar=16, sliding_window=8,
+                          dropout_rate=0.1)
+  return models.DecoderOnlyModel(config=cfg, prefix_lm=True)
+
+
+def test_sigterm_and_resume_reproduce_the_losses_with_no_replay(cache, tmp_path):
+  import optax
+  from trainer.checkpoint import checkpoints
+  from trainer.training import loop
+  cfg = data.DatasetConfig(mixture_or_task_name='grainc_mix', task_feature_lengths=LENGTHS,
+                           batch_size=4, use_cached=True, cache_dir=cache, data_loader='grain')
+  model = tiny_prefix_lm()
+  calls = []
+
+  def data_fn(kill_at=None):
+    inner = data.dataset_fn_for_model(cfg, model)
+
+    def fn(start_batch=0, loader_state=None):
+      calls.append((start_batch, loader_state))
+      it = inner(start_batch=start_batch, loader_state=loader_state)
+
+      class Wrapped:
+        read = 0
+
+        def __iter__(self):
+          return self
+
+        def __next__(self):
+          if kill_at is not None and self.read == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+          self.read += 1
+          return next(it)
+
+        def checkpoint_state(self):
+          return it.checkpoint_state()
+
+      return Wrapped()
+    return fn
+
+  def run(model_dir, fn, steps=6, **kw):
+    return loop.train(model=model, model_dir=str(model_dir), total_steps=steps,
+                      optimizer=optax.adam(1e-2), train_dataset_fn=fn, seed=3, log_period=100,
+                      **kw)
+
+  full = run(tmp_path / 'full', data_fn())
+  first = run(tmp_path / 'cut', data_fn(kill_at=3), checkpoint_cfg=checkpoints.CheckpointConfig(
+      period=0))
+  # SIGTERM while batch 3 is read: step 4 finishes, the checkpoint holds the loader's state.
+  assert first.interrupted and first.step == 4
+  calls.clear()
+  second = run(tmp_path / 'cut', data_fn())
+  (start, state), = calls
+  # The loader got its position back (64 rows per chunk: 16 rows of chunk 0 used): no replay.
+  assert start == 4 and state['per_process'] == [[0, 16]] and (state['chunk'], state['row']) == (
+      0, 16)
+  losses = {**first.losses, **second.losses}
+  assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([losses[s] for s in range(1, 7)],
+                             [full.losses[s] for s in range(1, 7)], rtol=1e-6)
+
+
+BLOCKED_TRAIN = textwrap.dedent('''
+    import sys
+    BLOCKED = ('tensorflow', 'seqio', 'apache_beam', 'tensorflow_datasets', 't5')
+
+    class Hide:
+      """As if not installed: `import` raises ModuleNotFoundError, `find_spec` gives None."""
+      def __init__(self, inner):
+        self.inner = inner
+      def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+          return None
+        return self.inner.find_spec(name, path, target)
+      def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    sys.meta_path[:] = [Hide(f) if hasattr(f, 'find_spec') else f for f in sys.meta_path]
+    from trainer import train
+    rc = train.run(sys.argv[1:])
+    leaked = sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED)
+    print('RESULT ' + __import__('json').dumps({'rc': rc, 'leaked': leaked}))
+''')
+
+
+def test_train_on_a_cached_mixture_runs_without_tensorflow(cache, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
+  args = ['--gin_file=gin/models/t5gemma_tiny.gin', '--gin_file=gin/runs/pretrain.gin',
+          '--gin.VOCAB_SIZE=512', f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+          "--gin.MIXTURE_OR_TASK_NAME='grainc_mix'", f'--gin.TASK_FEATURE_LENGTHS={LENGTHS}',
+          '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=2', '--gin.USE_CACHED_TASKS=True',
+          f"--gin.CACHE_DIR='{cache}'", '--gin.WARMUP_STEPS=1']
+  proc = subprocess.run([sys.executable, '-c', BLOCKED_TRAIN, *args], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  result = json.loads([l for l in proc.stdout.splitlines() if l.startswith('RESULT ')][-1][7:])
+  assert result == {'rc': 0, 'leaked': []}, proc.stderr[-3000:]
+  assert 'train: done at step 2' in proc.stdout
