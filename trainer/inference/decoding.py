@@ -151,3 +151,48 @@ def generate(*, config, params, prompt_tokens, prompt_lengths=None, max_decode_l
   tokens = np.where(np.arange(tokens.shape[1])[None] < gen_lengths[:, None], tokens, 0)
   return Generation(tokens=tokens, lengths=gen_lengths.astype(np.int32),
                     scores=np.asarray(scores, np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_scorer(config, bidirectional, decoder_start_id, max_length):
+  def fn(params, prompt, lengths, candidates):
+    logits, cache, next_pos = _prefill(config, params, prompt, lengths, prompt, max_length,
+                                       bidirectional, decoder_start_id)
+
+    def one(candidate):  # [m] -> [B]
+      def body(carry, j):
+        logits, cache, total = carry
+        tok = jnp.broadcast_to(candidate[j], (prompt.shape[0],))
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, candidate[j]]
+        total = total + jnp.where(candidate[j] > 0, logp, 0.0)
+        logits, cache = kv_cache.step(config, params, cache, tokens=tok, positions=next_pos + j)
+        return (logits, cache, total), None
+
+      init = (logits, cache, jnp.zeros(prompt.shape[0], jnp.float32))
+      (_, _, total), _ = jax.lax.scan(body, init, jnp.arange(candidate.shape[0]))
+      return total
+
+    return jax.lax.map(one, candidates).T
+  return jax.jit(fn)
+
+
+def score_continuations(*, config, params, prompt_tokens, prompt_lengths=None, candidates,
+                        bidirectional_prompt: bool = False, decoder_start_id: int = 0) -> np.ndarray:
+  """Summed log p(candidate | prompt) [B, C]: the prompt is prefilled once and every candidate
+  (token ids; 0 = padding, not scored) is teacher-forced through the cached steps.
+
+  Example: candidates [[3, 1], [4, 1]] (the ids of 'negative</s>', 'positive</s>').
+  """
+  prompt = np.asarray(prompt_tokens, np.int32)
+  if prompt_lengths is None:
+    nonzero = prompt != 0
+    prompt_lengths = np.where(nonzero.any(1), prompt.shape[1] - np.argmax(nonzero[:, ::-1], 1), 0)
+  width = max(len(c) for c in candidates)
+  cands = np.zeros((len(candidates), width), np.int32)
+  for i, c in enumerate(candidates):
+    cands[i, :len(c)] = c
+  encdec = isinstance(config, EncoderDecoderConfig)
+  max_length = (1 if encdec else prompt.shape[1]) + width
+  params = scan_layout.for_config(params, config)
+  fn = _compiled_scorer(config, bool(bidirectional_prompt), decoder_start_id, max_length)
+  return np.asarray(fn(params, prompt, np.asarray(prompt_lengths, np.int32), cands))
