@@ -142,3 +142,12 @@ def test_command_line_progress_summary_and_one_line_errors(checkpoints_dir, tmp_
   assert proc.returncode == 2
   assert 'llama' in proc.stderr and 'Traceback' not in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_text_prompts_follow_the_checkpoint_kind():
+  encode = lambda s: [ord(c) - 90 for c in s]  # 'ab' -> [7, 8]
+  rows = [{'text': 'ab'}]
+  assert infer.prompt_ids(rows, vocab_size=40, kind='hf', encode=encode,
+                          max_input_length=None) == [[2, 7, 8]]  # BOS first (Gemma tokenizer)
+  assert infer.prompt_ids(rows, vocab_size=40, kind='trainer', encode=encode,
+                          max_input_length=None) == [[7, 8, 1]]  # EOS last (seqio inputs)
