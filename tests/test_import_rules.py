@@ -16,6 +16,7 @@ PACKAGES = ('tasks', 'pipelines', 'trainer')
 # Entry points: parse flags and wire the library together; they may import anything.
 ENTRY_POINTS = {
     'trainer.train', 'trainer.eval', 'trainer.adapt', 'trainer.export_hf', 'trainer.bench',
+    'trainer.infer',
     'pipelines.cache_tasks', 'pipelines.train_vocab', 'pipelines.inspect_task', 'pipelines.demo',
     'pipelines.bench', 'pipelines.input_bench', 'pipelines.prepare_corpus',
     'pipelines.cache_index',

@@ -1,0 +1,116 @@
+"""Cached decoding (`trainer.model.kv_cache`) computes the uncached forward's logits at every step.
+
+Tiny random Gemma 2 stacks with GQA (4 query / 2 KV heads), soft-caps that bind, and a sliding
+window (3) shorter than prompt + generated length, so the ring buffer wraps; scanned and unrolled
+layouts; decoder-only (causal and PrefixLM) and encoder-decoder; fp32 (<= 1e-5) and bf16.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.core import meta
+
+from trainer.model import kv_cache
+from trainer.model import scan_layout
+from trainer.model.config import EncoderDecoderConfig, TransformerConfig
+from trainer.model.transformer import Decoder, EncoderDecoder
+
+STEPS = 6
+
+
+def _config(**kw):
+  fields = dict(vocab_size=64, embed_dim=32, num_layers=4, num_heads=4, num_kv_heads=2,
+                head_dim=16, mlp_dim=48, query_pre_attn_scalar=16, attn_logits_soft_cap=5.0,
+                final_logit_soft_cap=8.0, sliding_window=3)
+  fields.update(kw)
+  return TransformerConfig(**fields)
+
+
+def _randomise(params, seed):
+  params = meta.unbox(params)
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      tree, [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
+def _prompts():
+  rng = np.random.RandomState(0)
+  lengths = np.array([5, 2, 4], np.int32)
+  tokens = np.zeros((3, 5), np.int32)
+  for b, n in enumerate(lengths):
+    tokens[b, :n] = rng.randint(2, 64, size=n)
+  forced = rng.randint(2, 64, size=(3, STEPS)).astype(np.int32)
+  return tokens, lengths, forced
+
+
+def _check(logits, want, dtype):
+  tol = 1e-5 if dtype == 'float32' else 0.15
+  np.testing.assert_allclose(np.asarray(logits, np.float32), np.asarray(want, np.float32),
+                             atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize('scan,prefix_lm,dtype', [
+    (False, False, 'float32'), (False, True, 'float32'), (True, False, 'float32'),
+    (True, True, 'float32'), (False, False, 'bfloat16'), (True, True, 'bfloat16')])
+def test_decoder_only_cached_equals_uncached(scan, prefix_lm, dtype):
+  cfg = _config(scan_layers=scan, dtype=dtype)
+  tokens, lengths, forced = _prompts()
+  module = Decoder(cfg)
+  params = _randomise(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.asarray(tokens))['params'], 1)
+  max_length = tokens.shape[1] + STEPS
+
+  prefill = jax.jit(lambda p, t, n: kv_cache.prefill(cfg, p, tokens=t, lengths=n,
+                                                     max_length=max_length,
+                                                     bidirectional_prompt=prefix_lm))
+  step = jax.jit(lambda p, c, t, pos: kv_cache.step(cfg, p, c, tokens=t, positions=pos))
+  # One uncached forward over each row's whole sequence (prompt + forced tokens, right-padded):
+  # position n_b - 1 + t is what step t must predict from.
+  full = np.zeros((3, max_length), np.int32)
+  prefix = np.zeros_like(full)
+  for b, n in enumerate(lengths):
+    full[b, :n + STEPS] = np.concatenate([tokens[b, :n], forced[b]])
+    prefix[b, :n] = int(prefix_lm)
+  segments = (np.arange(max_length)[None] < (lengths[:, None] + STEPS)).astype(np.int32)
+  want = jax.jit(lambda p, *a: module.apply({'params': p}, a[0], segment_ids=a[1], causal_attention=a[2]))(
+      params, full, segments, prefix if prefix_lm else None)
+  logits, cache = prefill(params, tokens, lengths)
+  for t in range(STEPS + 1):
+    _check(logits, want[np.arange(3), lengths - 1 + t], dtype)
+    if t < STEPS:
+      logits, cache = step(params, cache, forced[:, t], lengths + t)
+  # Sliding layers hold only their window (3 slots); global ones prompt + generated.
+  self_cache = scan_layout.unrolled({'layers': cache['self']}) if scan else cache['self']
+  assert self_cache['layer_0']['k'].shape[1] == 3
+  assert self_cache['layer_1']['k'].shape[1] == max_length
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_encoder_decoder_cached_equals_uncached(scan):
+  enc = _config(scan_layers=scan, embed_dim=40, sliding_window=2, num_layers=2)
+  cfg = EncoderDecoderConfig(encoder=enc, decoder=_config(scan_layers=scan))
+  tokens, lengths, forced = _prompts()
+  module = EncoderDecoder(cfg)
+  start = np.zeros((3, 1), np.int32)
+  params = _randomise(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.asarray(tokens),
+                                          jnp.asarray(start))['params'], 2)
+  max_length = 1 + STEPS
+  logits, cache = jax.jit(lambda p: kv_cache.prefill(
+      cfg, p, tokens=start, lengths=np.ones(3, np.int32), max_length=max_length,
+      encoder_tokens=tokens))(params)
+  step = jax.jit(lambda p, c, t, pos: kv_cache.step(cfg, p, c, tokens=t, positions=pos))
+  want = jax.jit(module.apply)({'params': params}, tokens, np.concatenate([start, forced], axis=1))
+  for t in range(STEPS + 1):
+    _check(logits, want[:, t], 'float32')
+    if t < STEPS:
+      logits, cache = step(params, cache, forced[:, t], np.full(3, 1 + t, np.int32))
+
+
+def test_cache_bytes_sliding_layers_are_window_sized():
+  cfg = _config(sliding_window=3)
+  per_slot = 2 * 2 * 16 * 4
+  assert kv_cache.cache_bytes(cfg, batch=2, max_length=100) == 2 * (3 + 100 + 3 + 100) * per_slot
+  glob = dataclasses.replace(cfg, sliding_window=None)
+  assert kv_cache.cache_bytes(glob, batch=1, max_length=100) == 4 * 100 * per_slot
