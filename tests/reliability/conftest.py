@@ -107,3 +107,24 @@ def dead_letters(out_dir, task='reljsonl_lm', lengths_name='tg64'):
   if not os.path.exists(path):
     return []
   return [json.loads(l) for l in open(path, encoding='utf-8') if l.strip()]
+
+
+def train_args(model_dir, *, task='reltext_lm', steps=4, vocab_size=259, extra=()):
+  """`python -m trainer.train` arguments: tiny Gemma 2, byte vocabulary, batch 2 x 32 tokens."""
+  return ['trainer.train', '--module_import=rel_tasks', '--gin_file=gin/models/gemma2_tiny.gin',
+          '--gin_file=gin/runs/pretrain.gin', f"--gin.MODEL_DIR='{model_dir}'",
+          f"--gin.MIXTURE_OR_TASK_NAME='{task}'", "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
+          f'--gin.TRAIN_STEPS={steps}', '--gin.BATCH_SIZE=2', f'--gin.VOCAB_SIZE={vocab_size}',
+          '--gin.LOG_PERIOD=1', '--gin.WARMUP_STEPS=1'] + list(extra)
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+  path = tmp_path / 'corpus.txt'
+  path.write_text('\n'.join(good_docs(40)) + '\n')
+  return path
+
+
+def metrics_steps(model_dir, split='train'):
+  return [json.loads(l)['step'] for l in open(os.path.join(model_dir, 'metrics.jsonl'))
+          if json.loads(l)['split'] == split]
