@@ -186,7 +186,8 @@ def params_dir(path: str) -> str:
 def stored_tree(directory: str):
   """A params checkpoint's own tree of array metadata (nested dicts), or None if unreadable."""
   try:
-    metadata = ocp.StandardCheckpointer().metadata(directory)
+    with ocp.StandardCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(directory)
   except (ValueError, KeyError, FileNotFoundError):
     return None
   tree = getattr(metadata, 'item_metadata', metadata)
@@ -209,7 +210,8 @@ def read_params(path: str):
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
                                      sharding=jax.sharding.SingleDeviceSharding(cpu)), tree)
   try:
-    restored = ocp.StandardCheckpointer().restore(directory, abstract)
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(directory, abstract)
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise ValueError(f'cannot read an orbax params checkpoint from {directory!r}: {e}') from e
   except Exception as e:  # pylint: disable=broad-except  (tensorstore: a damaged array file)
@@ -229,6 +231,8 @@ def restore_orbax_params(path: str, abstract_params):
   integrity.check_metadata_files(directory)
   stored = stored_tree(directory)
   target = abstract_params if stored is None else scan_layout.like(abstract_params, stored)
+  if stored is not None:
+    check_stored_shapes(directory, target, stored)
   if jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(abstract_params):
     return _restore_orbax(directory, abstract_params)
   # The checkpoint's stacks are in the other layout (unrolled vs scanned): restore them as
@@ -239,10 +243,26 @@ def restore_orbax_params(path: str, abstract_params):
       abstract_params, restored)
 
 
+def check_stored_shapes(directory: str, target, stored) -> None:
+  """ValueError naming the first tensor whose stored shape differs from the model's, before any
+  array is read (a failed read leaves orbax's async reads to fail again at exit)."""
+  def flat(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, 'shape') and not isinstance(x, Mapping))[0]
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves if hasattr(x, 'shape')}
+  have, want = flat(stored), flat(target)
+  for key in sorted(want.keys() & have.keys()):
+    if have[key] != want[key]:
+      hint = ' (VOCAB_SIZE?)' if 'embed' in key else ''
+      raise ValueError(f'{directory}: tensor {key} has shape {have[key]} in the checkpoint, the '
+                       f'model wants {want[key]}{hint}')
+
+
 def _restore_orbax(params_dir: str, abstract_params):
   """Orbax restore of `abstract_params`' structure, whole or as a part of a bigger tree."""
   try:
-    return ocp.StandardCheckpointer().restore(params_dir, abstract_params)
+    with ocp.StandardCheckpointer() as checkpointer:  # closed: no async teardown noise on error
+      return checkpointer.restore(params_dir, abstract_params)
   except (ValueError, KeyError, FileNotFoundError) as e:
     if integrity.is_damage(e):
       raise integrity.corrupt_error(e, directory=params_dir) from e
@@ -256,10 +276,11 @@ def _restore_orbax(params_dir: str, abstract_params):
   # params['teacher'] beside the student's 'encoder'/'decoder'. Restore just this model's entries;
   # anything the model has that the checkpoint lacks still fails (with the first error).
   try:
-    restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
-        item=abstract_params,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
-        partial_restore=True))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
+          item=abstract_params,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
+          partial_restore=True))
   except (ValueError, KeyError, FileNotFoundError):
     restored = None
   if (restored is None
