@@ -268,8 +268,7 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
   if writer.enabled:  # the run has started: record its model (and gin) config, atomically
     run_guards.write_run_files(model_dir, config=getattr(model, 'config', None),
                                gin_config=gin_config)
-    if latest is not None:
-      writer.drop_after(int(state.step))  # steps the resumed run replays are logged again
+    writer.drop_after(int(state.step))  # steps this run (re)plays are logged again, once
 
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step_fn = make_train_step(model, tx, micro_batches=micro_batches,
