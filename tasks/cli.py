@@ -180,5 +180,5 @@ def exit_process(status: int) -> None:
 
 
 def main_exit(main: Callable[[List[str]], Optional[int]], *, program: str, **kwargs) -> None:
-  """`if __name__ == '__main__': cli.main_exit(main, program=...)`: run() then sys.exit."""
-  sys.exit(run(main, program=program, **kwargs))
+  """`if __name__ == '__main__': cli.main_exit(main, program=...)`: run() then exit_process."""
+  exit_process(run(main, program=program, **kwargs))
