@@ -26,7 +26,6 @@ dropped; the last one is smaller).
 The library is `trainer.evaluation.evaluate`; gin/runs/eval.gin configures its `evaluate()`.
 """
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
