@@ -164,6 +164,21 @@ def run(main: Callable[[List[str]], Optional[int]], *, program: str,
     return 2
 
 
+def exit_process(status: int) -> None:
+  """Ends a command-line process with `status`; after a failure, without interpreter teardown.
+
+  A failed run can leave TF/orbax background threads behind (a tf.data generator thread, orbax's
+  async reads); tearing them down at interpreter exit can hang or print pages of "Event loop is
+  closed" tracebacks after the one-line error. Nothing is left to flush once the error is printed,
+  so a non-zero status exits at once (os._exit), after flushing stdout/stderr.
+  """
+  if status:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)
+
+
 def main_exit(main: Callable[[List[str]], Optional[int]], *, program: str, **kwargs) -> None:
-  """`if __name__ == '__main__': cli.main_exit(main, program=...)`: run() then sys.exit."""
-  sys.exit(run(main, program=program, **kwargs))
+  """`if __name__ == '__main__': cli.main_exit(main, program=...)`: run() then exit_process."""
+  exit_process(run(main, program=program, **kwargs))

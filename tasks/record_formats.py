@@ -13,9 +13,10 @@ import struct
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 # Why a record is not a document. `malformed_example` is for TFRecord/TFDS payloads that are not a
-# decodable tf.Example (the text/JSONL reasons cannot describe them).
+# decodable tf.Example (the text/JSONL reasons cannot describe them). `invalid_text` is text that
+# decodes but is not encodable Unicode: a lone surrogate such as JSON's "\ud800".
 BAD_RECORD_REASONS = ('invalid_utf8', 'malformed_json', 'missing_field', 'empty', 'too_long',
-                      'malformed_example')
+                      'malformed_example', 'invalid_text')
 
 class BadRecord(ValueError):
   """A raw record that is not a valid document; `reason` is one of `BAD_RECORD_REASONS`."""

@@ -203,7 +203,9 @@ class CorpusSpec:
   def parse(self, raw: bytes) -> str:
     """The document text of a raw record, or raises `BadRecord`.
 
-    The same rules apply in both faces: UTF-8 must be valid (`invalid_utf8`); JSONL must be a JSON
+    A UTF-8 byte order mark at the start of a file is not part of its first record (the readers
+    drop it). The same rules apply in both faces: UTF-8 must be valid (`invalid_utf8`) and encodable
+    (`invalid_text`: no lone surrogates, which JSON escapes can make); JSONL must be a JSON
     object (`malformed_json`) holding a string at `text_field` (`missing_field`); tf.Example must
     decode (`malformed_example`) and hold the bytes feature `feature_key` (`missing_field`); the
     text must have a non-whitespace character (`empty`) and at most `max_document_chars`
@@ -231,7 +233,16 @@ class CorpusSpec:
     return self.check_text(text)
 
   def check_text(self, text: str) -> str:
-    """The rules every document passes whatever its format: `empty` and `too_long`."""
+    """The rules every document passes whatever its format: `invalid_text`, `empty`, `too_long`.
+
+    `invalid_text`: the text holds a lone surrogate (JSON allows `"\\ud800"`), which no UTF-8
+    encoder (SentencePiece, TF, the cache's writers) accepts.
+    """
+    try:
+      text.encode('utf-8')
+    except UnicodeEncodeError as e:
+      raise BadRecord('invalid_text', f'not encodable as UTF-8 (lone surrogate?): {e.reason} at '
+                      f'character {e.start}') from None
     if not text.strip():
       raise BadRecord('empty')
     if len(text) > self.max_document_chars:
@@ -292,12 +303,20 @@ def _line_before_is_blank(f, line_start: int) -> bool:
     nl = chunk.rfind(b'\n')
     if nl >= 0:
       content = chunk[nl + 1:] + content
-      break
+      return not content.strip()
     content = chunk + content
-    if content.strip():
+    if _strip_bom(content, chunk_start).strip():
       return False
     pos = chunk_start
-  return not content.strip()
+  return not _strip_bom(content, 0).strip()  # the file's first line: a BOM alone is blank
+
+
+UTF8_BOM = b'\xef\xbb\xbf'
+
+
+def _strip_bom(line: bytes, pos: int) -> bytes:
+  """The first line of a file without a leading UTF-8 byte order mark (editors on Windows add one)."""
+  return line[len(UTF8_BOM):] if pos == 0 and line.startswith(UTF8_BOM) else line
 
 
 def _strip_eol(line: bytes) -> bytes:
@@ -313,12 +332,13 @@ def _read_line_range(path: str, start: int, end: Optional[int]) -> Iterator[Tupl
     pos = _first_line_start_at_or_after(f, start)
     f.seek(pos)
     while end is None or pos < end:
-      line = f.readline()
-      if not line:
+      raw_line = f.readline()
+      if not raw_line:
         break
+      line = _strip_bom(raw_line, pos)
       if line.strip():
         yield f'{path}:{pos}', _strip_eol(line)
-      pos += len(line)
+      pos += len(raw_line)
 
 
 def _read_paragraph_range(path: str, start: int,
@@ -329,12 +349,13 @@ def _read_paragraph_range(path: str, start: int,
     f.seek(pos)
     para_start, para_lines = None, []
     while True:
-      line = f.readline()
+      raw_line = f.readline()
+      line = _strip_bom(raw_line, pos)
       blank = not line.strip()
-      if para_lines and (blank or not line):
+      if para_lines and (blank or not raw_line):
         yield f'{path}:{para_start}', b'\n'.join(_strip_eol(l) for l in para_lines)
         para_start, para_lines = None, []
-      if not line:
+      if not raw_line:
         break
       if not blank:
         if prev_blank:  # A paragraph starts here.
@@ -345,4 +366,4 @@ def _read_paragraph_range(path: str, start: int,
           para_lines.append(line)
         # else: continuation of a paragraph that started before `start`: not ours.
       prev_blank = blank
-      pos += len(line)
+      pos += len(raw_line)

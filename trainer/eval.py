@@ -28,7 +28,6 @@ dropped; the last one is smaller).
 The library is `trainer.evaluation.evaluate`; gin/runs/eval.gin configures its `evaluate()`.
 """
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -41,6 +40,8 @@ flags.adopt_module_key_flags(gin_flags)
 
 def main(argv) -> int:
   del argv
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger('absl').setLevel(logging.ERROR)  # after flag parsing (it resets verbosity)
   from trainer.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   gin_flags.configured(
       evaluate.evaluate,
@@ -51,10 +52,13 @@ def main(argv) -> int:
 
 def run(argv=None) -> int:
   """`argv`: the arguments without the program name (default: sys.argv[1:])."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.set_verbosity(absl_logging.WARNING)
+  # TensorFlow (seqio) first, with its native start-up noise silenced (as trainer.train does).
+  from trainer.training import data  # pylint: disable=g-import-not-at-top,unused-import
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  cli.quiet_absl_logging()  # orbax's warnings are not the user's; errors come as one line
   return gin_flags.run(main, argv=argv, program='eval')
 
 
 if __name__ == '__main__':
-  sys.exit(run())
+  from tasks import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.exit_process(run())

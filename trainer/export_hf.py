@@ -78,4 +78,5 @@ def run(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(run())
+  from tasks import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.exit_process(run())

@@ -63,6 +63,10 @@ def rewrite_gin_args(args: Sequence[str]) -> List[str]:
 _MACRO_BINDING = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=')
 _BINDING = re.compile(r'^\s*([^=\s]+)\s*=\s*(.*)$', re.S)
 _REQUIRED = re.compile(r'^(\S+)/macro\.value set to `%gin\.REQUIRED`')
+_UNBOUND_MACRO = re.compile(r"^No bindings specified for '([A-Za-z_][A-Za-z0-9_.]*)/gin\.macro'")
+# Macros that a model file (gin/models/*.gin) defines and run files (gin/runs/*.gin) use.
+MODEL_FILE_MACROS = ('MODEL', 'Z_LOSS', 'DROPOUT_RATE', 'ACTIVATION_DTYPE', 'PARAM_DTYPE', 'REMAT',
+                     'SCAN_LAYERS', 'VOCAB_SIZE')
 
 
 def _as_flag(binding: str) -> str:
@@ -88,6 +92,13 @@ def one_line(e: BaseException) -> str:
     body = [l for l in lines if not l.startswith('In call to configurable') and
             not l.startswith('File "')]
     first = body[-1]
+  unbound = _UNBOUND_MACRO.match(first)
+  if unbound:
+    name = unbound.group(1)
+    if name in MODEL_FILE_MACROS:
+      return (f'gin macro {name} is not defined: no model file given (add one of '
+              f'gin/models/*.gin, e.g. --gin_file=gin/models/gemma2_tiny.gin, before the run file)')
+    return f'gin macro {name} is not defined by any gin file: pass --gin.{name}=VALUE'
   required = _REQUIRED.match(first)
   if required:
     name = required.group(1)

@@ -34,7 +34,6 @@ flags.adopt_module_key_flags(gin_flags)
 
 def main(argv) -> int:
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
   from trainer.training import partitioning  # pylint: disable=g-import-not-at-top
   from trainer.training import loop as trainer  # pylint: disable=g-import-not-at-top
   partitioning.initialize_distributed(coordinator_address=_COORDINATOR_ADDRESS.value,
@@ -44,16 +43,9 @@ def main(argv) -> int:
       trainer.train,
       hint='no gin file configures trainer.train (add --gin_file=gin/runs/pretrain.gin)')
   try:
-    model_dir = gin.query_parameter('%MODEL_DIR')
-  except ValueError:
-    model_dir = None
-  if isinstance(model_dir, str) and jax.process_index() == 0:
-    # The full configuration next to the checkpoints (T5X writes config.gin the same way).
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, 'config.gin'), 'w', encoding='utf-8') as f:
-      f.write(gin.config_str())
-  try:
-    result = train_fn()
+    # The full configuration goes next to the checkpoints (as T5X's config.gin), written by the
+    # loop once the run has started (a failed resume leaves the directory as it was).
+    result = train_fn(gin_config=gin.config_str())
   except trainer.TrainingDivergedError as e:
     print(f'train: {e}', file=sys.stderr)
     return 1
@@ -74,4 +66,5 @@ def run(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(run())
+  from tasks import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.exit_process(run())

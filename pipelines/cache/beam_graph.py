@@ -20,6 +20,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
+import threading
+import time
 import uuid
 from typing import Mapping, Optional, Sequence
 
@@ -39,6 +42,60 @@ def progress_file(progress_dir: str, unit: cache_plan.WorkUnit) -> str:
   return os.path.join(progress_dir, name)
 
 
+_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"
+_watching_driver = False
+
+
+def _parent_of_shell(pid: int) -> Optional[int]:
+  """The parent of `pid` if `pid` is a shell (read from /proc; None elsewhere or otherwise)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      stat = f.read()
+  except OSError:
+    return None
+  comm = stat[stat.find("(") + 1:stat.rfind(")")]
+  if comm not in ("sh", "bash", "dash"):
+    return None
+  return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+def exit_with_driver(poll_s: float = 1.0) -> bool:
+  """In a local-runner SDK worker process: exits the worker when its driver process dies.
+
+  The local runner (FnApiRunner, multi-processing) starts its workers as child processes
+  (`python -m apache_beam.runners.worker.sdk_worker_main`); a SIGKILLed driver cannot stop them,
+  and re-parented to PID 1 they would idle until their gRPC deadline (about 2 minutes). A daemon
+  thread polls the parent PID and ends the worker (os._exit) once it changes. Does nothing (False)
+  in other processes: the driver itself (in-memory mode), Dask and Dataflow workers, whose own
+  schedulers own their lifetime. Started by the first DoFn setup in the worker.
+  """
+  global _watching_driver  # pylint: disable=global-statement
+  main = sys.modules.get("__main__")
+  if _watching_driver or getattr(getattr(main, "__spec__", None), "name", "") != _WORKER_MAIN:
+    return False
+  parent = os.getppid()
+  driver = _parent_of_shell(parent)  # Beam starts the worker through `sh -c`: watch the driver
+
+  def alive(pid):
+    try:
+      os.kill(pid, 0)
+      return True
+    except ProcessLookupError:
+      return False
+    except PermissionError:
+      return True
+
+  def watch():
+    while True:
+      time.sleep(poll_s)
+      if os.getppid() != parent or (driver is not None and not alive(driver)):
+        os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-driver").start()
+  _watching_driver = True
+  return True
+
+
 class ProcessUnits(beam.DoFn):
   """WorkUnit -> tagged (tag, key, value): examples by output shard, dead letters, stats."""
 
@@ -53,6 +110,7 @@ class ProcessUnits(beam.DoFn):
     self._processor = None
 
   def setup(self):
+    exit_with_driver()
     from pipelines.cache import unit_processor  # pylint: disable=g-import-not-at-top  (TF: workers only)
     self._processor = unit_processor.UnitProcessor(
         module_import=self._module_import, feature_lengths=self._feature_lengths,

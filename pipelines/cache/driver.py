@@ -79,7 +79,16 @@ def probe_task(processor, task_name: str, split: str, log: Callable[[str], None]
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   program = processor.program(task_name)
   lengths = processor.feature_lengths
-  element_spec = program.task.source.get_dataset(split=split, shuffle=False).element_spec
+  try:  # lists the split's files: a glob that matches nothing is the user's to fix
+    element_spec = program.task.source.get_dataset(split=split, shuffle=False).element_spec
+  except (FileNotFoundError, ValueError, tf.errors.NotFoundError) as e:
+    raise CacheJobError(f"task {task_name!r} split {split!r}: {error_line(e)}") from None
+  for key, feature in program.output_features.items():
+    try:  # loads the vocabulary: a missing model file is its own cause, not the lengths
+      feature.vocabulary.vocab_size  # pylint: disable=pointless-statement
+    except Exception as e:  # pylint: disable=broad-except
+      raise CacheJobError(f"task {task_name!r}: the vocabulary of feature {key!r} cannot be "
+                          f"loaded: {error_line(e)}") from None
   keys = [k for k, s in element_spec.items() if s.dtype == tf.string and s.shape.rank == 0]
   given = ",".join(f"{k}:{v}" for k, v in sorted(lengths.items()))
   try:
@@ -290,7 +299,10 @@ def run_cache_job(config: cache_plan.CacheJobConfig, *, runner: str = "local",
     cleanup()
     try:
       tf.io.gfile.rmtree(progress_dir)
-    except tf.errors.OpError:
+      parent = os.path.dirname(progress_dir)
+      if "://" not in parent and not os.listdir(parent):  # another job may share it
+        os.rmdir(parent)
+    except (tf.errors.OpError, OSError):
       pass
   wall = time.time() - start
   summary = finish_splits(output_dirs, todo, config, wall, log)

@@ -16,6 +16,12 @@ whole mixture's plan (`plan_mixture`). `denoisers_of` maps each preprocessor of
   mean 3 needs 128 sentinels; Gemma has 96 spare): capped examples get longer spans, never a
   reused or out-of-table sentinel.
 
+Too short to mean anything: a denoiser's raw chunk must hold at least `MIN_CHUNK_TOKENS` source
+tokens (UL2 at inputs=targets=2 would make `[mode, token]` examples): `plan_mixture` refuses
+shorter ones, naming the denoiser. A span denoiser whose chunk has fewer noise tokens than its mean
+span length cannot make a span of its kind (UL2's X-denoisers at 8/8): `plan_mixture` warns,
+naming those denoisers (`degenerate_denoisers`).
+
 Imports neither TensorFlow nor seqio.
 """
 import dataclasses
@@ -28,6 +34,8 @@ from absl import logging
 from tasks import special_tokens as special_lib
 
 SPAN, PREFIX_LM, CAUSAL_LM = 'span', 'prefix_lm', 'causal_lm'
+# The fewest source tokens a denoiser's chunk may hold (see the module docstring).
+MIN_CHUNK_TOKENS = 4
 _KINDS = (SPAN, PREFIX_LM, CAUSAL_LM)
 
 
@@ -232,6 +240,17 @@ def plan_mixture(sequence_length: Mapping[str, int], output_features: Mapping[st
     special = vocab_lib.special_tokens(output_features['targets'].vocabulary)
   max_spans = special.num_sentinels if special is not None else 1
   lengths = tuple(raw_length(d, inputs_length, targets_length, max_spans) for d, _ in denoisers)
+  too_short = [f'{d.name} ({n} tokens)' for (d, _), n in zip(denoisers, lengths)
+               if n < MIN_CHUNK_TOKENS]
+  if too_short:
+    raise ValueError(f'feature lengths inputs={inputs_length}, targets={targets_length} are too '
+                     f'short: a chunk must hold at least {MIN_CHUNK_TOKENS} source tokens, these '
+                     f'denoisers get fewer: {", ".join(too_short)}')
+  degenerate = degenerate_denoisers(denoisers, lengths)
+  if degenerate:
+    logging.warning('feature lengths inputs=%s, targets=%s: no span of the mean length fits the '
+                    'chunk of %s; these denoisers make shorter spans than they are defined with',
+                    inputs_length, targets_length, ', '.join(degenerate))
   for (d, _), n in zip(denoisers, lengths):
     if d.kind == SPAN:
       wanted = round(round(n * d.noise_density) / d.mean_span_length)
@@ -241,6 +260,17 @@ def plan_mixture(sequence_length: Mapping[str, int], output_features: Mapping[st
                         max_spans)
   return MixturePlan(denoisers=denoisers, causal=causal, inputs_length=inputs_length,
                      targets_length=targets_length, special=special, lengths=lengths)
+
+
+def degenerate_denoisers(denoisers: Sequence[Tuple[Denoiser, float]],
+                         lengths: Sequence[int]) -> Tuple[str, ...]:
+  """Names of the span denoisers whose chunk (`lengths`, as `raw_length`) has fewer noise tokens
+  than their mean span length: none of their spans can be as long as they are defined."""
+  out = []
+  for (d, _), n in zip(denoisers, lengths):
+    if d.kind == SPAN and round(n * d.noise_density) < d.mean_span_length:
+      out.append(d.name)
+  return tuple(out)
 
 
 def prefix_lm_denoisers(random_split: bool = False) -> Tuple[Tuple[Denoiser, float], ...]:

@@ -140,7 +140,7 @@ def test_cli_trains_on_a_seqio_task_end_to_end(tmp_path, shared_data):
   assert 'train: done at step 3' in proc.stdout
   assert 'Traceback' not in proc.stderr
   records = [json.loads(l) for l in open(model_dir / 'metrics.jsonl')]
-  assert [r['step'] for r in records if r['split'] == 'train'] == [2, 3]
+  assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3]  # step 1 logged
   assert [r['step'] for r in records if r['split'] == 'eval'] == [3]
   assert os.path.isdir(model_dir / 'checkpoints' / '3')
   assert 'num_layers = 2' in (model_dir / 'config.gin').read_text()

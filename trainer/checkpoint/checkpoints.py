@@ -14,16 +14,23 @@ directory of it, or (c) a plain params checkpoint written by `save_params(path, 
 scanned model (`TransformerConfig.scan_layers`) and vice versa (`trainer.model.scan_layout`); a
 full-state resume (`Checkpointer.restore`) needs the same layout. Any checkpoint path, Hugging Face
 directories included: `trainer.checkpoint.loader`.
+
+Damaged checkpoints (a truncated array file, an empty `_METADATA`) raise `CorruptCheckpointError`,
+one line naming the step and the file; `Checkpointer.restore_newest_intact` (what a resume uses)
+verifies the newest step by restoring it and falls back to the newest intact one, moving the
+damaged steps aside to `<checkpoints>/../corrupt_checkpoints/<step>` (see `integrity`).
 """
 import dataclasses
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from trainer.checkpoint import integrity
+from trainer.checkpoint.integrity import CorruptCheckpointError  # noqa: F401  (part of the API)
 from trainer.model import scan_layout
 
 ITEMS = ('params', 'opt_state', 'train_meta', 'data')
@@ -38,11 +45,14 @@ class CheckpointConfig:
     keep: how many recent checkpoints to keep (None keeps all).
     async_save: write in a background thread while training continues.
     save_on_signal: on SIGTERM/SIGINT, finish the current step, save, then exit.
+    fallback_on_corrupt: on resume, a damaged newest checkpoint is reported (step and file) and
+      the run resumes from the newest intact one; False: stop with that one-line error instead.
   """
   period: int = 1000
   keep: Optional[int] = 3
   async_save: bool = True
   save_on_signal: bool = True
+  fallback_on_corrupt: bool = True
 
   def __post_init__(self):
     if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 0:
@@ -81,15 +91,67 @@ class Checkpointer:
     return saved
 
   def restore(self, step: int, *, abstract_params, abstract_opt_state, abstract_train_meta):
+    """(params, opt_state, train_meta, data_state) of `step`; CorruptCheckpointError if damaged."""
+    step_dir = os.path.join(self.directory, str(step))
+    integrity.check_metadata_files(step_dir, step=step)
     empty_opt = not jax.tree_util.tree_leaves(abstract_opt_state)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params),
-        opt_state=(ocp.args.JsonRestore() if empty_opt
-                   else ocp.args.StandardRestore(abstract_opt_state)),
-        train_meta=ocp.args.StandardRestore(abstract_train_meta),
-        data=ocp.args.JsonRestore()))
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params),
+          opt_state=(ocp.args.JsonRestore() if empty_opt
+                     else ocp.args.StandardRestore(abstract_opt_state)),
+          train_meta=ocp.args.StandardRestore(abstract_train_meta),
+          data=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises bare Exception)
+      error = integrity.corrupt_error(e, step=step, directory=step_dir)
+      if error is e:
+        raise
+      raise error from e
     opt_state = abstract_opt_state if empty_opt else out.opt_state
-    return out.params, opt_state, out.train_meta, dict(out.data)
+    data = dict(out.data or {})
+    if 'batches_consumed' not in data:
+      raise CorruptCheckpointError(f'checkpoint step {step}: {os.path.join(step_dir, "data")} '
+                                   'holds no data position (batches_consumed)')
+    return out.params, opt_state, out.train_meta, data
+
+  def data_state(self, step: int) -> dict:
+    """The data position saved at `step`: `{'batches_consumed': n, 'seed': s[, 'loader': ...]}`
+    ({} when unreadable: the full restore says why)."""
+    try:
+      data = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+      return dict(data['data'])
+    except Exception:  # pylint: disable=broad-except
+      return {}
+
+  def restore_newest_intact(self, *, abstract_params, abstract_opt_state, abstract_train_meta,
+                            log: Callable[[str], None] = print):
+    """(step, (params, opt_state, train_meta, data_state)) of the newest step that restores.
+
+    Damaged newer steps are reported through `log` (step and file) and moved to
+    `corrupt_checkpoints/` beside this directory (so a later save of that step is not skipped);
+    with `cfg.fallback_on_corrupt=False`, or when no step restores, the newest step's
+    CorruptCheckpointError is raised.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    first_error = None
+    for step in steps:
+      try:
+        restored = self.restore(step, abstract_params=abstract_params,
+                                abstract_opt_state=abstract_opt_state,
+                                abstract_train_meta=abstract_train_meta)
+      except CorruptCheckpointError as e:
+        first_error = first_error or e
+        if not self.cfg.fallback_on_corrupt:
+          raise
+        log(f'warning: {e}')
+        continue
+      if step != steps[0]:
+        moved = integrity.move_aside(self.directory, [s for s in steps if s > step])
+        log(f'warning: resuming from step {step}, the newest intact checkpoint (damaged steps '
+            f'moved to {moved})')
+        self.manager.reload()
+      return step, restored
+    raise first_error
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -125,7 +187,8 @@ def params_dir(path: str) -> str:
 def stored_tree(directory: str):
   """A params checkpoint's own tree of array metadata (nested dicts), or None if unreadable."""
   try:
-    metadata = ocp.StandardCheckpointer().metadata(directory)
+    with ocp.StandardCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(directory)
   except (ValueError, KeyError, FileNotFoundError):
     return None
   tree = getattr(metadata, 'item_metadata', metadata)
@@ -138,6 +201,7 @@ def read_params(path: str):
   `path`: anything `params_dir` accepts. Raises ValueError when there is no readable checkpoint.
   """
   directory = params_dir(path)
+  integrity.check_metadata_files(directory)
   tree = stored_tree(directory)
   if tree is None:
     raise ValueError(f'cannot read an orbax params checkpoint from {directory!r}: no readable '
@@ -147,9 +211,15 @@ def read_params(path: str):
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
                                      sharding=jax.sharding.SingleDeviceSharding(cpu)), tree)
   try:
-    restored = ocp.StandardCheckpointer().restore(directory, abstract)
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(directory, abstract)
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise ValueError(f'cannot read an orbax params checkpoint from {directory!r}: {e}') from e
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore: a damaged array file)
+    error = integrity.corrupt_error(e, directory=directory)
+    if error is e:
+      raise
+    raise error from e
   return jax.tree_util.tree_map(np.asarray, restored)
 
 
@@ -159,8 +229,11 @@ def restore_orbax_params(path: str, abstract_params):
   Stacks saved unrolled restore into a scanned model and vice versa (`trainer.model.scan_layout`).
   """
   directory = params_dir(path)
+  integrity.check_metadata_files(directory)
   stored = stored_tree(directory)
   target = abstract_params if stored is None else scan_layout.like(abstract_params, stored)
+  if stored is not None:
+    check_stored_shapes(directory, target, stored)
   if jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(abstract_params):
     return _restore_orbax(directory, abstract_params)
   # The checkpoint's stacks are in the other layout (unrolled vs scanned): restore them as
@@ -171,20 +244,44 @@ def restore_orbax_params(path: str, abstract_params):
       abstract_params, restored)
 
 
+def check_stored_shapes(directory: str, target, stored) -> None:
+  """ValueError naming the first tensor whose stored shape differs from the model's, before any
+  array is read (a failed read leaves orbax's async reads to fail again at exit)."""
+  def flat(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, 'shape') and not isinstance(x, Mapping))[0]
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves if hasattr(x, 'shape')}
+  have, want = flat(stored), flat(target)
+  for key in sorted(want.keys() & have.keys()):
+    if have[key] != want[key]:
+      hint = ' (VOCAB_SIZE?)' if 'embed' in key else ''
+      raise ValueError(f'{directory}: tensor {key} has shape {have[key]} in the checkpoint, the '
+                       f'model wants {want[key]}{hint}')
+
+
 def _restore_orbax(params_dir: str, abstract_params):
   """Orbax restore of `abstract_params`' structure, whole or as a part of a bigger tree."""
   try:
-    return ocp.StandardCheckpointer().restore(params_dir, abstract_params)
+    with ocp.StandardCheckpointer() as checkpointer:  # closed: no async teardown noise on error
+      return checkpointer.restore(params_dir, abstract_params)
   except (ValueError, KeyError, FileNotFoundError) as e:
+    if integrity.is_damage(e):
+      raise integrity.corrupt_error(e, directory=params_dir) from e
     error = e
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore: a damaged array file)
+    damage = integrity.corrupt_error(e, directory=params_dir)
+    if damage is e:
+      raise
+    raise damage from e
   # A checkpoint may hold more than this model: a distillation run keeps its frozen teacher in
   # params['teacher'] beside the student's 'encoder'/'decoder'. Restore just this model's entries;
   # anything the model has that the checkpoint lacks still fails (with the first error).
   try:
-    restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
-        item=abstract_params,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
-        partial_restore=True))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
+          item=abstract_params,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
+          partial_restore=True))
   except (ValueError, KeyError, FileNotFoundError):
     restored = None
   if (restored is None

@@ -30,6 +30,13 @@ def parse_size(size: Any) -> int:
   raise ShardSizeError(f'max_shard_size must be bytes or like "5GB", got {size!r}')
 
 
+def _usual_mode(path: str) -> None:
+  """safetensors writes 0600 files (a temp file renamed); give them the mode `open()` would."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+
+
 def write_weights(tensors: Dict[str, np.ndarray], out_dir: str, max_shard_size: Any) -> List[str]:
   """Writes the tensors (names sorted) into `out_dir`; returns the weight files written.
 
@@ -53,11 +60,13 @@ def write_weights(tensors: Dict[str, np.ndarray], out_dir: str, max_shard_size: 
   if len(shards) == 1:
     path = os.path.join(out_dir, WEIGHTS_FILE)
     save_file(shards[0], path, metadata=metadata)
+    _usual_mode(path)
     return [path]
   paths, weight_map = [], {}
   for i, shard in enumerate(shards):
     name = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
     save_file(shard, os.path.join(out_dir, name), metadata=metadata)
+    _usual_mode(os.path.join(out_dir, name))
     paths.append(os.path.join(out_dir, name))
     weight_map.update({k: name for k in shard})
   index = {'metadata': {'total_size': int(sum(t.nbytes for t in tensors.values()))},

@@ -46,6 +46,7 @@ from trainer.training import flops as flops_lib
 from trainer.training import metrics as metrics_lib
 from trainer.training import optimizers
 from trainer.training import partitioning
+from trainer.training import run_guards
 from trainer.training.models import ModelWrapper
 from trainer.training.train_state import TrainState
 
@@ -188,11 +189,14 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
           seed: int = 0, micro_batches: int = 1, log_period: int = 10,
           peak_flops: Optional[float] = None,
           stop_after_steps: Optional[int] = None,
-          stream=None) -> TrainResult:
+          stream=None, gin_config: Optional[str] = None) -> TrainResult:
   """Trains `model` for `total_steps` steps (resuming from MODEL_DIR/checkpoints if present).
 
   `stop_after_steps` stops (with a checkpoint) after that many steps of *this* invocation, as a
-  SIGTERM would: used to test interruption and resumption.
+  SIGTERM would: used to test interruption and resumption. `gin_config`: the configuration text
+  written to MODEL_DIR/config.gin (with model_config.json) once the run has started, never by a
+  run that fails to start or to resume. A damaged newest checkpoint: see
+  `CheckpointConfig.fallback_on_corrupt`.
   """
   if not isinstance(model_dir, str) or not model_dir:
     raise ValueError(f'train.model_dir (MODEL_DIR) must be a non-empty path, got {model_dir!r}')
@@ -222,22 +226,23 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
       eval_dataset_fn = data.dataset_fn_for_model(eval_dataset_cfg, model)
 
   writer = metrics_lib.MetricsWriter(model_dir, total_steps=total_steps, stream=stream)
-  if writer.enabled:
-    write_model_config(model, model_dir)
   ckpt = checkpoints_lib.Checkpointer(os.path.join(model_dir, 'checkpoints'), checkpoint_cfg)
   latest = ckpt.latest_step()
-  start_batch = 0
-  loader_state = None  # a resumable loader's own position (the Grain loader's), if saved
   if latest is not None:
-    saved_data = ckpt.manager.restore(latest, args=checkpoints_lib.ocp.args.Composite(
-        data=checkpoints_lib.ocp.args.JsonRestore()))['data']
-    start_batch = int(saved_data['batches_consumed'])
-    loader_state = saved_data.get('loader')
+    run_guards.check_resume(model_dir, getattr(model, 'config', None))
+  saved_data = ckpt.data_state(latest) if latest is not None else {}
+  start_batch = int(saved_data.get('batches_consumed', 0))
+  vocab_size = run_guards.model_vocab_size(model)
 
-  if loader_state is not None and _accepts_loader_state(train_dataset_fn):
-    train_iter = train_dataset_fn(start_batch=start_batch, loader_state=loader_state)
-  else:
-    train_iter = train_dataset_fn(start_batch=start_batch)
+  def open_train_iter(start_batch, loader_state):
+    """The training stream at `start_batch`; a resumable loader (Grain) restarts from its state."""
+    if loader_state is not None and _accepts_loader_state(train_dataset_fn):
+      stream = train_dataset_fn(start_batch=start_batch, loader_state=loader_state)
+    else:
+      stream = train_dataset_fn(start_batch=start_batch)
+    return run_guards.checked_batches(stream, vocab_size=vocab_size)
+
+  train_iter = open_train_iter(start_batch, saved_data.get('loader'))
   first_batch = _next_batch(train_iter, 0)
   shapes = _shapes(first_batch)
   global_batch_size = shapes[next(iter(shapes))][0] * jax.process_count()
@@ -262,12 +267,21 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
                        rng=jax.device_put(dropout_base, partitioner.replicated()))
     state = state.replace(step=jax.device_put(state.step, partitioner.replicated()))
     if latest is not None:
-      p, o, m, data_state = ckpt.restore(
-          latest, abstract_params=checkpoints_lib.abstract_like(state.params),
+      step_found, (p, o, m, data_state) = ckpt.restore_newest_intact(
+          abstract_params=checkpoints_lib.abstract_like(state.params),
           abstract_opt_state=checkpoints_lib.abstract_like(state.opt_state),
-          abstract_train_meta=checkpoints_lib.abstract_like(state.meta()))
+          abstract_train_meta=checkpoints_lib.abstract_like(state.meta()),
+          log=lambda line: print(line, file=writer.stream, flush=True) if writer.enabled else None)
       state = state.replace(params=p, opt_state=o, step=m['step'], rng=m['rng'])
+      if step_found != latest or int(data_state['batches_consumed']) != start_batch:
+        latest, start_batch = step_found, int(data_state['batches_consumed'])
+        train_iter = open_train_iter(start_batch, data_state.get('loader'))
+        first_batch = _next_batch(train_iter, start_batch)
       logging.info('resumed from step %d (data position %s)', latest, data_state)
+  if writer.enabled:  # the run has started: record its model (and gin) config, atomically
+    run_guards.write_run_files(model_dir, config=getattr(model, 'config', None),
+                               gin_config=gin_config)
+    writer.drop_after(int(state.step))  # steps this run (re)plays are logged again, once
 
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step_fn = make_train_step(model, tx, micro_batches=micro_batches,
@@ -328,7 +342,8 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
               f'without saving this state ({kept}). Lower the learning rate or enable clipping.')
         result.losses[step] = loss
         now = time.perf_counter()
-        if window_start is None:  # the first step includes compilation: not timed
+        if window_start is None:  # the first step includes compilation: logged, not timed
+          writer.write(step, metrics_lib.reduce_metrics(host_metrics))
           window_start, window_steps, acc = now, 0, None
         else:
           acc = metrics_lib.accumulate(acc, host_metrics)

@@ -8,6 +8,11 @@ over the mesh); only process 0 writes. Files under MODEL_DIR:
   MODEL_DIR/metrics.jsonl                 one JSON object per logged step:
       {"split": "train", "step": 10, "loss": 5.1, "accuracy": 0.12, "learning_rate": 0.001, ...}
 
+The first step of every run (and of every resume) is logged, untimed (it includes compilation).
+A run resumed from a checkpoint older than the last logged step drops the lines past that
+checkpoint (`drop_after`): the replayed steps are logged again, so a reader gets one value per
+(split, step). TensorBoard keeps both copies of such steps.
+
 Stdout gets one progress line per logged step, e.g.
   `step 10/100 | loss 5.1230 | acc 0.120 | lr 1.00e-03 | gnorm 1.23 | 2345 tok/s | 0.081 s/step`.
 """
@@ -75,6 +80,36 @@ class MetricsWriter:
     if self.enabled:
       os.makedirs(model_dir, exist_ok=True)
       self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a', encoding='utf-8')
+
+  def drop_after(self, step: int) -> int:
+    """Removes metrics.jsonl lines past `step` (and unreadable ones: a line cut by a kill).
+
+    Called when a run resumes from the checkpoint at `step`; returns the number of lines dropped.
+    The file is replaced atomically.
+    """
+    if not self.enabled:
+      return 0
+    path = os.path.join(self.model_dir, 'metrics.jsonl')
+    self._jsonl.close()
+    kept, dropped = [], 0
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+          keep = int(record['step']) <= step
+        except (ValueError, KeyError, TypeError):
+          keep = False
+        if keep:
+          kept.append(line if line.endswith('\n') else line + '\n')
+        else:
+          dropped += 1
+    if dropped:
+      tmp = path + '.tmp'
+      with open(tmp, 'w', encoding='utf-8') as f:
+        f.writelines(kept)
+      os.replace(tmp, path)
+    self._jsonl = open(path, 'a', encoding='utf-8')
+    return dropped
 
   def _tb(self, split: str):
     if split not in self._writers:

@@ -65,7 +65,8 @@ def test_loss_decreases_and_metrics_are_written(tmp_path):
   assert last < first - 0.3, (first, last)
   records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   train_records = [r for r in records if r['split'] == 'train']
-  assert [r['step'] for r in train_records] == [4, 8, 12, 16]
+  assert [r['step'] for r in train_records] == [1, 4, 8, 12, 16]  # step 1: logged, untimed
+  assert 'tokens_per_s' not in train_records[0]
   for key in ('loss', 'accuracy', 'z_loss', 'learning_rate', 'grad_norm', 'tokens_per_s',
               'step_time_s'):
     assert key in train_records[-1], key
