@@ -292,28 +292,33 @@ def _unbox(tree):
 
 
 def params_from_hf(get: Callable[[str, Tuple[int, ...]], np.ndarray],
-                   config: TransformerConfig) -> Dict[str, Any]:
+                   config: TransformerConfig, *, layer_fn: Callable[..., Dict[str, Any]] = None
+                   ) -> Dict[str, Any]:
   """HF Gemma 2 tensors -> `Decoder` params (numpy, the checkpoint's dtype; scanned layout when
-  `config.scan_layers`)."""
+  `config.scan_layers`). `layer_fn(get, prefix, config)` maps one layer (default: Gemma 2's
+  `layer_from_hf`; Gemma 3 passes its own)."""
+  layer_fn = layer_fn or layer_from_hf
   params = {
       'embedder': {'embedding': get('model.embed_tokens.weight',
                                     (config.vocab_size, config.embed_dim))},
       'final_norm': {'scale': get('model.norm.weight', (config.embed_dim,))},
   }
   for i in range(config.num_layers):
-    params[f'layer_{i}'] = layer_from_hf(get, f'model.layers.{i}.', config)
+    params[f'layer_{i}'] = layer_fn(get, f'model.layers.{i}.', config)
   return scan_layout.for_config(params, config)
 
 
-def params_to_hf(params: Mapping[str, Any], config: TransformerConfig) -> Dict[str, np.ndarray]:
+def params_to_hf(params: Mapping[str, Any], config: TransformerConfig, *,
+                 layer_fn: Callable[..., Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
   """`Decoder` params (unrolled or scanned) -> {HF Gemma 2 tensor name: array} (no separate
-  lm_head: tied)."""
+  lm_head: tied). `layer_fn(layer, prefix)` maps one layer (default: Gemma 2's `layer_to_hf`)."""
+  layer_fn = layer_fn or layer_to_hf
   params = _unbox(params)
   if scan_layout.is_scanned(params):  # unrolled on the host: HF numbers the layers
     params = scan_layout.unrolled(jax.tree_util.tree_map(np.asarray, params))
   tensors = {'model.embed_tokens.weight': np.asarray(params['embedder']['embedding'])}
   for i in range(config.num_layers):
-    tensors.update(layer_to_hf(params[f'layer_{i}'], f'model.layers.{i}.'))
+    tensors.update(layer_fn(params[f'layer_{i}'], f'model.layers.{i}.'))
   tensors['model.norm.weight'] = np.asarray(params['final_norm']['scale'])
   return tensors
 

@@ -19,14 +19,12 @@ import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-import jax
 import ml_dtypes
 import numpy as np
 
 from trainer.checkpoint import hf_gemma2
 from trainer.checkpoint import safetensors_files
 from trainer.checkpoint.hf_gemma2 import HFCheckpointError, HFConfigError
-from trainer.model import scan_layout
 from trainer.model.config import TransformerConfig
 
 _HF_LAYER_TYPES = {'sliding_attention': 'sliding', 'full_attention': 'global'}
@@ -218,26 +216,12 @@ def layer_to_hf(layer: Mapping[str, Any], prefix: str, *, norm_names=NORMS):
 
 def params_from_hf(get, config: TransformerConfig) -> Dict[str, Any]:
   """HF Gemma 3 tensors -> `Decoder` params (numpy; scanned layout when `config.scan_layers`)."""
-  params = {
-      'embedder': {'embedding': get('model.embed_tokens.weight',
-                                    (config.vocab_size, config.embed_dim))},
-      'final_norm': {'scale': get('model.norm.weight', (config.embed_dim,))},
-  }
-  for i in range(config.num_layers):
-    params[f'layer_{i}'] = layer_from_hf(get, f'model.layers.{i}.', config)
-  return scan_layout.for_config(params, config)
+  return hf_gemma2.params_from_hf(get, config, layer_fn=layer_from_hf)
 
 
 def params_to_hf(params: Mapping[str, Any], config: TransformerConfig) -> Dict[str, np.ndarray]:
   """`Decoder` params (unrolled or scanned) -> {HF Gemma 3 tensor name: array} (tied lm_head)."""
-  params = hf_gemma2._unbox(params)  # pylint: disable=protected-access
-  if scan_layout.is_scanned(params):
-    params = scan_layout.unrolled(jax.tree_util.tree_map(np.asarray, params))
-  tensors = {'model.embed_tokens.weight': np.asarray(params['embedder']['embedding'])}
-  for i in range(config.num_layers):
-    tensors.update(layer_to_hf(params[f'layer_{i}'], f'model.layers.{i}.'))
-  tensors['model.norm.weight'] = np.asarray(params['final_norm']['scale'])
-  return tensors
+  return hf_gemma2.params_to_hf(params, config, layer_fn=layer_to_hf)
 
 
 def read_config(path: str) -> Dict[str, Any]:
