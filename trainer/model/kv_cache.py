@@ -235,6 +235,27 @@ def _encoder_decoder_cross(config, params, encoder_tokens):
   return cross, (encoder_tokens != 0)
 
 
+def check_supported(config) -> None:
+  """Raises ValueError naming the config field when the cached maths would differ from the
+  uncached modules' (nothing is decoded silently wrong)."""
+  if isinstance(config, EncoderDecoderConfig):
+    if config.merged_attention:
+      raise ValueError('kv_cache does not support EncoderDecoderConfig.merged_attention=True '
+                       '(T5Gemma 2) yet')
+    cfgs = (('decoder.', config.decoder),)
+  else:
+    cfgs = (('', config),)
+  for prefix, cfg in cfgs:
+    if cfg.use_qk_norm:
+      raise ValueError(f'kv_cache does not support TransformerConfig {prefix}use_qk_norm=True '
+                       f'(Gemma 3) yet')
+    if cfg.has_local_rope:
+      raise ValueError(f'kv_cache does not support TransformerConfig {prefix}local_rope_theta / '
+                       f'{prefix}rope_scaling_factor (per-layer RoPE, Gemma 3) yet')
+    if cfg.eoi_token_id is not None:
+      raise ValueError(f'kv_cache does not support TransformerConfig {prefix}eoi_token_id yet')
+
+
 def prefill(config, params, *, tokens, lengths, max_length: int,
             bidirectional_prompt: bool = False,
             encoder_tokens=None) -> Tuple[jax.Array, Cache]:
@@ -246,6 +267,7 @@ def prefill(config, params, *, tokens, lengths, max_length: int,
   (0 = padding) are encoded once; `tokens` is the decoder prompt (usually the start id 0).
   `max_length`: prompt + generated positions the cache must hold (global layers' size).
   """
+  check_supported(config)
   params = meta.unbox(params)
   if isinstance(config, EncoderDecoderConfig):
     if encoder_tokens is None:
@@ -263,6 +285,7 @@ def prefill(config, params, *, tokens, lengths, max_length: int,
 
 def step(config, params, cache: Cache, *, tokens, positions) -> Tuple[jax.Array, Cache]:
   """Feeds one token per row (`tokens [B]` at `positions [B]`); returns (logits [B, V], cache)."""
+  check_supported(config)
   params = meta.unbox(params)
   if isinstance(config, EncoderDecoderConfig):
     cross = dict(cache['cross'],
