@@ -1,7 +1,7 @@
-"""KV-cached forward passes of the Gemma 2 assemblies, for incremental decoding.
+"""KV-cached forward passes of the Gemma 2 / Gemma 3 assemblies, for incremental decoding.
 
-Pure functions over the same params as `trainer.model.transformer` (`Decoder`, `EncoderDecoder`;
-unrolled `layer_{i}` or scanned `layers/block_{j}`, as `config.scan_layers` says) that compute what
+Pure functions over the same params as `trainer.model.transformer` (`Decoder`, `EncoderDecoder`)
+and `trainer.model.tied_encoder_decoder.TiedEncoderDecoder` (T5Gemma 2; unrolled `layer_{i}` or scanned `layers/block_{j}`, as `config.scan_layers` says) that compute what
 those modules compute, split in two:
 
   prefill(...)  the prompt in one pass (the normal masked forward: causal, or a bidirectional
@@ -21,6 +21,13 @@ a ring buffer: position p lives in slot `p % S`. Global layers have `S = max_len
 generated); sliding layers `S = min(window, max_length)`, so their cache is O(window). A query at
 p sees slots with `0 <= pos <= p` (and `p - pos < window` on sliding layers; HF Gemma 2's causal
 window). Encoder-decoder caches add {'cross': {layer: {'k', 'v'}}, 'encoder_valid': [B, Le]}.
+
+Gemma 3 (`use_qk_norm`, `local_rope_theta`, `rope_scaling_factor`, `eoi_token_id`) as the modules:
+QK-norm before RoPE, each layer's RoPE table (`layers.stack_ropes`, `config.layer_rope_index`).
+T5Gemma 2 (`merged_attention=True`): 'cross' holds each decoder layer's merged-attention K/V of
+the encoder outputs (k_norm, no RoPE), and a step's one softmax runs over [cached self slots;
+encoder K/V] (`MergedMask`); decoder tokens are embedded and logits read through the encoder's
+tied embedder.
 
 Example (decoder-only; `config` a TransformerConfig):
 
