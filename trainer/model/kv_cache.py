@@ -1,8 +1,9 @@
 """KV-cached forward passes of the Gemma 2 / Gemma 3 assemblies, for incremental decoding.
 
-Pure functions over the same params as `trainer.model.transformer` (`Decoder`, `EncoderDecoder`)
-and `trainer.model.tied_encoder_decoder.TiedEncoderDecoder` (T5Gemma 2; unrolled `layer_{i}` or scanned `layers/block_{j}`, as `config.scan_layers` says) that compute what
-those modules compute, split in two:
+Pure functions over the same params as `trainer.model.transformer` (`Decoder`, `EncoderDecoder`) and
+`trainer.model.tied_encoder_decoder.TiedEncoderDecoder` (T5Gemma 2; unrolled `layer_{i}` or scanned
+`layers/block_{j}`, as `config.scan_layers` says) that compute what those modules compute, split in
+two:
 
   prefill(...)  the prompt in one pass (the normal masked forward: causal, or a bidirectional
                 PrefixLM prefix; for an encoder-decoder, the encoder once and every decoder layer's

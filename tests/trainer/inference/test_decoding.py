@@ -2,13 +2,13 @@
 
 Tiny random Gemma 2 / T5Gemma models whose sliding windows (3) are shorter than prompt + output.
 Greedy ids equal `generate(do_sample=False, num_beams=1)` on checkpoints we export
-(`hf_gemma2.export_decoder`, `hf_t5gemma.export_t5gemma`, what `trainer.export_hf` writes) and on
-an HF Gemma 2 checkpoint read directly; likewise Gemma 3 (`hf_gemma3.export_decoder`,
+(`hf_gemma2.export_decoder`, `hf_t5gemma.export_t5gemma`, what `trainer.export_hf` writes) and on an
+HF Gemma 2 checkpoint read directly; likewise Gemma 3 (`hf_gemma3.export_decoder`,
 Gemma3ForCausalLM) and T5Gemma 2 (`hf_t5gemma2.export_encoder_decoder`,
-T5Gemma2ForConditionalGeneration: merged attention, tied embedding). Beam search (4 beams) equals HF's beam search when no
-hypothesis ends early; with EOS the conventions differ (see `trainer.inference.beam_search`: T5X's
-((5 + n) / 6) ** alpha vs HF's n ** length_penalty, and HF only finishes an EOS candidate ranked in
-the top K of the 2K, T5X any of the 2K).
+T5Gemma2ForConditionalGeneration: merged attention, tied embedding). Beam search (4 beams) equals
+HF's beam search when no hypothesis ends early; with EOS the conventions differ (see
+`trainer.inference.beam_search`: T5X's ((5 + n) / 6) ** alpha vs HF's n ** length_penalty, and HF
+only finishes an EOS candidate ranked in the top K of the 2K, T5X any of the 2K).
 """
 import jax
 import jax.numpy as jnp
