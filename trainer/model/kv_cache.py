@@ -1,8 +1,9 @@
-"""KV-cached forward passes of the Gemma 2 assemblies, for incremental decoding.
+"""KV-cached forward passes of the Gemma 2 / Gemma 3 assemblies, for incremental decoding.
 
-Pure functions over the same params as `trainer.model.transformer` (`Decoder`, `EncoderDecoder`;
-unrolled `layer_{i}` or scanned `layers/block_{j}`, as `config.scan_layers` says) that compute what
-those modules compute, split in two:
+Pure functions over the same params as `trainer.model.transformer` (`Decoder`, `EncoderDecoder`) and
+`trainer.model.tied_encoder_decoder.TiedEncoderDecoder` (T5Gemma 2; unrolled `layer_{i}` or scanned
+`layers/block_{j}`, as `config.scan_layers` says) that compute what those modules compute, split in
+two:
 
   prefill(...)  the prompt in one pass (the normal masked forward: causal, or a bidirectional
                 PrefixLM prefix; for an encoder-decoder, the encoder once and every decoder layer's
@@ -22,6 +23,13 @@ generated); sliding layers `S = min(window, max_length)`, so their cache is O(wi
 p sees slots with `0 <= pos <= p` (and `p - pos < window` on sliding layers; HF Gemma 2's causal
 window). Encoder-decoder caches add {'cross': {layer: {'k', 'v'}}, 'encoder_valid': [B, Le]}.
 
+Gemma 3 (`use_qk_norm`, `local_rope_theta`, `rope_scaling_factor`, `eoi_token_id`) as the modules:
+QK-norm before RoPE, each layer's RoPE table (`layers.stack_ropes`, `config.layer_rope_index`).
+T5Gemma 2 (`merged_attention=True`): 'cross' holds each decoder layer's merged-attention K/V of
+the encoder outputs (k_norm, no RoPE), and a step's one softmax runs over [cached self slots;
+encoder K/V] (`MergedMask`); decoder tokens are embedded and logits read through the encoder's
+tied embedder.
+
 Example (decoder-only; `config` a TransformerConfig):
 
   logits, cache = prefill(config, params, tokens=[[0, 17, 9, 0]], lengths=[3], max_length=8)
@@ -38,6 +46,7 @@ from trainer.model import layers
 from trainer.model import scan_layout
 from trainer.model.attention import dot_product_attention
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
+from trainer.model.merged_attention import MergedMask
 from trainer.model.reference_attention import AttentionMask
 
 Cache = Dict[str, Any]
@@ -81,10 +90,18 @@ def _attend(cfg, p, q, k, v, mask, impl):
   return _proj(cfg, p['o_proj'], out, num_input_axes=2)
 
 
+def _qk_norm(cfg, p, name, x):
+  """Gemma 3's QK-norm (`trainer.model.attention.qk_norm`), identity without `use_qk_norm`."""
+  if not cfg.use_qk_norm:
+    return x
+  return layers.RMSNorm(eps=cfg.rms_norm_eps, param_dtype=cfg.parameter_dtype,
+                        axis_name='head_dim').apply({'params': p[name]}, x)
+
+
 def _qkv(cfg, p, x, rope):
   cos, sin = rope
-  q = layers.apply_rope(_proj(cfg, p['q_proj'], x), cos, sin)
-  k = layers.apply_rope(_proj(cfg, p['k_proj'], x), cos, sin)
+  q = layers.apply_rope(_qk_norm(cfg, p, 'q_norm', _proj(cfg, p['q_proj'], x)), cos, sin)
+  k = layers.apply_rope(_qk_norm(cfg, p, 'k_norm', _proj(cfg, p['k_proj'], x)), cos, sin)
   v = _proj(cfg, p['v_proj'], x)
   return q, k, v
 
@@ -111,12 +128,17 @@ def _write(cache, k, v, positions):
 
 def _block(cfg, p, x, rope, *, window, mode, cache, prompt_mask, lengths, max_length, positions,
            cross):
-  """One layer (self-attention [cached], optional cross-attention, MLP) -> (x, new self cache)."""
+  """One layer (self-attention [cached], optional cross-attention, MLP) -> (x, new self cache).
+
+  `cross` with 'merged': T5Gemma 2's merged attention: the self keys/values (prompt, or cache
+  slots) followed by the encoder's (`cross['k'|'v']`, computed once) in one softmax."""
+  merged = cross is not None and cross.get('merged', False)
   h = _norm(cfg, p['pre_attention_norm'], x)
   q, k, v = _qkv(cfg, p['self_attn'], h, rope)
   if mode == 'prefill':
-    h = _attend(cfg, p['self_attn'], q, k, v, prompt_mask.with_window(window), cfg.attention_impl)
+    mask = prompt_mask.with_window(window)
     new_cache = _fill(k, v, lengths, cache_size(window, max_length))
+    impl = cfg.attention_impl
   else:
     new_cache = _write(cache, k, v, positions)
     pos, now = new_cache['pos'], positions[:, None]
@@ -124,12 +146,19 @@ def _block(cfg, p, x, rope, *, window, mode, cache, prompt_mask, lengths, max_le
     if window is not None:
       valid &= now - pos < window
     mask = AttentionMask(kv_segment_ids=valid.astype(jnp.int32))
-    h = _attend(cfg, p['self_attn'], q, new_cache['k'], new_cache['v'], mask, 'reference')
+    k, v, impl = new_cache['k'], new_cache['v'], 'reference'
+  if merged:
+    mask = MergedMask(self_mask=mask, cross_mask=cross['mask'],
+                      encoder_length=cross['k'].shape[1])
+    k = jnp.concatenate([k, cross['k'].astype(k.dtype)], axis=1)
+    v = jnp.concatenate([v, cross['v'].astype(v.dtype)], axis=1)
+    impl = 'reference'  # as MergedAttention: no fused kernel for two key runs
+  h = _attend(cfg, p['self_attn'], q, k, v, mask, impl)
   h = _norm(cfg, p['post_attention_norm'], h)
   x = x + h
-  if cross is not None:
+  if cross is not None and not merged:
     h = _norm(cfg, p['pre_cross_attn_norm'], x)
-    q = _proj(cfg, p['cross_attn']['q_proj'], h)
+    q = _qk_norm(cfg, p['cross_attn'], 'q_norm', _proj(cfg, p['cross_attn']['q_proj'], h))
     h = _attend(cfg, p['cross_attn'], q, cross['k'], cross['v'], cross['mask'], 'reference')
     x = x + _norm(cfg, p['post_cross_attn_norm'], h)
   h = _norm(cfg, p['pre_feedforward_norm'], x)
@@ -137,9 +166,12 @@ def _block(cfg, p, x, rope, *, window, mode, cache, prompt_mask, lengths, max_le
   return x + _norm(cfg, p['post_feedforward_norm'], h), new_cache
 
 
-def _cross_kv(cfg, p, encoded):
-  return {'k': _proj(cfg, p['cross_attn']['k_proj'], encoded),
-          'v': _proj(cfg, p['cross_attn']['v_proj'], encoded)}
+def _cross_kv(cfg, p, encoded, merged):
+  """Encoder K/V of one decoder layer: its cross-attention's, or (T5Gemma 2) its merged
+  attention's (same k/v projections and k_norm as the self part, no RoPE)."""
+  p = p['self_attn'] if merged else p['cross_attn']
+  return {'k': _qk_norm(cfg, p, 'k_norm', _proj(cfg, p['k_proj'], encoded)),
+          'v': _proj(cfg, p['v_proj'], encoded)}
 
 
 def _run_stack(cfg, stack, x, rope, *, mode, caches, prompt_mask, lengths, max_length, positions,
@@ -147,12 +179,15 @@ def _run_stack(cfg, stack, x, rope, *, mode, caches, prompt_mask, lengths, max_l
   """Embedded x through every block -> (final-normed x, caches keyed like the params)."""
   kwargs = dict(mode=mode, prompt_mask=prompt_mask, lengths=lengths, max_length=max_length,
                 positions=positions)
+  ropes = rope  # layers.stack_ropes: indexed by cfg.layer_rope_index
+  extra = {} if cross is None else {'mask': cross['mask'], 'merged': cross.get('merged', False)}
   if not cfg.scan_layers:
     new = {}
     for i in range(cfg.num_layers):
       key = f'{scan_layout.LAYER_PREFIX}{i}'
-      c = None if cross is None else dict(cross[key], mask=cross['mask'])
-      x, new[key] = _block(cfg, stack[key], x, rope, window=cfg.layer_window(i),
+      c = None if cross is None else dict(cross[key], **extra)
+      x, new[key] = _block(cfg, stack[key], x, ropes[cfg.layer_rope_index(i)],
+                           window=cfg.layer_window(i),
                            cache=None if caches is None else caches[key], cross=c, **kwargs)
     return _norm(cfg, stack['final_norm'], x), new
   blocks = stack[scan_layout.SCAN_KEY]
@@ -162,8 +197,9 @@ def _run_stack(cfg, stack, x, rope, *, mode, caches, prompt_mask, lengths, max_l
     params_g, caches_g, cross_g = xs
     out = {}
     for j, key in enumerate(keys):
-      c = None if cross_g is None else dict(cross_g[key], mask=cross['mask'])
-      x, out[key] = _block(cfg, params_g[key], x, rope, window=cfg.layer_window(j),
+      c = None if cross_g is None else dict(cross_g[key], **extra)
+      x, out[key] = _block(cfg, params_g[key], x, ropes[cfg.layer_rope_index(j)],
+                           window=cfg.layer_window(j),
                            cache=None if caches_g is None else caches_g[key], cross=c, **kwargs)
     return x, out
 
@@ -172,24 +208,30 @@ def _run_stack(cfg, stack, x, rope, *, mode, caches, prompt_mask, lengths, max_l
   return _norm(cfg, stack['final_norm'], x), new
 
 
-def _embed(cfg, stack, tokens):
-  embedder = layers.Embedder(vocab_size=cfg.vocab_size, embed_dim=cfg.embed_dim,
-                             dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype)
-  return embedder.apply({'params': stack['embedder']}, tokens, method='encode')
+def _embedder(emb_cfg):
+  return layers.Embedder(vocab_size=emb_cfg.vocab_size, embed_dim=emb_cfg.embed_dim,
+                         dtype=emb_cfg.compute_dtype, param_dtype=emb_cfg.parameter_dtype,
+                         eoi_token_id=emb_cfg.eoi_token_id)
 
 
-def _logits(cfg, stack, x):
-  embedder = layers.Embedder(vocab_size=cfg.vocab_size, embed_dim=cfg.embed_dim,
-                             dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype)
-  logits = embedder.apply({'params': stack['embedder']}, x, method='attend')
+def _embed(cfg, emb, tokens):
+  """`emb` = (config, params) of the embedder: the stack's own, or (T5Gemma 2) the encoder's."""
+  emb_cfg, emb_params = emb
+  x = _embedder(emb_cfg).apply({'params': emb_params}, tokens, method='encode')
+  return x.astype(cfg.compute_dtype)
+
+
+def _logits(cfg, emb, x):
+  emb_cfg, emb_params = emb
+  logits = _embedder(emb_cfg).apply({'params': emb_params}, x, method='attend')
   return layers.soft_cap(logits, cfg.final_logit_soft_cap)
 
 
 def _rope(cfg, positions):
-  return layers.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.compute_dtype)
+  return layers.stack_ropes(positions, cfg)
 
 
-def _stack_prefill(cfg, stack, tokens, lengths, *, max_length, bidirectional, cross):
+def _stack_prefill(cfg, stack, tokens, lengths, *, max_length, bidirectional, cross, emb):
   tokens = jnp.asarray(tokens, jnp.int32)
   lengths = jnp.asarray(lengths, jnp.int32)
   batch, length = tokens.shape
@@ -201,36 +243,51 @@ def _stack_prefill(cfg, stack, tokens, lengths, *, max_length, bidirectional, cr
   if bidirectional:
     prefix = segment_ids.astype(bool)
   mask = AttentionMask(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                       bidirectional=prefix, causal=True)
+                       bidirectional=prefix, causal=True,
+                       bidirectional_window=cfg.bidirectional_window)
   positions = jnp.broadcast_to(idx, (batch, length))
-  x = _embed(cfg, stack, tokens)
+  x = _embed(cfg, emb, tokens)
   x, caches = _run_stack(cfg, stack, x, _rope(cfg, positions), mode='prefill', caches=None,
                          prompt_mask=mask, lengths=lengths, max_length=max_length,
                          positions=None, cross=cross)
   last = jnp.take_along_axis(x, jnp.clip(lengths - 1, 0, length - 1)[:, None, None], axis=1)
-  return _logits(cfg, stack, last)[:, 0], caches
+  return _logits(cfg, emb, last)[:, 0], caches
 
 
-def _stack_step(cfg, stack, caches, tokens, positions, cross):
+def _stack_step(cfg, stack, caches, tokens, positions, cross, emb):
   tokens = jnp.asarray(tokens, jnp.int32)[:, None]
   positions = jnp.asarray(positions, jnp.int32)
-  x = _embed(cfg, stack, tokens)
+  x = _embed(cfg, emb, tokens)
   x, caches = _run_stack(cfg, stack, x, _rope(cfg, positions[:, None]), mode='step',
                          caches=caches, prompt_mask=None, lengths=None, max_length=None,
                          positions=positions, cross=cross)
-  return _logits(cfg, stack, x)[:, 0], caches
+  return _logits(cfg, emb, x)[:, 0], caches
+
+
+def _emb(config, params):
+  """(config, params) of the embedder the decoder side reads and writes through."""
+  if isinstance(config, EncoderDecoderConfig):
+    if config.merged_attention:  # T5Gemma 2: one tied embedding, the encoder's
+      return config.encoder, params['encoder']['embedder']
+    return config.decoder, params['decoder']['embedder']
+  return config, params['embedder']
 
 
 def _encoder_decoder_cross(config, params, encoder_tokens):
-  from trainer.model.transformer import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from trainer.model.tied_encoder_decoder import TiedEncoderDecoder
+  from trainer.model.transformer import EncoderDecoder
+  merged = config.merged_attention
+  module = TiedEncoderDecoder(config) if merged else EncoderDecoder(config)
   encoder_tokens = jnp.asarray(encoder_tokens, jnp.int32)
-  encoded = EncoderDecoder(config).apply({'params': params}, encoder_tokens, method='encode')
+  encoded = module.apply({'params': params}, encoder_tokens, method='encode')
   cfg, stack = config.decoder, params['decoder']
   if cfg.scan_layers:
     blocks = stack[scan_layout.SCAN_KEY]
-    cross = {key: jax.vmap(lambda p: _cross_kv(cfg, p, encoded))(blocks[key]) for key in blocks}
+    cross = {key: jax.vmap(lambda p: _cross_kv(cfg, p, encoded, merged))(blocks[key])
+             for key in blocks}
   else:
-    cross = {f'layer_{i}': _cross_kv(cfg, stack[f'layer_{i}'], encoded)
+    cross = {f'layer_{i}': _cross_kv(cfg, stack[f'layer_{i}'], encoded, merged)
              for i in range(cfg.num_layers)}
   return cross, (encoder_tokens != 0)
 
@@ -252,12 +309,15 @@ def prefill(config, params, *, tokens, lengths, max_length: int,
       raise ValueError('an encoder-decoder prefill needs encoder_tokens')
     cross, valid = _encoder_decoder_cross(config, params, encoder_tokens)
     cross['mask'] = AttentionMask(kv_segment_ids=valid.astype(jnp.int32))
+    cross['merged'] = config.merged_attention
     logits, caches = _stack_prefill(config.decoder, params['decoder'], tokens, lengths,
-                                    max_length=max_length, bidirectional=False, cross=cross)
-    del cross['mask']
+                                    max_length=max_length, bidirectional=False, cross=cross,
+                                    emb=_emb(config, params))
+    del cross['mask'], cross['merged']
     return logits, {'self': caches, 'cross': cross, 'encoder_valid': valid}
   logits, caches = _stack_prefill(config, params, tokens, lengths, max_length=max_length,
-                                  bidirectional=bidirectional_prompt, cross=None)
+                                  bidirectional=bidirectional_prompt, cross=None,
+                                  emb=_emb(config, params))
   return logits, {'self': caches}
 
 
@@ -266,11 +326,13 @@ def step(config, params, cache: Cache, *, tokens, positions) -> Tuple[jax.Array,
   params = meta.unbox(params)
   if isinstance(config, EncoderDecoderConfig):
     cross = dict(cache['cross'],
-                 mask=AttentionMask(kv_segment_ids=cache['encoder_valid'].astype(jnp.int32)))
+                 mask=AttentionMask(kv_segment_ids=cache['encoder_valid'].astype(jnp.int32)),
+                 merged=config.merged_attention)
     logits, caches = _stack_step(config.decoder, params['decoder'], cache['self'], tokens,
-                                 positions, cross)
+                                 positions, cross, _emb(config, params))
     return logits, dict(cache, self=caches)
-  logits, caches = _stack_step(config, params, cache['self'], tokens, positions, None)
+  logits, caches = _stack_step(config, params, cache['self'], tokens, positions, None,
+                               _emb(config, params))
   return logits, {'self': caches}
 
 

@@ -185,9 +185,9 @@ def test_unbalanced_or_wrong_config_refused(hf_checkpoint):
 
 
 def test_greedy_decoding_matches_transformers_generate(hf_checkpoint, tmp_path):
-  """The trainer's greedy decoder (`trainer.evaluation.scoring`, recomputing each step) on the
-  imported model gives the tokens of HF `generate` (which runs T5Gemma 2's merged-attention KV
-  cache). The KV-cache decoder of this project (issue #13) is checked against it after merging."""
+  """The trainer's greedy decoder (`trainer.evaluation.scoring`, over `trainer.model.kv_cache`'s
+  merged-attention cache) on the imported model gives the tokens of HF `generate` (which runs
+  T5Gemma 2's own merged-attention KV cache)."""
   from trainer.evaluation import scoring  # pylint: disable=g-import-not-at-top
   from trainer.training import models  # pylint: disable=g-import-not-at-top
   del hf_checkpoint

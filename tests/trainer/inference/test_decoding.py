@@ -2,11 +2,13 @@
 
 Tiny random Gemma 2 / T5Gemma models whose sliding windows (3) are shorter than prompt + output.
 Greedy ids equal `generate(do_sample=False, num_beams=1)` on checkpoints we export
-(`hf_gemma2.export_decoder`, `hf_t5gemma.export_t5gemma`, what `trainer.export_hf` writes) and on
-an HF Gemma 2 checkpoint read directly. Beam search (4 beams) equals HF's beam search when no
-hypothesis ends early; with EOS the conventions differ (see `trainer.inference.beam_search`: T5X's
-((5 + n) / 6) ** alpha vs HF's n ** length_penalty, and HF only finishes an EOS candidate ranked in
-the top K of the 2K, T5X any of the 2K).
+(`hf_gemma2.export_decoder`, `hf_t5gemma.export_t5gemma`, what `trainer.export_hf` writes) and on an
+HF Gemma 2 checkpoint read directly; likewise Gemma 3 (`hf_gemma3.export_decoder`,
+Gemma3ForCausalLM) and T5Gemma 2 (`hf_t5gemma2.export_encoder_decoder`,
+T5Gemma2ForConditionalGeneration: merged attention, tied embedding). Beam search (4 beams) equals
+HF's beam search when no hypothesis ends early; with EOS the conventions differ (see
+`trainer.inference.beam_search`: T5X's ((5 + n) / 6) ** alpha vs HF's n ** length_penalty, and HF
+only finishes an EOS candidate ranked in the top K of the 2K, T5X any of the 2K).
 """
 import jax
 import jax.numpy as jnp
@@ -16,11 +18,14 @@ from flax.core import meta
 from scipy import stats
 
 from trainer.checkpoint import hf_gemma2
+from trainer.checkpoint import hf_gemma3
 from trainer.checkpoint import hf_t5gemma
+from trainer.checkpoint import hf_t5gemma2
 from trainer.checkpoint import loader
 from trainer.inference import decoding
 from trainer.inference import sampling
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
+from trainer.model.tied_encoder_decoder import TiedEncoderDecoder
 from trainer.model.transformer import Decoder, EncoderDecoder
 
 torch = pytest.importorskip('torch')
@@ -121,6 +126,60 @@ def test_t5gemma_greedy_equals_transformers_generate(tmp_path):
     want = _hf_generate(hf, tokens[b, :lengths[b]], do_sample=False, num_beams=1, eos_token_id=1,
                         decoder_start_token_id=0)
     assert _trim(ours.tokens[b][:ours.lengths[b]]) == _trim(want)
+
+
+def _randomise_mostly_layers(params, seed, embedding_scale, other_scale):
+  """Like `_randomise`, with little noise on the tied embedding: greedy outputs of these random
+  models then vary along the sequence instead of repeating one token (a stronger check)."""
+  rng = np.random.RandomState(seed)
+
+  def one(path, x):
+    scale = embedding_scale if 'embedding' in jax.tree_util.keystr(path) else other_scale
+    return np.asarray(x) + scale * rng.randn(*x.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(one, meta.unbox(params))
+
+
+def _gemma3_config(**kw):
+  # QK-norm, RoPE bases 10 (local) / 1000 (global, linearly scaled by 2), 2 local : 1 global.
+  return _config(use_qk_norm=True, attn_logits_soft_cap=None, rope_theta=1000.0,
+                 local_rope_theta=10.0, rope_scaling_factor=2.0, num_layers=3,
+                 layer_types=('sliding', 'sliding', 'global'), **kw)
+
+
+def test_gemma3_greedy_equals_transformers_generate(tmp_path):
+  cfg = _gemma3_config()
+  params = _randomise_mostly_layers(
+      Decoder(cfg).init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))['params'], 4, 0.05, 0.5)
+  hf_gemma3.export_decoder(params, cfg, str(tmp_path))
+  hf = _hf_model(transformers.Gemma3ForCausalLM, str(tmp_path))
+  tokens, lengths = _prompts()
+  ours = decoding.generate(config=cfg, params=params, prompt_tokens=tokens, prompt_lengths=lengths,
+                           max_decode_length=NEW)
+  for b in range(2):
+    want = _hf_generate(hf, tokens[b, :lengths[b]], do_sample=False, num_beams=1, eos_token_id=1)
+    assert _trim(ours.tokens[b][:ours.lengths[b]]) == _trim(want)
+  assert all(len(set(row)) >= 3 for row in ours.tokens.tolist())  # not one token repeated
+
+
+def test_t5gemma2_greedy_equals_transformers_generate(tmp_path):
+  eoi = 40  # the end-of-image token has its own input embedding; the first prompt contains it
+  cfg = EncoderDecoderConfig(encoder=_gemma3_config(bidirectional_window='split', eoi_token_id=eoi),
+                             decoder=_gemma3_config(eoi_token_id=eoi), merged_attention=True)
+  params = _randomise_mostly_layers(TiedEncoderDecoder(cfg).init(
+      jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32))['params'],
+                                    5, 0.01, 0.8)
+  params['encoder']['embedder']['embedding'][0] = 0.0  # pad id 0 never wins the argmax
+  hf_t5gemma2.export_encoder_decoder(params, cfg, str(tmp_path))
+  hf = _hf_model(transformers.T5Gemma2ForConditionalGeneration, str(tmp_path))
+  tokens, lengths = _prompts()
+  tokens[0, 2] = eoi
+  ours = decoding.generate(config=cfg, params=params, prompt_tokens=tokens, max_decode_length=NEW)
+  for b in range(2):
+    want = _hf_generate(hf, tokens[b, :lengths[b]], do_sample=False, num_beams=1, eos_token_id=1,
+                        decoder_start_token_id=0)
+    assert _trim(ours.tokens[b][:ours.lengths[b]]) == _trim(want)
+  assert all(len(set(row)) >= 3 for row in ours.tokens.tolist())  # not one token repeated
 
 
 def test_beam_search_equals_transformers_without_early_ends(exported_gemma2):

@@ -3,6 +3,8 @@
 Tiny random Gemma 2 stacks with GQA (4 query / 2 KV heads), soft-caps that bind, and a sliding
 window (3) shorter than prompt + generated length, so the ring buffer wraps; scanned and unrolled
 layouts; decoder-only (causal and PrefixLM) and encoder-decoder; fp32 (<= 1e-5) and bf16.
+Gemma 3 (QK-norm, two RoPE bases, linear RoPE scaling on global layers, 2 local : 1 global, the
+end-of-image embedding) and T5Gemma 2 (merged attention, tied embedding) likewise.
 """
 import dataclasses
 
@@ -15,6 +17,7 @@ from flax.core import meta
 from trainer.model import kv_cache
 from trainer.model import scan_layout
 from trainer.model.config import EncoderDecoderConfig, TransformerConfig
+from trainer.model.tied_encoder_decoder import TiedEncoderDecoder
 from trainer.model.transformer import Decoder, EncoderDecoder
 
 STEPS = 6
@@ -56,8 +59,38 @@ def _check(logits, want, dtype):
     (False, False, 'float32'), (False, True, 'float32'), (True, False, 'float32'),
     (True, True, 'float32'), (False, False, 'bfloat16'), (True, True, 'bfloat16')])
 def test_decoder_only_cached_equals_uncached(scan, prefix_lm, dtype):
-  cfg = _config(scan_layers=scan, dtype=dtype)
+  _decoder_only_case(_config(scan_layers=scan, dtype=dtype), prefix_lm, dtype)
+
+
+# Gemma 3: QK-norm, no attention soft-cap, local RoPE base 10 / global 1000 scaled by 2, two local
+# layers per global one (scan period 3; 2 scanned groups, 3 unrolled layers to compile less), eoi
+# token 7 (its own embedding; the prompts contain it).
+def _gemma3(scan, **kw):
+  n = 6 if scan else 3
+  fields = dict(use_qk_norm=True, attn_logits_soft_cap=None, rope_theta=1000.0,
+                local_rope_theta=10.0, rope_scaling_factor=2.0, num_layers=n,
+                layer_types=('sliding', 'sliding', 'global') * (n // 3), eoi_token_id=7,
+                scan_layers=scan)
+  fields.update(kw)
+  return _config(**fields)
+
+
+def _with_eoi(tokens, forced):
+  tokens, forced = tokens.copy(), forced.copy()
+  tokens[0, 1] = tokens[2, 0] = forced[1, 2] = 7
+  return tokens, forced
+
+
+@pytest.mark.parametrize('scan,prefix_lm', [(False, False), (True, True)])
+def test_gemma3_decoder_cached_equals_uncached(scan, prefix_lm):
+  _decoder_only_case(_gemma3(scan), prefix_lm, 'float32', eoi=True)
+
+
+def _decoder_only_case(cfg, prefix_lm, dtype, eoi=False):
+  scan = cfg.scan_layers
   tokens, lengths, forced = _prompts()
+  if eoi:
+    tokens, forced = _with_eoi(tokens, forced)
   module = Decoder(cfg)
   params = _randomise(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.asarray(tokens))['params'], 1)
   max_length = tokens.shape[1] + STEPS
@@ -84,7 +117,8 @@ def test_decoder_only_cached_equals_uncached(scan, prefix_lm, dtype):
   # Sliding layers hold only their window (3 slots); global ones prompt + generated.
   self_cache = scan_layout.unrolled({'layers': cache['self']}) if scan else cache['self']
   assert self_cache['layer_0']['k'].shape[1] == 3
-  assert self_cache['layer_1']['k'].shape[1] == max_length
+  assert self_cache['layer_1']['k'].shape[1] == (3 if eoi else max_length)
+  assert self_cache['layer_2']['k'].shape[1] == (max_length if eoi else 3)
 
 
 @pytest.mark.parametrize('scan', [False, True])
@@ -106,6 +140,39 @@ def test_encoder_decoder_cached_equals_uncached(scan):
     _check(logits, want[:, t], 'float32')
     if t < STEPS:
       logits, cache = step(params, cache, forced[:, t], np.full(3, 1 + t, np.int32))
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_t5gemma2_cached_equals_uncached(scan):
+  """Merged attention: each step's one softmax over the cached self K/V (ring buffer on the
+  sliding layers) and the encoder K/V computed at prefill; decoder tokens embedded by, and logits
+  read from, the encoder's tied embedding."""
+  cfg = EncoderDecoderConfig(
+      encoder=_gemma3(scan, bidirectional_window='split', sliding_window=2),
+      decoder=_gemma3(scan), merged_attention=True)
+  tokens, lengths, forced = _prompts()
+  tokens, forced = _with_eoi(tokens, forced)
+  module = TiedEncoderDecoder(cfg)
+  start = np.zeros((3, 1), np.int32)
+  params = _randomise(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.asarray(tokens),
+                                          jnp.asarray(start))['params'], 3)
+  assert 'embedder' not in params['decoder']
+  max_length = 1 + STEPS
+  logits, cache = jax.jit(lambda p: kv_cache.prefill(
+      cfg, p, tokens=start, lengths=np.ones(3, np.int32), max_length=max_length,
+      encoder_tokens=tokens))(params)
+  step = jax.jit(lambda p, c, t, pos: kv_cache.step(cfg, p, c, tokens=t, positions=pos))
+  want = jax.jit(module.apply)({'params': params}, tokens, np.concatenate([start, forced], axis=1))
+  for t in range(STEPS + 1):
+    _check(logits, want[:, t], 'float32')
+    if t < STEPS:
+      logits, cache = step(params, cache, forced[:, t], np.full(3, 1 + t, np.int32))
+  # Beam search's reorder keeps rows consistent: reordered cache, reordered logits.
+  idx = np.array([2, 0, 0])
+  moved = kv_cache.reorder(cfg, cache, idx)
+  got, _ = step(params, moved, forced[idx, 0], np.full(3, 1 + STEPS, np.int32))
+  ref, _ = step(params, cache, forced[:, 0], np.full(3, 1 + STEPS, np.int32))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref)[idx], atol=1e-6)
 
 
 def test_cache_bytes_sliding_layers_are_window_sized():
