@@ -53,7 +53,8 @@ def main(argv) -> int:
 def run(argv=None) -> int:
   """`argv`: the arguments without the program name (default: sys.argv[1:])."""
   # TensorFlow (seqio) first, with its native start-up noise silenced (as trainer.train does).
-  from trainer.training import data  # pylint: disable=g-import-not-at-top,unused-import
+  from trainer.training import data  # pylint: disable=g-import-not-at-top
+  data.preload_tf()
   from tasks import cli  # pylint: disable=g-import-not-at-top
   cli.quiet_absl_logging()  # orbax's warnings are not the user's; errors come as one line
   return gin_flags.run(main, argv=argv, program='eval')

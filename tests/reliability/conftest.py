@@ -96,7 +96,7 @@ def read_cache_targets(out_dir, task='reljsonl_lm', lengths_name='tg64'):
   from tasks import record_formats
   import glob
   out = []
-  for path in sorted(glob.glob(os.path.join(out_dir, f'{task}.{lengths_name}', 'train.tfrecord*'))):
+  for path in sorted(glob.glob(os.path.join(out_dir, f'{task}.{lengths_name}', 'train.tfrecord-*'))):
     for _, raw in record_formats.read_tfrecord_range(path, 0, None):
       out.append(raw)
   return out
