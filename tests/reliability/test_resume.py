@@ -49,9 +49,9 @@ def test_stop_damage_fallback_and_mismatch(tmp_path, task_env, text_corpus):
   assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
   assert 'checkpoint step 4 is damaged' in resumed.stdout, resumed.stdout
   assert 'resuming from step 2' in resumed.stdout
-  # Known gap: orbax's async reader threads may print 'Event loop is closed' tracebacks while the
-  # damaged step is tried (seen intermittently); the fallback itself is asserted above and below.
-  assert 'Traceback (most recent call last)' not in resumed.stdout
+  # The size manifest finds the truncation before orbax reads (no reader-thread tracebacks).
+  assert 'were written' in resumed.stdout, resumed.stdout
+  assert 'Traceback' not in resumed.stderr, resumed.stderr[-3000:]
   assert 'train: done at step 6' in resumed.stdout
   assert rel.metrics_steps(run) == [1, 2, 3, 4, 5, 6]
   assert os.path.isdir(run / 'corrupt_checkpoints' / '4')

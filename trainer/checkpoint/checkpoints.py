@@ -67,9 +67,22 @@ class Checkpointer:
   def __init__(self, directory: str, cfg: CheckpointConfig = CheckpointConfig()):
     self.directory = os.path.abspath(directory)
     self.cfg = cfg
+    self._unmanifested = set()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def _write_manifests(self):
+    """Size manifests (integrity.write_manifest) for the steps this process saved, once orbax has
+    finalised them: called after each save (orbax's save first waits for the one before), on
+    wait() and on close(). A step whose process dies first simply has none (nothing checked)."""
+    if jax.process_index() != 0:
+      return
+    kept = set(self.manager.all_steps())  # (includes a step still being committed)
+    self._unmanifested &= kept
+    for step in sorted(self._unmanifested):
+      if integrity.write_manifest(os.path.join(self.directory, str(step))):
+        self._unmanifested.discard(step)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -88,12 +101,14 @@ class Checkpointer:
         data=ocp.args.JsonSave(dict(data_state))), force=force)
     if saved:
       logging.info('checkpoint: saving step %d to %s', step, self.directory)
+      self._unmanifested.add(step)
+    self._write_manifests()
     return saved
 
   def restore(self, step: int, *, abstract_params, abstract_opt_state, abstract_train_meta):
     """(params, opt_state, train_meta, data_state) of `step`; CorruptCheckpointError if damaged."""
     step_dir = os.path.join(self.directory, str(step))
-    integrity.check_metadata_files(step_dir, step=step)
+    integrity.check(step_dir, step=step)
     empty_opt = not jax.tree_util.tree_leaves(abstract_opt_state)
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
@@ -155,9 +170,11 @@ class Checkpointer:
 
   def wait(self):
     self.manager.wait_until_finished()
+    self._write_manifests()
 
   def close(self):
     self.manager.wait_until_finished()
+    self._write_manifests()
     self.manager.close()
 
 
@@ -166,6 +183,8 @@ def save_params(directory: str, params) -> None:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.abspath(directory), params)
   checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    integrity.write_manifest(os.path.abspath(directory))
 
 
 def params_dir(path: str) -> str:
@@ -201,7 +220,7 @@ def read_params(path: str):
   `path`: anything `params_dir` accepts. Raises ValueError when there is no readable checkpoint.
   """
   directory = params_dir(path)
-  integrity.check_metadata_files(directory)
+  integrity.check(directory)
   tree = stored_tree(directory)
   if tree is None:
     raise ValueError(f'cannot read an orbax params checkpoint from {directory!r}: no readable '
@@ -229,7 +248,7 @@ def restore_orbax_params(path: str, abstract_params):
   Stacks saved unrolled restore into a scanned model and vice versa (`trainer.model.scan_layout`).
   """
   directory = params_dir(path)
-  integrity.check_metadata_files(directory)
+  integrity.check(directory)
   stored = stored_tree(directory)
   target = abstract_params if stored is None else scan_layout.like(abstract_params, stored)
   if stored is not None:
