@@ -68,6 +68,20 @@ class AdaptError(ValueError):
   """Bad adaptation input; the message names the path, flag or field."""
 
 
+def _unrolled_sources(decoder_config, decoder_params, encoder_config, encoder_params):
+  """Checked sources in the unrolled layout (adaptation works layer by layer; the result gets each
+  config's layout): (encoder_config, encoder_params, decoder_params); the encoder defaults to the
+  decoder source."""
+  if (encoder_config is None) != (encoder_params is None):
+    raise AdaptError('give both encoder_config and encoder_params, or neither')
+  _check_source(meta.unbox(decoder_params), decoder_config, 'decoder source')
+  decoder_params = scan_layout.unrolled(meta.unbox(decoder_params))
+  if encoder_config is None:
+    return decoder_config, decoder_params, decoder_params
+  _check_source(meta.unbox(encoder_params), encoder_config, 'encoder source')
+  return encoder_config, scan_layout.unrolled(meta.unbox(encoder_params)), decoder_params
+
+
 def _check_source(params, config: TransformerConfig, what: str) -> None:
   try:
     loader.check_decoder_params(params, config, what=what)
@@ -125,16 +139,8 @@ def adapt_params(decoder_config: TransformerConfig, decoder_params: Mapping[str,
                        "leave cross_attn_init='auto'")
     return adapt_t5gemma2_params(decoder_config, decoder_params, encoder_config=encoder_config,
                                  encoder_params=encoder_params)
-  if (encoder_config is None) != (encoder_params is None):
-    raise AdaptError('give both encoder_config and encoder_params, or neither')
-  # Adapted layer by layer in the unrolled layout; the result gets each config's layout.
-  _check_source(meta.unbox(decoder_params), decoder_config, 'decoder source')
-  decoder_params = scan_layout.unrolled(meta.unbox(decoder_params))
-  if encoder_config is None:
-    encoder_config, encoder_params = decoder_config, decoder_params
-  else:
-    _check_source(meta.unbox(encoder_params), encoder_config, 'encoder source')
-    encoder_params = scan_layout.unrolled(meta.unbox(encoder_params))
+  encoder_config, encoder_params, decoder_params = _unrolled_sources(
+      decoder_config, decoder_params, encoder_config, encoder_params)
   if encoder_config.vocab_size != decoder_config.vocab_size:
     raise AdaptError(f'the encoder source has vocab_size={encoder_config.vocab_size} but the decoder '
                      f'source has {decoder_config.vocab_size}: both sides need the same vocabulary')
@@ -176,18 +182,11 @@ def adapt_t5gemma2_params(decoder_config: TransformerConfig, decoder_params: Map
   vocabulary (T5Gemma 2 is balanced); its embedding becomes the tied one.
   Returns (EncoderDecoderConfig(merged_attention=True), {'encoder': ..., 'decoder': ...}).
   """
-  if (encoder_config is None) != (encoder_params is None):
-    raise AdaptError('give both encoder_config and encoder_params, or neither')
-  _check_source(meta.unbox(decoder_params), decoder_config, 'decoder source')
-  decoder_params = scan_layout.unrolled(meta.unbox(decoder_params))
-  if encoder_config is None:
-    encoder_config, encoder_params = decoder_config, decoder_params
-  else:
-    _check_source(meta.unbox(encoder_params), encoder_config, 'encoder source')
-    encoder_params = scan_layout.unrolled(meta.unbox(encoder_params))
-    if not encoder_config.use_qk_norm:
-      raise AdaptError('the decoder source is Gemma 3 but the encoder source is not (no QK-norm); '
-                       'T5Gemma 2 adapts Gemma 3 on both sides')
+  encoder_config, encoder_params, decoder_params = _unrolled_sources(
+      decoder_config, decoder_params, encoder_config, encoder_params)
+  if not encoder_config.use_qk_norm:  # (a separate encoder source)
+    raise AdaptError('the decoder source is Gemma 3 but the encoder source is not (no QK-norm); '
+                     'T5Gemma 2 adapts Gemma 3 on both sides')
   for field in ('embed_dim', 'vocab_size'):
     enc, dec = getattr(encoder_config, field), getattr(decoder_config, field)
     if enc != dec:
