@@ -135,23 +135,48 @@ def attention_part(*, batch: int, length: int, window, iters: int, peak_flops=No
 # ---------------------------------------------------------------------------------------------
 # Compile-time figures of the train step (in process; abstract arrays, so nothing is allocated).
 
+def abstract_train_step(gin_file: str, bindings, *, batch_size: int, length: int,
+                        encoder_length: int, master_dtype=None):
+  """(jitted train step with donated state, abstract train state, abstract batch) of a gin model:
+  adafactor, shapes only (nothing allocated); what the compile figures here and
+  `scripts/tpu_compile_check.py` lower."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from flax.core import meta
+  from trainer import gin_flags
+  from trainer.model.config import EncoderDecoderConfig
+  from trainer.training import benchmark as bench
+  from trainer.training import loop as trainer
+  from trainer.training import models
+  from trainer.training import optimizers
+  from trainer.training.train_state import TrainState
+  config = gin_flags.config_from_gin([gin_file], list(bindings))
+  model_cls = (models.EncoderDecoderModel if isinstance(config, EncoderDecoderConfig)
+               else models.DecoderOnlyModel)
+  model = model_cls(config=config)
+  vocab = (config.decoder if isinstance(config, EncoderDecoderConfig) else config).vocab_size
+  batch = bench.synthetic_batch(model, batch_size=batch_size, length=length,
+                                encoder_length=encoder_length, vocab_size=vocab, seed=0)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+  dummy = {k: v[:1] for k, v in batch.items()}
+  params = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy))
+  tx = optimizers.create_optimizer(name='adafactor', learning_rate=1e-3,
+                                   master_dtype=master_dtype)
+  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                     opt_state=jax.eval_shape(tx.init, params),
+                     rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  step = jax.jit(trainer.make_train_step(model, tx), donate_argnums=(0,))
+  return step, state, abstract_batch
+
+
 def compile_part(gin_file: str, bindings, *, batch_size: int, length: int,
                  encoder_length: int, variants=COMPILE_VARIANTS) -> list:
   """Per variant: seconds to lower + compile the train step (adafactor, donated state), XLA's
   `memory_analysis()` of the compiled step, and the train state's bytes (params + optimiser
   state, from shapes)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from flax.core import meta  # pylint: disable=g-import-not-at-top
-  # pylint: disable=g-import-not-at-top
-  from trainer import gin_flags
-  from trainer.training import benchmark as bench
-  from trainer.training import models
-  from trainer.training import optimizers
-  from trainer.training import loop as trainer
-  from trainer.model.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
-  from trainer.training.train_state import TrainState  # pylint: disable=g-import-not-at-top
 
   def nbytes(tree):
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
@@ -161,22 +186,9 @@ def compile_part(gin_file: str, bindings, *, batch_size: int, length: int,
   rows = []
   for label, extra, master_dtype in variants:
     try:
-      config = gin_flags.config_from_gin([gin_file], list(bindings) + list(extra))
-      model_cls = (models.EncoderDecoderModel if isinstance(config, EncoderDecoderConfig)
-                   else models.DecoderOnlyModel)
-      model = model_cls(config=config)
-      vocab = (config.decoder if isinstance(config, EncoderDecoderConfig) else config).vocab_size
-      batch = bench.synthetic_batch(model, batch_size=batch_size, length=length,
-                                    encoder_length=encoder_length, vocab_size=vocab, seed=0)
-      abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-      dummy = {k: v[:1] for k, v in batch.items()}
-      params = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy))
-      tx = optimizers.create_optimizer(name='adafactor', learning_rate=1e-3,
-                                       master_dtype=master_dtype)
-      state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                         opt_state=jax.eval_shape(tx.init, params),
-                         rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-      step = jax.jit(trainer.make_train_step(model, tx), donate_argnums=(0,))
+      step, state, abstract_batch = abstract_train_step(
+          gin_file, list(bindings) + list(extra), batch_size=batch_size, length=length,
+          encoder_length=encoder_length, master_dtype=master_dtype)
       t0 = time.perf_counter()
       compiled = step.lower(state, abstract_batch).compile()
       seconds = time.perf_counter() - t0

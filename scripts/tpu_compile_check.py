@@ -26,37 +26,14 @@ import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gpu_perf_parts
 
 
 def _abstract_step(gin_file, bindings, *, batch_size, length, encoder_length):
   """(jitted train step, abstract state, abstract batch) as gpu_perf's compile part builds them."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  from flax.core import meta
-  from trainer import gin_flags
-  from trainer.model.config import EncoderDecoderConfig
-  from trainer.training import benchmark as bench
-  from trainer.training import loop as trainer
-  from trainer.training import models
-  from trainer.training import optimizers
-  from trainer.training.train_state import TrainState
-  config = gin_flags.config_from_gin([gin_file], list(bindings))
-  model_cls = (models.EncoderDecoderModel if isinstance(config, EncoderDecoderConfig)
-               else models.DecoderOnlyModel)
-  model = model_cls(config=config)
-  vocab = (config.decoder if isinstance(config, EncoderDecoderConfig) else config).vocab_size
-  batch = bench.synthetic_batch(model, batch_size=batch_size, length=length,
-                                encoder_length=encoder_length, vocab_size=vocab, seed=0)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-  dummy = {k: v[:1] for k, v in batch.items()}
-  params = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy))
-  tx = optimizers.create_optimizer(name='adafactor', learning_rate=1e-3)
-  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                     opt_state=jax.eval_shape(tx.init, params),
-                     rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-  step = jax.jit(trainer.make_train_step(model, tx), donate_argnums=(0,))
-  return step, state, abstract_batch
+  from gpu_perf_parts import abstract_train_step  # pylint: disable=g-import-not-at-top
+  return abstract_train_step(gin_file, bindings, batch_size=batch_size, length=length,
+                             encoder_length=encoder_length)
 
 
 def run(gin_file, bindings, *, batch_size, length, encoder_length):
