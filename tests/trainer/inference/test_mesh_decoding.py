@@ -1,8 +1,10 @@
 """Decoding under a 2x2 (data, fsdp) mesh of fake CPU devices equals one device's.
 
-Tiny random decoder-only (Gemma 2, sliding window 3, GQA) and encoder-decoder (T5Gemma) models;
-greedy and 4-beam search over 4 fake CPU devices (a subprocess: XLA flags are read at JAX import).
-A batch of 3 rows is padded to 4 (one per data-parallel shard) and cut back.
+Tiny random decoder-only (Gemma 2, sliding window 3, GQA; PrefixLM prompt) and encoder-decoder
+(T5Gemma) models; greedy and 4-beam search (and seeded sampling for the decoder-only one) over 4
+fake CPU devices (a subprocess: XLA flags are read at JAX import). A batch of 3 rows is padded to 4
+(one per data-parallel shard) and cut back. `trainer.inference.infer` under the same mesh writes the
+same ids.
 """
 import json
 import os
@@ -67,9 +69,11 @@ SCRIPT = textwrap.dedent('''
       out[name + '_embedding_spec'] = str(emb.sharding.spec)
       out[name + '_embedding_shards'] = len({str(s.index) for s in emb.addressable_shards})
       tokens, lengths, bidirectional = prompts[name]
-      for method in ('greedy', 'beam'):
+      for method in ('greedy', 'beam') + (('sample',) if name == 'decoder' else ()):
         kw = dict(config=cfg, prompt_tokens=tokens, prompt_lengths=lengths, max_decode_length=6,
                   method=method, num_beams=4, eos_id=-1, bidirectional_prompt=bidirectional)
+        if method == 'sample':
+          kw.update(temperature=2.0, seed=5)
         single = decoding.generate(params=params, **kw)
         sharded = decoding.generate(params=placed, partitioner=mesh, **kw)
         out[f'{name}_{method}'] = {'one': single.tokens.tolist(), 'mesh': sharded.tokens.tolist(),
@@ -112,12 +116,14 @@ def test_greedy_and_beam_under_a_2x2_mesh_equal_one_device(tmp_path):
     assert out[name + '_embedding_shards'] == 2
   assert out['batch_spec'] == str(P(('data', 'fsdp'), None))
   assert out['batch_rows_per_device'] == [1]
-  for key in ('decoder_greedy', 'decoder_beam', 'encdec_greedy', 'encdec_beam'):
+  for key in ('decoder_greedy', 'decoder_beam', 'decoder_sample', 'encdec_greedy', 'encdec_beam'):
     got = out[key]
     assert got['mesh'] == got['one'], key
     np.testing.assert_allclose(got['mesh_scores'], got['one_scores'], rtol=1e-4, atol=1e-4)
     # A control that the rows decode to different ids (a mixed-up batch would show).
     assert len(got['one']) == 3 and len({tuple(r) for r in got['one']}) >= 2, key
+  # Sampling (seeded per example) differs from greedy here, and still matches across layouts.
+  assert out['decoder_sample']['one'] != out['decoder_greedy']['one']
   # trainer.infer under the same mesh writes the same ids (EOS -1 there is 1; none was produced).
   assert 'BATCH_SIZE=3 rounded up to 4' in out['infer_log']
   assert all(1 not in row for row in out['decoder_greedy']['one'])
