@@ -2,13 +2,16 @@ r"""Inference speed, printed side by side (a benchmark script, not a test):
 
   python scripts/infer_bench.py [--vocab_size=32000] [--prompt=128] [--new=128] [--batches=1,16]
                                 [--gin_dir=gin/models] [--skip_hf] [--dtype=float32]
+                                [--skip_uncached] [--uncached_steps=8] [--skip_axis]
 
 1. Ours vs transformers `generate` on the same model (gemma2_small shapes, random weights, exported
    with `hf_gemma2.export_decoder`; greedy, `--prompt`-token prompts, `--new` new tokens, no early
    EOS on either side): generated tokens/s and time to first token (prefill + 1 token), torch using
    as many threads as XLA's CPU client sees (all cores).
 2. Ours cached vs the uncached path the trainer had before (the whole prefix re-run for every new
-   token, jitted at a fixed length): tokens/s at `--new` new tokens.
+   token, jitted at a fixed length): tokens/s at `--new` new tokens. Every uncached token costs
+   the same (one forward over prompt + new positions), so `--uncached_steps=8` times only its
+   first 8 tokens: the batch-16 row then takes a minute instead of over nine.
 3. Decoder-only vs encoder-decoder with the same decoder (gemma2_small vs t5gemma_small), same
    prompt / output lengths: time to first token, decode tokens/s, K/V cache bytes.
 
@@ -61,21 +64,30 @@ def _ours(config, params, prompt, new, repeats):
   return ttft, total
 
 
-def _uncached(config, params, prompt, new, repeats):
-  """The trainer's old path: every token re-runs the whole (fixed-length) sequence."""
+def _uncached(config, params, prompt, new, repeats, steps=None):
+  """The trainer's old path: every token re-runs the whole (fixed-length) sequence.
+
+  Each token costs the same (one forward over `prompt + new` positions), so timing only the first
+  `steps` tokens (default all `new`) gives the same tokens/s; -> seconds per token."""
   module = Decoder(config)
   batch, length = prompt.shape
+  steps = new if steps is None else min(steps, new)
   fwd = jax.jit(lambda p, t, pos: jnp.argmax(
       jnp.take_along_axis(module.apply({'params': p}, t), pos[:, None, None], 1)[:, 0], -1))
+  tokens = np.zeros((batch, length + new), np.int32)
+  tokens[:, :length] = prompt
+  np.asarray(fwd(params, tokens, np.full(batch, length - 1, np.int32)))  # compile
 
   def run():
-    tokens = np.zeros((batch, length + new), np.int32)
-    tokens[:, :length] = prompt
-    for k in range(new):
+    for k in range(steps):
       pos = np.full(batch, length - 1 + k, np.int32)
       tokens[:, length + k] = np.asarray(fwd(params, tokens, pos))
-    return tokens
-  return _best(run, repeats)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t)
+  return min(times) / steps
 
 
 def _hf(path, prompt, new, repeats):
@@ -107,6 +119,9 @@ def main():
   ap.add_argument('--dtype', default='float32')
   ap.add_argument('--skip_hf', action='store_true')
   ap.add_argument('--skip_uncached', action='store_true')
+  ap.add_argument('--uncached_steps', type=int, default=None,
+                  help='time only the first N uncached tokens (each costs the same); default all')
+  ap.add_argument('--skip_axis', action='store_true', help='skip table 3')
   args = ap.parse_args()
   bindings = [f'VOCAB_SIZE = {args.vocab_size}', f"ACTIVATION_DTYPE = '{args.dtype}'"]
   dec_cfg = gin_flags.config_from_gin([os.path.join(REPO, args.decoder_gin)], bindings)
@@ -143,16 +158,20 @@ def main():
       print(f'| {batch} | {ours:.1f} | - | - | {ttft:.3f} | - |', flush=True)
 
   if not args.skip_uncached:
-    print(f'\n## 2. Cached vs uncached (whole prefix re-run per token), {n} new tokens')
+    timed = n if args.uncached_steps is None else min(args.uncached_steps, n)
+    print(f'\n## 2. Cached vs uncached (whole prefix re-run per token), {n} new tokens; uncached '
+          f'timed over its first {timed} tokens (each re-runs all {p + n} positions)')
     print('| batch | cached tok/s | uncached tok/s | speed-up |')
     print('|---|---|---|---|')
     for batch in [int(b) for b in args.batches.split(',')]:
       prompt = rng.randint(3, args.vocab_size, size=(batch, p)).astype(np.int32)
       _, total = _ours(dec_cfg, dec_params, prompt, n, args.repeats)
-      slow = _uncached(dec_cfg, dec_params, prompt, n, 1)
-      print(f'| {batch} | {batch * n / total:.1f} | {batch * n / slow:.1f} | '
-            f'{slow / total:.1f}x |', flush=True)
+      per_token = _uncached(dec_cfg, dec_params, prompt, n, 1, args.uncached_steps)
+      cached, uncached = batch * n / total, batch / per_token
+      print(f'| {batch} | {cached:.1f} | {uncached:.1f} | {cached / uncached:.1f}x |', flush=True)
 
+  if args.skip_axis:
+    return
   print(f'\n## 3. Decoder-only vs encoder-decoder, same decoder; prompt {p}, {n} new tokens')
   print('| model | batch | TTFT s | decode tok/s | K/V cache MiB |')
   print('|---|---|---|---|---|')

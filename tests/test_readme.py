@@ -5,6 +5,7 @@ that module defines, gin files that exist; every `make X` a Makefile target. REA
 `<!-- test: run -->` are run, in order, in one shell (with /tmp/ga pointed at a temporary folder).
 """
 import functools
+import json
 import importlib.util
 import os
 import pathlib
@@ -137,4 +138,7 @@ def test_readme_runnable_blocks(tmp_path):
   assert (ga / 'teacher' / 'model_config.json').is_file()
   assert (ga / 't5gemma' / 'metrics.jsonl').is_file()
   assert (ga / 'hf_t5gemma' / 'config.json').is_file()
+  generated = [json.loads(l) for l in (ga / 'generated.jsonl').read_text().splitlines()]
+  assert len(generated) == 2  # the inference block (checked alone: tests/test_readme_inference.py)
+  assert all(set(r) == {'output_ids', 'text', 'score'} and r['output_ids'] for r in generated)
   assert 'UL2' in proc.stdout or '[NLU]' in proc.stdout or '[NLG]' in proc.stdout

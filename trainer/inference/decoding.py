@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer.inference import beam_search
+from trainer.inference import placement
 from trainer.inference import sampling
 from trainer.model import kv_cache
 from trainer.model import scan_layout
@@ -88,7 +89,8 @@ def _sample_loop(config, params, prompt, lengths, example_ids, seed, *, max_deco
 
 @functools.lru_cache(maxsize=32)
 def _compiled(config, method, max_decode_length, temperature, top_k, top_p, num_beams,
-              length_penalty, eos_id, bidirectional, decoder_start_id, max_length):
+              length_penalty, eos_id, bidirectional, decoder_start_id, max_length,
+              partitioner=None):
   if method == 'beam':
     def fn(params, prompt, lengths, example_ids, seed):
       del example_ids, seed
@@ -108,19 +110,26 @@ def _compiled(config, method, max_decode_length, temperature, top_k, top_p, num_
                           temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
                           bidirectional=bidirectional, decoder_start_id=decoder_start_id,
                           max_length=max_length)
-  return jax.jit(fn)
+  if partitioner is None:
+    return jax.jit(fn)
+  # Replicated outputs: every process can read the whole batch's ids.
+  return jax.jit(fn, out_shardings=partitioner.replicated())
 
 
 def generate(*, config, params, prompt_tokens, prompt_lengths=None, max_decode_length: int,
              method: str = 'greedy', temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, seed: int = 0, num_beams: int = 4,
              length_penalty: float = 0.6, eos_id: int = EOS_ID, bidirectional_prompt: bool = False,
-             decoder_start_id: int = 0, example_ids: Optional[Sequence[int]] = None) -> Generation:
+             decoder_start_id: int = 0, example_ids: Optional[Sequence[int]] = None,
+             partitioner=None) -> Generation:
   """Generates up to `max_decode_length` tokens per row (module docstring).
 
   `prompt_lengths=None`: every prompt token is real up to trailing zeros (an encoder input, or a
   prompt without 0 ids). `length_penalty` is beam search's T5X `alpha` (see
   `trainer.inference.beam_search`). Params in either layout (converted to `config`'s).
+  `partitioner` (a `trainer.training.partitioning.Partitioner`): decode under its mesh, the batch
+  sharded over ('data', 'fsdp') and params by its rules (`trainer.inference.placement`; params
+  already placed with `placement.put_params` are used as they are); same ids as one device.
   """
   sampling.check_params(method=method, temperature=temperature, top_k=top_k, top_p=top_p,
                         num_beams=num_beams)
@@ -140,11 +149,22 @@ def generate(*, config, params, prompt_tokens, prompt_lengths=None, max_decode_l
     example_ids = np.arange(prompt.shape[0])
   encdec = isinstance(config, EncoderDecoderConfig)
   max_length = (1 if encdec else prompt.shape[1]) + max_decode_length
-  params = scan_layout.for_config(params, config)
   fn = _compiled(config, method, max_decode_length, float(temperature), top_k,
                  None if top_p is None else float(top_p), num_beams, float(length_penalty),
-                 eos_id, bool(bidirectional_prompt), decoder_start_id, max_length)
-  tokens, scores = fn(params, prompt, lengths, np.asarray(example_ids, np.int32), seed)
+                 eos_id, bool(bidirectional_prompt), decoder_start_id, max_length, partitioner)
+  example_ids = np.asarray(example_ids, np.int32)
+  if partitioner is None:
+    params = scan_layout.for_config(params, config)
+    tokens, scores = fn(params, prompt, lengths, example_ids, seed)
+  else:
+    batch = prompt.shape[0]
+    rows = placement.padded_rows(batch, partitioner)
+    params = placement.put_params(partitioner=partitioner, config=config, params=params)
+    arrays = placement.put_batch(partitioner=partitioner, arrays=[
+        placement.pad_rows(a, rows) for a in (prompt, lengths, example_ids)])
+    with partitioner.activate():
+      tokens, scores = fn(params, *arrays, seed)
+    tokens, scores = np.asarray(tokens)[:batch], np.asarray(scores)[:batch]
   tokens = np.asarray(tokens)
   is_eos = tokens == eos_id
   gen_lengths = np.where(is_eos.any(1), np.argmax(is_eos, 1) + 1, max_decode_length)

@@ -34,6 +34,7 @@ import numpy as np
 
 from trainer.checkpoint import loader
 from trainer.inference import decoding
+from trainer.inference import placement
 from trainer.inference import sampling
 from trainer.model.config import EncoderDecoderConfig
 
@@ -165,8 +166,12 @@ def infer(*, checkpoint_path: str, output_file: str, input_file: Optional[str] =
           max_input_length: Optional[int] = None, truncate: str = 'error',
           prefix_lm: bool = True, decoder_start_id: Optional[int] = None,
           vocabulary_path: Optional[str] = None, load_vocabulary: Optional[Callable] = None,
-          read_task: Optional[Callable] = None, log=None) -> Dict[str, Any]:
+          read_task: Optional[Callable] = None, partitioner=None, log=None) -> Dict[str, Any]:
   """Generates for every input; returns the summary (also printed). See the module docstring.
+
+  `partitioner` (`trainer.training.partitioning.Partitioner`; gin/runs/infer.gin's mesh): params
+  are placed once by its rules and each batch is sharded over ('data', 'fsdp'); `batch_size` is
+  rounded up to a multiple of data x fsdp. None: one device, plain jit.
 
   `load_vocabulary(path)` -> object with encode(str) / decode(ids) and `read_task(name, split)` ->
   iterable of input id lists are injected by the entry point (they need seqio); `vocabulary_path`
@@ -177,6 +182,11 @@ def infer(*, checkpoint_path: str, output_file: str, input_file: Optional[str] =
                         num_beams=num_beams)
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f'BATCH_SIZE must be a positive int, got {batch_size!r}')
+  if partitioner is not None and batch_size % partitioner.data_parallel_size:
+    rounded = placement.padded_rows(batch_size, partitioner)
+    log(f'infer: BATCH_SIZE={batch_size} rounded up to {rounded}, a multiple of the mesh\'s '
+        f'data x fsdp = {partitioner.data_parallel_size}')
+    batch_size = rounded
   if (input_file is None) == (mixture_or_task_name is None):
     raise ValueError('give exactly one of INPUT_FILE or MIXTURE_OR_TASK_NAME')
   model = load_model(checkpoint_path)
@@ -200,10 +210,13 @@ def infer(*, checkpoint_path: str, output_file: str, input_file: Optional[str] =
   if done:
     log(f'infer: {output_file} has {done} complete lines; continuing from input {done}')
   start_id = model['decoder_start_id'] if decoder_start_id is None else decoder_start_id
-  gen_kwargs = dict(config=config, params=model['params'], max_decode_length=max_decode_length,
+  params = model['params']
+  if partitioner is not None:  # placed once, reused by every batch
+    params = placement.put_params(partitioner=partitioner, config=config, params=params)
+  gen_kwargs = dict(config=config, params=params, max_decode_length=max_decode_length,
                     method=decode_method, temperature=temperature, top_k=top_k, top_p=top_p,
                     seed=seed, num_beams=num_beams, length_penalty=length_penalty,
-                    decoder_start_id=start_id)
+                    decoder_start_id=start_id, partitioner=partitioner)
   t0 = time.perf_counter()
   ttft = None
   generated = 0

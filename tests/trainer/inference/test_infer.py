@@ -142,6 +142,12 @@ def test_command_line_progress_summary_and_one_line_errors(checkpoints_dir, tmp_
   assert proc.returncode == 2
   assert 'llama' in proc.stderr and 'Traceback' not in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1
+  # The run gin's mesh is the one decoding uses: fsdp=2 on this 1-device run is refused.
+  proc = subprocess.run(base + [f'--gin.CHECKPOINT_PATH="{c["hf"]}"',
+                                '--gin.partitioning.MeshConfig.fsdp=2'],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  assert proc.returncode == 2 and 'MeshConfig' in proc.stderr, proc.stderr[-2000:]
+  assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_text_prompts_follow_the_checkpoint_kind():

@@ -121,25 +121,33 @@ def _decoder_only_case(cfg, prefix_lm, dtype, eoi=False):
   assert self_cache['layer_2']['k'].shape[1] == (max_length if eoi else 3)
 
 
+_START = np.zeros((3, 1), np.int32)  # the decoder's start id 0, one per example
+
+
+def _check_encoder_decoder_steps(cfg, module, params, tokens, forced):
+  """Prefills the encoder and the start id, then teacher-forces `forced` one cached step at a
+  time; the logits equal `module`'s uncached forward at every step. -> (last cache, jitted step)."""
+  logits, cache = jax.jit(lambda p: kv_cache.prefill(
+      cfg, p, tokens=_START, lengths=np.ones(3, np.int32), max_length=1 + STEPS,
+      encoder_tokens=tokens))(params)
+  step = jax.jit(lambda p, c, t, pos: kv_cache.step(cfg, p, c, tokens=t, positions=pos))
+  want = jax.jit(module.apply)({'params': params}, tokens, np.concatenate([_START, forced], axis=1))
+  for t in range(STEPS + 1):
+    _check(logits, want[:, t], 'float32')
+    if t < STEPS:
+      logits, cache = step(params, cache, forced[:, t], np.full(3, 1 + t, np.int32))
+  return cache, step
+
+
 @pytest.mark.parametrize('scan', [False, True])
 def test_encoder_decoder_cached_equals_uncached(scan):
   enc = _config(scan_layers=scan, embed_dim=40, sliding_window=2, num_layers=2)
   cfg = EncoderDecoderConfig(encoder=enc, decoder=_config(scan_layers=scan))
   tokens, lengths, forced = _prompts()
   module = EncoderDecoder(cfg)
-  start = np.zeros((3, 1), np.int32)
   params = _randomise(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.asarray(tokens),
-                                          jnp.asarray(start))['params'], 2)
-  max_length = 1 + STEPS
-  logits, cache = jax.jit(lambda p: kv_cache.prefill(
-      cfg, p, tokens=start, lengths=np.ones(3, np.int32), max_length=max_length,
-      encoder_tokens=tokens))(params)
-  step = jax.jit(lambda p, c, t, pos: kv_cache.step(cfg, p, c, tokens=t, positions=pos))
-  want = jax.jit(module.apply)({'params': params}, tokens, np.concatenate([start, forced], axis=1))
-  for t in range(STEPS + 1):
-    _check(logits, want[:, t], 'float32')
-    if t < STEPS:
-      logits, cache = step(params, cache, forced[:, t], np.full(3, 1 + t, np.int32))
+                                          jnp.asarray(_START))['params'], 2)
+  _check_encoder_decoder_steps(cfg, module, params, tokens, forced)
 
 
 @pytest.mark.parametrize('scan', [False, True])
@@ -153,20 +161,10 @@ def test_t5gemma2_cached_equals_uncached(scan):
   tokens, lengths, forced = _prompts()
   tokens, forced = _with_eoi(tokens, forced)
   module = TiedEncoderDecoder(cfg)
-  start = np.zeros((3, 1), np.int32)
   params = _randomise(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.asarray(tokens),
-                                          jnp.asarray(start))['params'], 3)
+                                          jnp.asarray(_START))['params'], 3)
   assert 'embedder' not in params['decoder']
-  max_length = 1 + STEPS
-  logits, cache = jax.jit(lambda p: kv_cache.prefill(
-      cfg, p, tokens=start, lengths=np.ones(3, np.int32), max_length=max_length,
-      encoder_tokens=tokens))(params)
-  step = jax.jit(lambda p, c, t, pos: kv_cache.step(cfg, p, c, tokens=t, positions=pos))
-  want = jax.jit(module.apply)({'params': params}, tokens, np.concatenate([start, forced], axis=1))
-  for t in range(STEPS + 1):
-    _check(logits, want[:, t], 'float32')
-    if t < STEPS:
-      logits, cache = step(params, cache, forced[:, t], np.full(3, 1 + t, np.int32))
+  cache, step = _check_encoder_decoder_steps(cfg, module, params, tokens, forced)
   # Beam search's reorder keeps rows consistent: reordered cache, reordered logits.
   idx = np.array([2, 0, 0])
   moved = kv_cache.reorder(cfg, cache, idx)
