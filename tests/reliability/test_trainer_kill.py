@@ -33,7 +33,8 @@ def _train_records(run):
 def _tensorboard_scalars(logdir, tag):
   """[(step, value)] as TensorBoard's Python event loader shows them (purges applied)."""
   from tensorboard.backend.event_processing import event_accumulator
-  acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={event_accumulator.SCALARS: 0})
+  acc = event_accumulator.EventAccumulator(
+      str(logdir), size_guidance={event_accumulator.SCALARS: 0})
   acc.Reload()
   return [(e.step, e.value) for e in acc.Scalars(tag)]
 

@@ -18,7 +18,8 @@ def _segment(model_dir, resume_step, steps, *, offset):
 
 
 def _shown(logdir, tag='loss'):
-  acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={event_accumulator.SCALARS: 0})
+  acc = event_accumulator.EventAccumulator(
+      str(logdir), size_guidance={event_accumulator.SCALARS: 0})
   acc.Reload()
   return [(e.step, e.value) for e in acc.Scalars(tag)]
 
