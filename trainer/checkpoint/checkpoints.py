@@ -19,6 +19,11 @@ Damaged checkpoints (a truncated array file, an empty `_METADATA`) raise `Corrup
 one line naming the step and the file; `Checkpointer.restore_newest_intact` (what a resume uses)
 verifies the newest step by restoring it and falls back to the newest intact one, moving the
 damaged steps aside to `<checkpoints>/../corrupt_checkpoints/<step>` (see `integrity`).
+
+A step becomes a step only when orbax commits it (renames `<step>.orbax-checkpoint-tmp-*` to
+`<step>`): a process killed during the write leaves a temporary directory that is never restored
+and is removed when the next run starts. Tests stop a run at that point with GEMMA_ADAPT_FAULT
+(`fault_injection`; inert unless set).
 """
 import dataclasses
 import logging
@@ -29,6 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from trainer.checkpoint import fault_injection
 from trainer.checkpoint import integrity
 from trainer.checkpoint.integrity import CorruptCheckpointError  # noqa: F401  (part of the API)
 from trainer.model import scan_layout
@@ -68,8 +74,18 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.cfg = cfg
     self._unmanifested = set()
+    self._saving = None  # the step being written (read by the fault-injection hook)
+    fault_hook = fault_injection.during_save_hook(lambda: self._saving)
+    if fault_hook is not None and not cfg.async_save:
+      raise ValueError(f'{fault_injection.ENV} needs CheckpointConfig.async_save=True')
+    self._fault_armed = fault_hook is not None
+    # cleanup_tmp_directories: a step whose write was cut short (its process killed before the
+    # commit) is never listed as a step; its temporary directory is removed on the next start.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save)
+        max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save,
+        cleanup_tmp_directories=True,
+        async_options=(None if fault_hook is None
+                       else ocp.AsyncOptions(post_finalization_callback=fault_hook)))
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def _write_manifests(self):
@@ -94,6 +110,9 @@ class Checkpointer:
     # orbax refuses empty trees (e.g. optax.set_to_zero's state): store a JSON marker instead.
     opt_args = (ocp.args.StandardSave(opt_state) if jax.tree_util.tree_leaves(opt_state)
                 else ocp.args.JsonSave({'empty': True}))
+    if self._fault_armed:  # the previous write is committed: the hook sees this save's step
+      self.manager.wait_until_finished()
+    self._saving = step
     saved = self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=opt_args,

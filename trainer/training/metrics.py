@@ -11,7 +11,9 @@ over the mesh); only process 0 writes. Files under MODEL_DIR:
 The first step of every run (and of every resume) is logged, untimed (it includes compilation).
 A run resumed from a checkpoint older than the last logged step drops the lines past that
 checkpoint (`drop_after`): the replayed steps are logged again, so a reader gets one value per
-(split, step). TensorBoard keeps both copies of such steps.
+(split, step). TensorBoard gets the same view: each run segment writes new event files that
+begin with a `SessionLog.START` at the first step it (re)plays (tensorboardX's `purge_step`), and
+TensorBoard discards the older files' events from that step on.
 
 Stdout gets one progress line per logged step, e.g.
   `step 10/100 | loss 5.1230 | acc 0.120 | lr 1.00e-03 | gnorm 1.23 | 2345 tok/s | 0.081 s/step`.
@@ -20,6 +22,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Dict, Mapping, Optional
 
 import jax
@@ -77,6 +80,7 @@ class MetricsWriter:
     self.stream = stream or sys.stdout
     self.enabled = jax.process_index() == 0
     self._writers = {}
+    self._purge_step = None  # set by drop_after: TensorBoard drops older events from this step
     if self.enabled:
       os.makedirs(model_dir, exist_ok=True)
       self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a', encoding='utf-8')
@@ -84,11 +88,13 @@ class MetricsWriter:
   def drop_after(self, step: int) -> int:
     """Removes metrics.jsonl lines past `step` (and unreadable ones: a line cut by a kill).
 
-    Called when a run resumes from the checkpoint at `step`; returns the number of lines dropped.
-    The file is replaced atomically.
+    Called when a run starts or resumes at `step` (0 for a fresh start), before anything is
+    written; returns the number of lines dropped. The file is replaced atomically. The event
+    files written from now on start with a purge at `step + 1` (see the module docstring).
     """
     if not self.enabled:
       return 0
+    self._purge_step = int(step) + 1
     path = os.path.join(self.model_dir, 'metrics.jsonl')
     self._jsonl.close()
     kept, dropped = [], 0
@@ -114,7 +120,11 @@ class MetricsWriter:
   def _tb(self, split: str):
     if split not in self._writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._writers[split] = SummaryWriter(os.path.join(self.model_dir, split))
+      # A new file per run segment (tensorboardX names files by the second and host alone: the
+      # nanosecond suffix keeps two segments apart and in order, which TensorBoard reads by name).
+      self._writers[split] = SummaryWriter(os.path.join(self.model_dir, split),
+                                           purge_step=self._purge_step,
+                                           filename_suffix=f'.{time.time_ns()}')
     return self._writers[split]
 
   def write(self, step: int, scalars: Mapping[str, float], *, split: str = 'train') -> None:
