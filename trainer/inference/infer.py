@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from trainer.checkpoint import loader
@@ -203,7 +205,12 @@ def infer(*, checkpoint_path: str, output_file: str, input_file: Optional[str] =
                    encode=vocab.encode if vocab is not None else None,
                    max_input_length=max_input_length, truncate=truncate)
   width = max([len(x) for x in ids] + [1])
-  done = complete_lines(output_file)
+  # Multi-host: every process decodes its shard of each batch (outputs come back replicated);
+  # process 0 alone writes, and every process resumes from the lines process 0 sees.
+  writer = jax.process_index() == 0
+  done = complete_lines(output_file) if writer else 0
+  if jax.process_count() > 1:
+    done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
   if done > len(ids):
     raise ValueError(f'OUTPUT_FILE={output_file} has {done} lines but there are {len(ids)} inputs '
                      '(another run\'s output?)')
@@ -220,8 +227,9 @@ def infer(*, checkpoint_path: str, output_file: str, input_file: Optional[str] =
   t0 = time.perf_counter()
   ttft = None
   generated = 0
-  os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-  with open(output_file, 'a', encoding='utf-8') as out:
+  if writer:
+    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+  with open(output_file if writer else os.devnull, 'a', encoding='utf-8') as out:
     for first in range(done, len(ids), batch_size):
       chunk = ids[first:first + batch_size]
       tokens, lengths, bidirectional = _batch(config, kind, chunk, width, batch_size, prefix_lm)

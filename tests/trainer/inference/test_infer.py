@@ -157,3 +157,12 @@ def test_text_prompts_follow_the_checkpoint_kind():
                           max_input_length=None) == [[2, 7, 8]]  # BOS first (Gemma tokenizer)
   assert infer.prompt_ids(rows, vocab_size=40, kind='trainer', encode=encode,
                           max_input_length=None) == [[7, 8, 1]]  # EOS last (seqio inputs)
+
+
+def test_only_process_zero_writes(checkpoints_dir, tmp_path, monkeypatch):
+  """Multi-host: outputs are replicated, so a process other than 0 decodes but writes nothing."""
+  monkeypatch.setattr(infer.jax, 'process_index', lambda: 1)
+  out = tmp_path / 'host1.jsonl'
+  summary = _run(checkpoints_dir['trainer'], out, input_file=checkpoints_dir['inputs'])
+  assert summary['examples'] == 4 and summary['generated_tokens'] > 0
+  assert not out.exists()
