@@ -4,26 +4,11 @@ r"""Entry point: evaluate a checkpoint (a task's metrics, or LM loss / perplexit
     --gin_file=gin/models/gemma2_tiny.gin --gin_file=gin/runs/eval.gin \
     --gin.CHECKPOINT_PATH="'/tmp/ft'" --gin.MIXTURE_OR_TASK_NAME="'sst2'" ...
 
-Modes (`EVAL_MODE` in gin, `mode=` here):
-* 'task': the task's metrics on `split`.
-  - Encoder classifiers (`trainer.training.encoder_models.EncoderClassifierModel`): the head's predictions
-    (scoring 'classifier_head'); accuracy and F1 (classification; t5.evaluation.metrics), Pearson and
-    Spearman (regression; t5.evaluation.metrics), MRR@10 (ranking, per `query_id`).
-  - Generative models (decoder-only, encoder-decoder) on a text-to-text task: through seqio's
-    `Evaluator`, which decodes the predicted ids, applies the task's postprocessor and its metric
-    functions. Predictions come from greedy decoding (`scoring='greedy_decode'`) or label-word
-    scoring (`scoring='label_words'`: the best of the task's label words by log-likelihood given the
-    inputs; see trainer/evaluation/scoring.py). The output says which.
-* 'lm': teacher-forced loss (nats per target token) and perplexity of the targets on a held-out
-  split, through the model's own feature converter (unpacked), for decoder-only and encoder-decoder
-  models.
-
-Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>_<scoring>.json` (OUTPUT_DIR defaults to
-CHECKPOINT_PATH/eval; the metrics, the scoring method, counts, the checkpoint and step) and
-TensorBoard summaries (tensorboardX) under `OUTPUT_DIR/tb/`, with tags
-`eval/<task>/<scoring>/<metric>` at the checkpoint's step. `MIXTURE_OR_TASK_NAME` may be a list of
-tasks: each is evaluated and one table (with the GLUE average for GLUE tasks) is printed. Every example of the split is used (no batch is
-dropped; the last one is smaller).
+EVAL_MODE 'task' gives the task's metrics (an encoder's head, or a generative model's greedy
+decoding / label-word scoring through seqio's Evaluator); 'lm' gives teacher-forced loss and
+perplexity. Writes `OUTPUT_DIR/eval_<task>_<split>_<mode>_<scoring>.json` and TensorBoard summaries
+under `OUTPUT_DIR/tb/`; a list of tasks prints one table (with the GLUE average for GLUE tasks).
+The modes, scorings and outputs are described in the library's docstring.
 
 The library is `trainer.evaluation.evaluate`; gin/runs/eval.gin configures its `evaluate()`.
 """
