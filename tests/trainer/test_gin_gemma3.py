@@ -1,6 +1,10 @@
 """Gin model files of the Gemma 3 / T5Gemma 2 family: released shapes, tiny/small, and the demo's
 `--family=gemma3` chain of commands."""
+import flax.linen as nn
 import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from trainer import gin_flags
@@ -66,3 +70,35 @@ def test_demo_family_gemma3_uses_the_t5gemma2_recipe():
   default = demo.build_stages(work='/w', settings=demo.Settings.quick(), corpus_module='tasks',
                               task_prefix='pydoc', corpus_train=None)
   assert 'gin/models/gemma2_tiny.gin' in ' '.join(default[3].argv + default[4].argv)
+
+
+def _abstract_params(model):
+  """The model's params as shapes (jax.eval_shape: nothing allocated, nothing compiled)."""
+  batch = {name: jax.ShapeDtypeStruct((1, 8), jnp.int32) for name in (
+      'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
+  return nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
+
+
+# Released shapes scan whole 6-layer periods; 26 and 34 layers leave 2 and 4 unrolled.
+@pytest.mark.parametrize('size,groups,rest', [('1b', 4, (24, 25)), ('4b', 5, (30, 31, 32, 33))])
+def test_released_shapes_scan_with_the_remainder_unrolled(size, groups, rest):
+  model = load(f'gemma3_{size}')
+  cfg = model.config
+  assert cfg.scan_layers and (cfg.scan_period, cfg.num_scanned_layers) == (6, groups * 6)
+  params = _abstract_params(model)
+  assert sorted(k for k in params if k.startswith('layer_')) == [f'layer_{i}' for i in rest]
+  assert sorted(params['layers']) == [f'block_{j}' for j in range(6)]
+  up = params['layers']['block_5']['mlp']['up_proj']['kernel']
+  assert up.shape == (groups, cfg.embed_dim, cfg.mlp_dim)
+  assert params[f'layer_{rest[-1]}']['mlp']['up_proj']['kernel'].shape == (cfg.embed_dim,
+                                                                            cfg.mlp_dim)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+  norms = cfg.embed_dim * (4 * cfg.num_layers + 1) + 2 * cfg.head_dim * cfg.num_layers
+  assert count == cfg.num_layers * flops.layer_matmul_params(cfg) + cfg.vocab_size * (
+      cfg.embed_dim) + norms
+  pair_model = load(f't5gemma2_{size}_{size}')
+  pair = _abstract_params(pair_model)
+  for side in ('encoder', 'decoder'):
+    assert pair_model.config.encoder.scan_layers and pair_model.config.decoder.scan_layers
+    assert sorted(k for k in pair[side] if k.startswith('layer')) == sorted(
+        [f'layer_{i}' for i in rest] + ['layers'])
