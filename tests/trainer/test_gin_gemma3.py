@@ -188,3 +188,15 @@ def test_gemma3_encoder_released_shapes_build_abstractly():
   assert sorted(k for k in params['encoder'] if k.startswith('layer')) == [
       'layer_24', 'layer_25', 'layers']
   assert params['head']['kernel'].shape == (1152, 2)
+
+
+def test_t5gemma2_eoi_token_binding():
+  """A released T5Gemma 2 checkpoint has an end-of-image embedding (HF always builds one);
+  `EOI_TOKEN_ID` gives the model that parameter on the tied embedder, off by default (adapt from
+  Gemma 3)."""
+  for eoi, present in ((None, False), (256000, True)):
+    model = load('t5gemma2_270m_270m', [f'EOI_TOKEN_ID={eoi}'])
+    assert model.config.encoder.eoi_token_id == model.config.decoder.eoi_token_id == eoi
+    params = _abstract_params(model)
+    assert ('eoi_embedding' in params['encoder']['embedder']) == present
+    assert 'embedder' not in params['decoder']
