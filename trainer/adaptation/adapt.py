@@ -344,3 +344,18 @@ def default_warmup_steps(*, encoder_from: Optional[str] = None, unbalanced_steps
   return unbalanced_steps if encoder_from else 0
 
 
+def default_task_name(*, corpus: Optional[str], objective: str = 'ul2') -> str:
+  """MIXTURE_OR_TASK_NAME default of gin/runs/adapt.gin: the task or mixture
+  `tasks.pretraining.register_corpus_tasks` registers for `corpus` and `objective`
+  (`'<corpus>_<objective>'`; e.g. corpus 'pydoc' -> 'pydoc_ul2', the objective T5Gemma and
+  T5Gemma 2 were adapted with). Whether it is registered is checked where the data is read.
+  Raises AdaptError (one line from the entry points) when neither it nor MIXTURE_OR_TASK_NAME is
+  set."""
+  if corpus is None:
+    raise AdaptError('gin/runs/adapt.gin needs its data: pass --gin.CORPUS=NAME (a corpus '
+                     f'registered with tasks.pretraining; trains on NAME_{objective}) or '
+                     '--gin.MIXTURE_OR_TASK_NAME=TASK')
+  for name, value in (('CORPUS', corpus), ('OBJECTIVE', objective)):
+    if not isinstance(value, str) or not value:
+      raise AdaptError(f'gin/runs/adapt.gin: {name} must be a non-empty string, got {value!r}')
+  return f'{corpus}_{objective}'

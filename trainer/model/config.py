@@ -66,9 +66,12 @@ class TransformerConfig:
       without batch dimensions, i.e. the projections; recompute attention).
     scan_layers: run the blocks under `nn.scan` (one compiled body, looped) instead of unrolling
       them. The body is one period of the per-layer windows (`scan_period`: Gemma 2's sliding,
-      global = 2 layers), so `num_layers` must be a multiple of it. Parameters are then stacked
-      with a leading 'layers' axis (`trainer.model.scan_layout` converts between the two layouts;
-      checkpoints, HF interop and adaptation accept either). Same maths as unrolled.
+      global = 2 layers; Gemma 3's 5 local : 1 global = 6). Parameters are then stacked with a
+      leading 'layers' axis (`trainer.model.scan_layout` converts between the two layouts;
+      checkpoints, HF interop and adaptation accept either). When the period does not divide
+      `num_layers` (Gemma 3 1B: 26 layers), the whole periods are scanned and the last
+      `num_layers % scan_period` layers run unrolled after them (`num_scanned_layers`). Same
+      maths as unrolled.
     use_qk_norm: Gemma 3: RMSNorm (zero-init scale, applied as 1 + w, over head_dim) on the
       queries and keys before RoPE (params 'q_norm' / 'k_norm' in each attention). Gemma 3 models
       set `attn_logits_soft_cap=None` with it.
@@ -170,13 +173,6 @@ class TransformerConfig:
                          f'got {self.eoi_token_id!r}')
     if not isinstance(self.scan_layers, bool):
       raise ValueError(f'TransformerConfig.scan_layers must be a bool, got {self.scan_layers!r}')
-    if self.scan_layers and self.num_layers % self.scan_period:
-      windows = ', '.join('global' if w is None else f'sliding({w})'
-                          for w in self.layer_windows[:self.scan_period])
-      raise ValueError(
-          f'TransformerConfig.scan_layers=True needs num_layers to be a multiple of the layer '
-          f'pattern period {self.scan_period} ({windows}, from layer_types / sliding_window), got '
-          f'num_layers={self.num_layers}; set scan_layers=False or change num_layers')
 
   @property
   def resolved_layer_types(self) -> Tuple[str, ...]:
@@ -220,6 +216,11 @@ class TransformerConfig:
       if all(windows[i] == windows[i % p] for i in range(len(windows))):
         return p
     return len(windows)
+
+  @property
+  def num_scanned_layers(self) -> int:
+    """Layers inside the `nn.scan` when `scan_layers` (whole periods: the rest run unrolled)."""
+    return self.num_layers // self.scan_period * self.scan_period
 
   @property
   def compute_dtype(self):

@@ -15,7 +15,8 @@ e.g. seqio's start id, so lengths are explicit). Positions are array indices, so
 generated token t sits at position `lengths[b] + t`.
 
 Cache, one entry per self-attention layer (keys as the params: 'layer_{i}' or, scanned,
-'block_{j}' with a leading layer-group axis):
+'block_{j}' with a leading layer-group axis, plus 'layer_{i}' for the unrolled remainder when the
+period does not divide the layers):
   {'k': [B, S, K, Dh], 'v': [B, S, K, Dh], 'pos': [B, S] int32 (position stored in the slot, -1
    empty)}
 a ring buffer: position p lives in slot `p % S`. Global layers have `S = max_length` (prompt +
@@ -181,14 +182,18 @@ def _run_stack(cfg, stack, x, rope, *, mode, caches, prompt_mask, lengths, max_l
                 positions=positions)
   ropes = rope  # layers.stack_ropes: indexed by cfg.layer_rope_index
   extra = {} if cross is None else {'mask': cross['mask'], 'merged': cross.get('merged', False)}
-  if not cfg.scan_layers:
+  def unrolled(x, first):
     new = {}
-    for i in range(cfg.num_layers):
+    for i in range(first, cfg.num_layers):
       key = f'{scan_layout.LAYER_PREFIX}{i}'
       c = None if cross is None else dict(cross[key], **extra)
       x, new[key] = _block(cfg, stack[key], x, ropes[cfg.layer_rope_index(i)],
                            window=cfg.layer_window(i),
                            cache=None if caches is None else caches[key], cross=c, **kwargs)
+    return x, new
+
+  if not cfg.scan_layers:
+    x, new = unrolled(x, 0)
     return _norm(cfg, stack['final_norm'], x), new
   blocks = stack[scan_layout.SCAN_KEY]
   keys = [f'{scan_layout.BLOCK_PREFIX}{j}' for j in range(len(blocks))]
@@ -204,8 +209,12 @@ def _run_stack(cfg, stack, x, rope, *, mode, caches, prompt_mask, lengths, max_l
     return x, out
 
   cross_layers = None if cross is None else {k: cross[k] for k in keys}
-  x, new = jax.lax.scan(body, x, (blocks, caches, cross_layers))
-  return _norm(cfg, stack['final_norm'], x), new
+  scanned_caches = None if caches is None else {k: caches[k] for k in keys}
+  x, new = jax.lax.scan(body, x, (blocks, scanned_caches, cross_layers))
+  # An incomplete last period (`cfg.num_scanned_layers < num_layers`) runs unrolled after the
+  # scan; its caches sit beside the stacked block_j ones under their 'layer_{i}' names.
+  x, rest = unrolled(x, cfg.num_scanned_layers)
+  return _norm(cfg, stack['final_norm'], x), {**new, **rest}
 
 
 def _embedder(emb_cfg):
@@ -282,13 +291,14 @@ def _encoder_decoder_cross(config, params, encoder_tokens):
   encoder_tokens = jnp.asarray(encoder_tokens, jnp.int32)
   encoded = module.apply({'params': params}, encoder_tokens, method='encode')
   cfg, stack = config.decoder, params['decoder']
+  cross, first_unrolled = {}, 0
   if cfg.scan_layers:
     blocks = stack[scan_layout.SCAN_KEY]
     cross = {key: jax.vmap(lambda p: _cross_kv(cfg, p, encoded, merged))(blocks[key])
              for key in blocks}
-  else:
-    cross = {f'layer_{i}': _cross_kv(cfg, stack[f'layer_{i}'], encoded, merged)
-             for i in range(cfg.num_layers)}
+    first_unrolled = cfg.num_scanned_layers  # remainder layers, unrolled beside the blocks
+  cross.update({f'layer_{i}': _cross_kv(cfg, stack[f'layer_{i}'], encoded, merged)
+                for i in range(first_unrolled, cfg.num_layers)})
   return cross, (encoder_tokens != 0)
 
 
@@ -339,15 +349,19 @@ def step(config, params, cache: Cache, *, tokens, positions) -> Tuple[jax.Array,
 def reorder(config, cache: Cache, index) -> Cache:
   """Rows of the cache gathered by `index [B']` (beam search: each beam takes its parent's cache).
 
-  Scanned stacks keep the layer-group axis first, so their batch axis is 1."""
-  cfg = config.decoder if isinstance(config, EncoderDecoderConfig) else config
-  axis = 1 if cfg.scan_layers else 0
+  Scanned stacks keep the layer-group axis first, so the batch axis of their `block_j` entries
+  is 1 (that of an unrolled remainder's `layer_i` entries stays 0)."""
+  del config  # the layout is read from the cache's keys
 
   def take(tree, ax):
     return jax.tree_util.tree_map(lambda x: jnp.take(x, index, axis=ax), tree)
 
-  out = {'self': take(cache['self'], axis)}
+  def take_layers(layers_cache):
+    return {key: take(value, 1 if key.startswith(scan_layout.BLOCK_PREFIX) else 0)
+            for key, value in layers_cache.items()}
+
+  out = {'self': take_layers(cache['self'])}
   if 'cross' in cache:
-    out['cross'] = take(cache['cross'], axis)
+    out['cross'] = take_layers(cache['cross'])
     out['encoder_valid'] = take(cache['encoder_valid'], 0)
   return out

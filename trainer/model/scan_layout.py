@@ -7,9 +7,11 @@ A stack's params (`Decoder`, `Encoder`, either side of `EncoderDecoder`) come in
   scanned (`scan_layers=True`, `nn.scan` over groups of P = `config.scan_period` layers):
     {'embedder': ..., 'layers': {'block_0': BLOCK[G], ..., 'block_{P-1}': BLOCK[G]},
      'final_norm': ...}
-    where every leaf of `block_j` has a leading axis of G = N / P (logical axis name 'layers') and
+    where every leaf of `block_j` has a leading axis of G = N // P (logical axis name 'layers') and
     `layers/block_j[g]` is layer `g * P + j` (Gemma 2: block_0 = the sliding layers, block_1 =
-    the global ones).
+    the global ones). When P does not divide N (Gemma 3 1B: 26 layers, P = 6), the last N % P
+    layers stay beside the container, unstacked and under their unrolled names
+    (`'layer_24'`, `'layer_25'`): the model scans the G whole periods and runs them after.
 
 The functions here are pure tree rewrites (no model code); they work on numpy arrays, jax arrays
 and `jax.ShapeDtypeStruct`s (whose `NamedSharding` gains or loses the leading unsharded axis), on a
@@ -130,11 +132,13 @@ def scan_stack(stack: Mapping[str, Any], period: int) -> dict:
     stack = unscan_stack(stack)  # another period: regroup
   indices = _layer_indices(stack)
   n = len(indices)
-  if not n or n % period:
+  if not n or n < period:
     raise ValueError(f'cannot scan {n} layers in groups of {period} (TransformerConfig.scan_layers '
-                     'needs num_layers to be a multiple of scan_period)')
+                     'needs at least one whole period of layers)')
   groups = n // period
-  out = {k: v for k, v in stack.items() if not _LAYER_RE.match(str(k))}
+  # Layers past the last whole period (n % period of them) stay unrolled, under their own names.
+  out = {k: v for k, v in stack.items()
+         if not (_LAYER_RE.match(str(k)) and int(str(k)[len(LAYER_PREFIX):]) < groups * period)}
   out[SCAN_KEY] = {
       f'{BLOCK_PREFIX}{j}': jax.tree_util.tree_map(
           lambda *xs: _stack_leaves(xs),
@@ -144,13 +148,19 @@ def scan_stack(stack: Mapping[str, Any], period: int) -> dict:
 
 
 def unscan_stack(stack: Mapping[str, Any]) -> dict:
-  """Scanned stack params -> unrolled layout (`layer_{g * P + j}` = `layers/block_j[g]`)."""
+  """Scanned stack params -> unrolled layout (`layer_{g * P + j}` = `layers/block_j[g]`; the
+  remainder layers `layer_{G * P}`... are already unrolled and kept as they are)."""
   if not is_scanned(stack):
     return dict(stack)
   blocks = stack[SCAN_KEY]
   period = len(blocks)
   groups = _leading_dim(blocks[f'{BLOCK_PREFIX}0'])
   out = {k: v for k, v in stack.items() if k != SCAN_KEY}
+  clash = sorted(k for k in out if _LAYER_RE.match(str(k))
+                 and int(str(k)[len(LAYER_PREFIX):]) < period * groups)
+  if clash:
+    raise ValueError(f'scanned stack has both layers/block_j (layers 0..{period * groups - 1}) and '
+                     f'{clash[0]}')
   for i in range(period * groups):
     block = blocks[f'{BLOCK_PREFIX}{i % period}']
     out[f'{LAYER_PREFIX}{i}'] = jax.tree_util.tree_map(

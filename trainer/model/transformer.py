@@ -113,7 +113,7 @@ def _scanned_blocks(config: TransformerConfig, cross_attention: bool,
                     variable_axes={'params': 0},
                     split_rngs={'params': True, 'dropout': True},
                     in_axes=(nn.broadcast,) * 5,  # rope, masks, encoded, deterministic
-                    length=config.num_layers // config.scan_period,
+                    length=config.num_layers // config.scan_period,  # whole periods only
                     metadata_params={nn.PARTITION_NAME: scan_layout.SCAN_KEY})
   return scanned(config, cross_attention=cross_attention, merged_attention=merged_attention)
 
@@ -125,8 +125,8 @@ def _default_positions(tokens):
 class _Stack(nn.Module):
   """Embedder + blocks + final norm, shared by the assemblies (param names as in DESIGN.md:
   'embedder', 'layer_{i}', 'final_norm' at the top of the module's tree; with
-  `config.scan_layers`, 'layers': {'block_{j}': stacked} instead of 'layer_{i}', see
-  `trainer.model.scan_layout`).
+  `config.scan_layers`, 'layers': {'block_{j}': stacked} instead of 'layer_{i}', except the
+  unrolled remainder when the period does not divide the layers, see `trainer.model.scan_layout`).
 
   Subclasses set `cross_attention` (T5Gemma decoder blocks) or `merged_attention` (T5Gemma 2
   decoder blocks; such a stack has no embedder of its own: `hidden_from_embeddings` takes the
@@ -142,15 +142,16 @@ class _Stack(nn.Module):
       self.embedder = layers.Embedder(vocab_size=cfg.vocab_size, embed_dim=cfg.embed_dim,
                                       dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype,
                                       eoi_token_id=cfg.eoi_token_id)
+    first_unrolled = 0
     if cfg.scan_layers:
       # Named 'layers' by the attribute: params {'layers': {'block_0': ..., ...}} (scan_layout).
       self.layers = _scanned_blocks(cfg, self.cross_attention, self.merged_attention)
-    else:
-      block_cls = _block_class(cfg)
-      for i in range(cfg.num_layers):
-        # setattr names the submodule 'layer_{i}' (flax takes setup names from attributes).
-        setattr(self, f'layer_{i}', block_cls(cfg, cross_attention=self.cross_attention,
-                                              merged_attention=self.merged_attention))
+      first_unrolled = cfg.num_scanned_layers  # the remainder of an incomplete last period
+    block_cls = _block_class(cfg)
+    for i in range(first_unrolled, cfg.num_layers):
+      # setattr names the submodule 'layer_{i}' (flax takes setup names from attributes).
+      setattr(self, f'layer_{i}', block_cls(cfg, cross_attention=self.cross_attention,
+                                            merged_attention=self.merged_attention))
     self.final_norm = layers.RMSNorm(eps=cfg.rms_norm_eps, param_dtype=cfg.parameter_dtype)
     self.dropout = nn.Dropout(rate=cfg.dropout_rate)
 
@@ -169,13 +170,14 @@ class _Stack(nn.Module):
     x = nn.with_logical_constraint(x, _EMBED_AXES)
     x = self.dropout(x, deterministic=deterministic)
     ropes = layers.stack_ropes(positions, cfg)  # (global,) or (global, local): layer_rope_index
+    first_unrolled = 0
     if cfg.scan_layers:
       x, _ = self.layers(x, ropes, self_mask, encoded, cross_mask, deterministic)
-    else:
-      for i in range(cfg.num_layers):
-        block = getattr(self, f'layer_{i}')
-        x = block(x, ropes[cfg.layer_rope_index(i)], self_mask.with_window(cfg.layer_window(i)),
-                  encoded, cross_mask, deterministic)
+      first_unrolled = cfg.num_scanned_layers
+    for i in range(first_unrolled, cfg.num_layers):
+      block = getattr(self, f'layer_{i}')
+      x = block(x, ropes[cfg.layer_rope_index(i)], self_mask.with_window(cfg.layer_window(i)),
+                encoded, cross_mask, deterministic)
     x = self.final_norm(x)
     return self.dropout(x, deterministic=deterministic)
 

@@ -144,3 +144,22 @@ def test_multimodal_or_unsupported_config_names_the_field(hf_checkpoint, tmp_pat
                                   'sliding_attention': {'rope_type': 'default'}})
   with pytest.raises(HFConfigError, match='full_attention.rope_type'):
     hf_gemma3.config_from_hf(bad)
+
+
+def test_scanned_import_with_an_incomplete_last_period(tmp_path):
+  """5 local : 1 global over 8 layers (the released 1B / 4B have 26 / 34): the scanned layout holds
+  one 6-layer period stacked and layers 6, 7 unrolled beside it; logits match transformers and
+  export from it writes exactly the imported tensors."""
+  model = random_hf_model(seed=4, layer_types=(['sliding_attention'] * 5 + ['full_attention']
+                                               + ['sliding_attention'] * 2))
+  path = str(tmp_path / 'hf')
+  model.save_pretrained(path)
+  config, params = hf_gemma3.load_decoder(path, scan_layers=True)
+  assert (config.scan_period, config.num_scanned_layers) == (6, 6)
+  assert sorted(params) == ['embedder', 'final_norm', 'layer_6', 'layer_7', 'layers']
+  tokens = _tokens()
+  ours = np.asarray(Decoder(config).apply({'params': params}, jnp.asarray(tokens)))
+  assert np.max(np.abs(ours - hf_logits(model, tokens))) <= TOL
+  original = dict(model.state_dict())
+  for key, value in hf_gemma3.params_to_hf(params, config).items():
+    np.testing.assert_array_equal(value, original[key].numpy(), err_msg=key)

@@ -130,10 +130,10 @@ def test_return_hidden_and_param_tree_of_the_scanned_stack():
                              hidden(params, ENC_DEC), rtol=1e-5, atol=1e-5)
 
 
-def test_bad_num_layers_for_scan_names_the_field():
-  with pytest.raises(ValueError, match=r'scan_layers=True needs num_layers to be a multiple of the '
-                                       r'layer pattern period 2 .*num_layers=3'):
-    dataclasses.replace(CFG, num_layers=3, scan_layers=True)
+def test_scan_periods_and_bad_scan_flag():
+  # A period that does not divide the layers: whole periods scanned, the rest unrolled
+  # (tests/trainer/model/test_scan_remainder.py).
+  assert dataclasses.replace(CFG, num_layers=3, scan_layers=True).num_scanned_layers == 2
   with pytest.raises(ValueError, match='scan_layers must be a bool'):
     dataclasses.replace(CFG, scan_layers='yes')
   # Periods follow the windows: all global -> 1 layer per step; a custom pattern -> its period.
