@@ -51,7 +51,6 @@ _NORMS = (('input_layernorm', 'pre_attention_norm'),
           ('pre_feedforward_layernorm', 'pre_feedforward_norm'),
           ('post_feedforward_layernorm', 'post_feedforward_norm'))
 _ST_DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'F64': np.float64}
-_NP_TO_HF_DTYPE = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float16'}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,6 +325,26 @@ def params_to_hf(params: Mapping[str, Any], config: TransformerConfig, *,
 # ----------------------------------------------------------------------------------------------
 # Entry points
 # ----------------------------------------------------------------------------------------------
+def read_decoder_params(path: str, config: TransformerConfig, params_from_hf) -> Dict[str, Any]:
+  """A decoder's params from an HF folder's safetensors, by `params_from_hf(get, config)` (the
+  family's name mapping), cast to the config's parameter dtype. An `lm_head.weight` must equal
+  the embedding (tied)."""
+  reader = _TensorReader(path)
+  target = np.dtype(config.parameter_dtype)
+
+  def get(name, shape):
+    return np.asarray(reader.get(name, shape)).astype(target)
+
+  params = params_from_hf(get, config)
+  if 'lm_head.weight' in reader.keys():
+    shape = (config.vocab_size, config.embed_dim)
+    if not np.array_equal(np.asarray(reader.get('lm_head.weight', shape)),
+                          np.asarray(reader.get('model.embed_tokens.weight', shape))):
+      raise HFCheckpointError("tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' "
+                              '(untied output embeddings are not supported)')
+  return params
+
+
 def load_decoder(path: str, *, param_dtype: Optional[str] = None,
                  **overrides) -> Tuple[TransformerConfig, Dict[str, Any]]:
   """Loads an HF Gemma 2 checkpoint folder -> (TransformerConfig, Decoder params).
@@ -345,19 +364,7 @@ def load_decoder(path: str, *, param_dtype: Optional[str] = None,
     hf = json.load(f)
   param_dtype = param_dtype or 'float32'
   config = config_from_hf(hf, param_dtype=param_dtype, **overrides)
-  reader = _TensorReader(path)
-  target = np.dtype(config.parameter_dtype)
-
-  def get(name, shape):
-    return np.asarray(reader.get(name, shape)).astype(target)
-
-  params = params_from_hf(get, config)
-  if 'lm_head.weight' in reader.keys():
-    lm_head = reader.get('lm_head.weight', (config.vocab_size, config.embed_dim))
-    if not np.array_equal(np.asarray(lm_head), np.asarray(
-        reader.get('model.embed_tokens.weight', (config.vocab_size, config.embed_dim)))):
-      raise HFCheckpointError("tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' "
-                              '(untied output embeddings are not supported)')
+  params = read_decoder_params(path, config, params_from_hf)
   return config, params
 
 
@@ -373,15 +380,7 @@ def export_decoder(params: Mapping[str, Any], config: TransformerConfig, out_dir
     max_shard_size: e.g. '5GB' or bytes; when the tensors exceed it, writes numbered shards and
       model.safetensors.index.json as `save_pretrained` does.
   """
-  tensors = params_to_hf(params, config)
-  if dtype is None:
-    dtype = str(np.asarray(next(iter(tensors.values()))).dtype)
-  if dtype not in _NP_TO_HF_DTYPE:
-    raise ValueError(f'export dtype must be one of {sorted(_NP_TO_HF_DTYPE)}, got {dtype!r}')
-  np_dtype = ml_dtypes.bfloat16 if dtype == 'bfloat16' else np.dtype(dtype)
-  tensors = {name: np.ascontiguousarray(np.asarray(a).astype(np_dtype))
-             for name, a in tensors.items()}
-  os.makedirs(out_dir, exist_ok=True)
-  safetensors_files.write_weights(tensors, out_dir, max_shard_size)
+  dtype = safetensors_files.write_cast(params_to_hf(params, config), out_dir, dtype=dtype,
+                                       max_shard_size=max_shard_size)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    json.dump(config_to_hf(config, torch_dtype=_NP_TO_HF_DTYPE[dtype]), f, indent=2)
+    json.dump(config_to_hf(config, torch_dtype=dtype), f, indent=2)

@@ -19,7 +19,6 @@ import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-import ml_dtypes
 import numpy as np
 
 from trainer.checkpoint import hf_gemma2
@@ -239,45 +238,16 @@ def load_decoder(path: str, *, param_dtype: Optional[str] = None,
   hf = read_config(path)
   param_dtype = param_dtype or 'float32'
   config = config_from_hf(hf, param_dtype=param_dtype, **overrides)
-  reader = hf_gemma2._TensorReader(path)  # pylint: disable=protected-access
-  target = np.dtype(config.parameter_dtype)
-
-  def get(name, shape):
-    return np.asarray(reader.get(name, shape)).astype(target)
-
-  params = params_from_hf(get, config)
-  if 'lm_head.weight' in reader.keys():
-    shape = (config.vocab_size, config.embed_dim)
-    if not np.array_equal(np.asarray(reader.get('lm_head.weight', shape)),
-                          np.asarray(reader.get('model.embed_tokens.weight', shape))):
-      raise HFCheckpointError("tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' "
-                              '(untied output embeddings are not supported)')
+  params = hf_gemma2.read_decoder_params(path, config, params_from_hf)
   return config, params
-
-
-_NP_TO_HF_DTYPE = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float16'}
-
-
-def write_tensors(tensors: Mapping[str, np.ndarray], out_dir: str, dtype: Optional[str],
-                  max_shard_size=None) -> str:
-  """Casts and writes safetensors (sharded past `max_shard_size`); returns the dtype name."""
-  if dtype is None:
-    dtype = str(np.asarray(next(iter(tensors.values()))).dtype)
-  if dtype not in _NP_TO_HF_DTYPE:
-    raise ValueError(f'export dtype must be one of {sorted(_NP_TO_HF_DTYPE)}, got {dtype!r}')
-  np_dtype = ml_dtypes.bfloat16 if dtype == 'bfloat16' else np.dtype(dtype)
-  tensors = {name: np.ascontiguousarray(np.asarray(a).astype(np_dtype))
-             for name, a in tensors.items()}
-  os.makedirs(out_dir, exist_ok=True)
-  safetensors_files.write_weights(tensors, out_dir, max_shard_size)
-  return dtype
 
 
 def export_decoder(params: Mapping[str, Any], config: TransformerConfig, out_dir: str, *,
                    dtype: Optional[str] = None, max_shard_size=None) -> None:
   """Writes `Decoder` params as an HF Gemma3ForCausalLM checkpoint (config.json + safetensors)."""
   hf_config = config_to_hf(config)  # validates before anything is written
-  dtype = write_tensors(params_to_hf(params, config), out_dir, dtype, max_shard_size)
+  dtype = safetensors_files.write_cast(params_to_hf(params, config), out_dir, dtype=dtype,
+                                       max_shard_size=max_shard_size)
   hf_config.update(dtype=dtype, torch_dtype=dtype)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     json.dump(hf_config, f, indent=2)

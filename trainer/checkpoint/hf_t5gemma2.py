@@ -36,6 +36,7 @@ import numpy as np
 
 from trainer.checkpoint import hf_gemma2
 from trainer.checkpoint import hf_gemma3
+from trainer.checkpoint import safetensors_files
 from trainer.checkpoint.hf_gemma2 import HFCheckpointError, HFConfigError
 from trainer.model import scan_layout
 from trainer.model.config import EncoderDecoderConfig
@@ -193,7 +194,8 @@ def export_encoder_decoder(params: Mapping[str, Any], config: EncoderDecoderConf
   """Writes `TiedEncoderDecoder` params as an HF T5Gemma 2 checkpoint (config.json + safetensors)
   that `T5Gemma2ForConditionalGeneration.from_pretrained` loads (text-only; see the docstring)."""
   hf_config = config_to_hf(config)  # validates before anything is written
-  dtype = hf_gemma3.write_tensors(params_to_hf(params, config), out_dir, dtype, max_shard_size)
+  dtype = safetensors_files.write_cast(params_to_hf(params, config), out_dir, dtype=dtype,
+                                       max_shard_size=max_shard_size)
   hf_config.update(dtype=dtype, torch_dtype=dtype)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     json.dump(hf_config, f, indent=2)

@@ -2,14 +2,16 @@
 
 The layout is `save_pretrained`'s: `model.safetensors` when the tensors fit in `max_shard_size`,
 else `model-00001-of-0000N.safetensors` ... plus `model.safetensors.index.json` mapping every
-tensor name to its file. Shared by the Gemma 2 and T5Gemma exports.
+tensor name to its file. Shared by the Gemma 2, Gemma 3, T5Gemma and T5Gemma 2 exports.
 """
 import json
 import os
 from typing import Any, Dict, List
 
+import ml_dtypes
 import numpy as np
 
+EXPORT_DTYPES = ('bfloat16', 'float16', 'float32')  # the names config.json's dtype takes
 WEIGHTS_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 
@@ -74,3 +76,18 @@ def write_weights(tensors: Dict[str, np.ndarray], out_dir: str, max_shard_size: 
   with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
     json.dump(index, f, indent=2, sort_keys=True)
   return paths
+
+
+def write_cast(tensors: Dict[str, Any], out_dir: str, *, dtype=None, max_shard_size=None) -> str:
+  """Casts every tensor to `dtype` (default: the first tensor's) and writes them as
+  `write_weights` does; returns the dtype's name (what config.json records)."""
+  if dtype is None:
+    dtype = str(np.asarray(next(iter(tensors.values()))).dtype)
+  if dtype not in EXPORT_DTYPES:
+    raise ValueError(f'export dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}')
+  np_dtype = ml_dtypes.bfloat16 if dtype == 'bfloat16' else np.dtype(dtype)
+  tensors = {name: np.ascontiguousarray(np.asarray(a).astype(np_dtype))
+             for name, a in tensors.items()}
+  os.makedirs(out_dir, exist_ok=True)
+  write_weights(tensors, out_dir, max_shard_size)
+  return dtype

@@ -66,20 +66,10 @@ class TiedEncoderDecoder(nn.Module):
     segment k (when both segment ids are given); encoder positions with segment id 0 are never
     attended; `encoder_segment_ids=None` = all encoder positions valid.
     """
-    transformer._check_tokens('decoder_tokens', decoder_tokens,  # pylint: disable=protected-access
-                              decoder_positions=decoder_positions,
-                              decoder_segment_ids=decoder_segment_ids)
-    if encoded.shape[0] != decoder_tokens.shape[0]:
-      raise ValueError(f'encoded batch {encoded.shape[0]} != decoder_tokens batch '
-                       f'{decoder_tokens.shape[0]}')
-    if encoded.shape[-1] != self.config.decoder.embed_dim:
-      raise ValueError(f'encoded width {encoded.shape[-1]} != decoder.embed_dim '
-                       f'{self.config.decoder.embed_dim}')
-    self_mask = AttentionMask(q_segment_ids=decoder_segment_ids,
-                              kv_segment_ids=decoder_segment_ids, causal=True)
-    cross_mask = AttentionMask(
-        q_segment_ids=decoder_segment_ids if encoder_segment_ids is not None else None,
-        kv_segment_ids=encoder_segment_ids, causal=False)
+    self_mask, cross_mask = transformer.decoder_masks(
+        encoded, decoder_tokens, encoded_width=self.config.decoder.embed_dim,
+        width_name='decoder.embed_dim', encoder_segment_ids=encoder_segment_ids,
+        decoder_positions=decoder_positions, decoder_segment_ids=decoder_segment_ids)
     mask = MergedMask(self_mask=self_mask, cross_mask=cross_mask,
                       encoder_length=encoded.shape[1])
     embedder = self.encoder.embedder

@@ -233,6 +233,29 @@ class _CrossAttentionDecoder(_Stack):
   cross_attention: ClassVar[bool] = True
 
 
+def decoder_masks(encoded, decoder_tokens, *, encoded_width: int, width_name: str,
+                  encoder_segment_ids=None, decoder_positions=None, decoder_segment_ids=None):
+  """Checks an encoder-decoder's decode inputs; (decoder self-attention mask, cross mask).
+
+  Decoder segment k sees its own causal prefix and encoder segment k (when both segment ids are
+  given); encoder positions with segment id 0 are never attended; `encoder_segment_ids=None`: all
+  encoder positions valid.
+  """
+  _check_tokens('decoder_tokens', decoder_tokens, decoder_positions=decoder_positions,
+                decoder_segment_ids=decoder_segment_ids)
+  if encoded.shape[0] != decoder_tokens.shape[0]:
+    raise ValueError(f'encoded batch {encoded.shape[0]} != decoder_tokens batch '
+                     f'{decoder_tokens.shape[0]}')
+  if encoded.shape[-1] != encoded_width:
+    raise ValueError(f'encoded width {encoded.shape[-1]} != {width_name} {encoded_width}')
+  self_mask = AttentionMask(q_segment_ids=decoder_segment_ids,
+                            kv_segment_ids=decoder_segment_ids, causal=True)
+  cross_mask = AttentionMask(
+      q_segment_ids=decoder_segment_ids if encoder_segment_ids is not None else None,
+      kv_segment_ids=encoder_segment_ids, causal=False)
+  return self_mask, cross_mask
+
+
 class EncoderDecoder(nn.Module):
   """T5Gemma encoder-decoder: Encoder + Decoder whose blocks add cross-attention (global, no RoPE,
   soft-capped, K/V from the encoder's final hidden states). Logits use the decoder's tied embedding.
@@ -264,19 +287,10 @@ class EncoderDecoder(nn.Module):
     Cross-attention: decoder segment k sees encoder segment k (when both segment ids are given);
     encoder positions with segment id 0 are never attended; `encoder_segment_ids=None` = all valid.
     """
-    _check_tokens('decoder_tokens', decoder_tokens, decoder_positions=decoder_positions,
-                  decoder_segment_ids=decoder_segment_ids)
-    if encoded.shape[0] != decoder_tokens.shape[0]:
-      raise ValueError(f'encoded batch {encoded.shape[0]} != decoder_tokens batch '
-                       f'{decoder_tokens.shape[0]}')
-    if encoded.shape[-1] != self.config.encoder.embed_dim:
-      raise ValueError(f'encoded width {encoded.shape[-1]} != encoder.embed_dim '
-                       f'{self.config.encoder.embed_dim}')
-    self_mask = AttentionMask(q_segment_ids=decoder_segment_ids,
-                              kv_segment_ids=decoder_segment_ids, causal=True)
-    cross_mask = AttentionMask(
-        q_segment_ids=decoder_segment_ids if encoder_segment_ids is not None else None,
-        kv_segment_ids=encoder_segment_ids, causal=False)
+    self_mask, cross_mask = decoder_masks(
+        encoded, decoder_tokens, encoded_width=self.config.encoder.embed_dim,
+        width_name='encoder.embed_dim', encoder_segment_ids=encoder_segment_ids,
+        decoder_positions=decoder_positions, decoder_segment_ids=decoder_segment_ids)
     x = self.decoder.hidden(decoder_tokens, decoder_positions, self_mask, encoded, cross_mask,
                             deterministic)
     return x if return_hidden else self.decoder.logits(x)
