@@ -46,7 +46,7 @@ from flax.core import meta
 from trainer.model import layers
 from trainer.model import scan_layout
 from trainer.model.attention import dot_product_attention
-from trainer.model.config import EncoderDecoderConfig, TransformerConfig
+from trainer.model.config import EncoderDecoderConfig
 from trainer.model.merged_attention import MergedMask
 from trainer.model.reference_attention import AttentionMask
 

@@ -85,11 +85,8 @@ class TiedEncoderDecoder(nn.Module):
   def __call__(self, encoder_tokens, decoder_tokens, *, encoder_positions=None,
                encoder_segment_ids=None, decoder_positions=None, decoder_segment_ids=None,
                deterministic=True, return_hidden=False):
-    if encoder_segment_ids is None:
-      encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
-    encoded = self.encode(encoder_tokens, encoder_positions=encoder_positions,
-                          encoder_segment_ids=encoder_segment_ids, deterministic=deterministic)
-    return self.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
-                       decoder_positions=decoder_positions,
-                       decoder_segment_ids=decoder_segment_ids, deterministic=deterministic,
-                       return_hidden=return_hidden)
+    return transformer.encode_then_decode(
+        self, encoder_tokens, decoder_tokens, encoder_positions=encoder_positions,
+        encoder_segment_ids=encoder_segment_ids, decoder_positions=decoder_positions,
+        decoder_segment_ids=decoder_segment_ids, deterministic=deterministic,
+        return_hidden=return_hidden)

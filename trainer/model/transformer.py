@@ -256,6 +256,21 @@ def decoder_masks(encoded, decoder_tokens, *, encoded_width: int, width_name: st
   return self_mask, cross_mask
 
 
+def encode_then_decode(model, encoder_tokens, decoder_tokens, *, encoder_positions=None,
+                       encoder_segment_ids=None, decoder_positions=None,
+                       decoder_segment_ids=None, deterministic=True, return_hidden=False):
+  """An encoder-decoder's forward: `model.encode`, then `model.decode` (encoder segment ids
+  default to the non-padding positions, token id 0 being padding)."""
+  if encoder_segment_ids is None:
+    encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
+  encoded = model.encode(encoder_tokens, encoder_positions=encoder_positions,
+                         encoder_segment_ids=encoder_segment_ids, deterministic=deterministic)
+  return model.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
+                      decoder_positions=decoder_positions,
+                      decoder_segment_ids=decoder_segment_ids, deterministic=deterministic,
+                      return_hidden=return_hidden)
+
+
 class EncoderDecoder(nn.Module):
   """T5Gemma encoder-decoder: Encoder + Decoder whose blocks add cross-attention (global, no RoPE,
   soft-capped, K/V from the encoder's final hidden states). Logits use the decoder's tied embedding.
@@ -298,11 +313,8 @@ class EncoderDecoder(nn.Module):
   def __call__(self, encoder_tokens, decoder_tokens, *, encoder_positions=None,
                encoder_segment_ids=None, decoder_positions=None, decoder_segment_ids=None,
                deterministic=True, return_hidden=False):
-    if encoder_segment_ids is None:
-      encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
-    encoded = self.encode(encoder_tokens, encoder_positions=encoder_positions,
-                          encoder_segment_ids=encoder_segment_ids, deterministic=deterministic)
-    return self.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
-                       decoder_positions=decoder_positions,
-                       decoder_segment_ids=decoder_segment_ids, deterministic=deterministic,
-                       return_hidden=return_hidden)
+    return encode_then_decode(
+        self, encoder_tokens, decoder_tokens, encoder_positions=encoder_positions,
+        encoder_segment_ids=encoder_segment_ids, decoder_positions=decoder_positions,
+        decoder_segment_ids=decoder_segment_ids, deterministic=deterministic,
+        return_hidden=return_hidden)
