@@ -78,26 +78,115 @@ def read_index(index_path: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-# tf.Example -> numpy, vectorised over packed int64 lists.
+# tf.Example -> numpy: a minimal wire-format walk (offsets, no copies) + vectorised varints.
 
 
-def _varints(buf: bytes) -> np.ndarray:
-  """Decodes a run of protobuf varints (a packed repeated int64) into uint64."""
+def _varints(buf) -> np.ndarray:
+  """Decodes a run of protobuf varints (a packed repeated int64): uint32 when every value has at
+  most 3 bytes (< 2**21, so any integer dtype holds them), else uint64.
+
+  Token ids take 1-3 bytes: that case is ~15 vectorised operations over the values; longer
+  varints (ids >= 2**21, negative numbers) take the general per-byte path.
+  """
   b = np.frombuffer(buf, dtype=np.uint8)
-  if not len(b):
-    return np.zeros(0, np.uint64)
-  ends = np.flatnonzero(b < 0x80)
-  if not len(ends) or ends[-1] != len(b) - 1:
+  n = len(b)
+  if not n:
+    return np.zeros(0, np.uint32)
+  if b[-1] >= 0x80:
     raise ValueError('truncated varint')
+  ends = np.flatnonzero(b < 0x80)
+  if len(ends) == n:  # All one byte.
+    return b.astype(np.uint32)
+  last = b[ends]
+  # b[ends - k] wraps to b[-1] (< 0x80) for the first values: "not a continuation", as wanted.
+  p1, p2, p3 = b[ends - 1], b[ends - 2], b[ends - 3]
+  two = p1 >> 7                 # 1 where the value has >= 2 bytes
+  three = two & (p2 >> 7)       # >= 3 bytes
+  if not np.any(three & (p3 >> 7)):
+    two32, three32 = two.astype(np.uint32), three.astype(np.uint32)
+    shift = np.uint32(7) * (two32 + three32)
+    values = ((last.astype(np.uint32) << shift)
+              | (((p1 & 0x7F).astype(np.uint32) << (np.uint32(7) * three32)) * two32)
+              | ((p2 & 0x7F).astype(np.uint32) * three32))
+    return values
   starts = np.empty_like(ends)
   starts[0] = 0
   starts[1:] = ends[:-1] + 1
   widths = ends - starts + 1
   if widths.max() > 10:
     raise ValueError('bad varint')
-  shift = (np.arange(len(b)) - np.repeat(starts, widths)).astype(np.uint64) * np.uint64(7)
+  shift = (np.arange(n) - np.repeat(starts, widths)).astype(np.uint64) * np.uint64(7)
   values = (b & 0x7F).astype(np.uint64) << shift
   return np.add.reduceat(values, starts)
+
+
+def _fields(buf: bytes, pos: int, end: int):
+  """`(field, wire type, value start, value end)` of the message in `buf[pos:end]` (for wire type
+  0 the varint's bytes)."""
+  out = []
+  while pos < end:
+    key = buf[pos]
+    pos += 1
+    if key & 0x80:  # Field numbers >= 16: a multi-byte key.
+      shift, key = 7, key & 0x7F
+      while True:
+        if pos >= end or shift > 63:
+          raise ValueError('bad varint')
+        byte = buf[pos]
+        pos += 1
+        key |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+          break
+        shift += 7
+    wire = key & 7
+    if wire == 2:
+      length, shift = 0, 0
+      while True:
+        if pos >= end or shift > 63:
+          raise ValueError('bad varint')
+        byte = buf[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+          break
+        shift += 7
+      start, pos = pos, pos + length
+    elif wire == 0:
+      start = pos
+      while True:
+        if pos >= end:
+          raise ValueError('bad varint')
+        pos += 1
+        if not buf[pos - 1] & 0x80:
+          break
+    elif wire == 1:
+      start, pos = pos, pos + 8
+    elif wire == 5:
+      start, pos = pos, pos + 4
+    else:
+      raise ValueError(f'unsupported wire type {wire}')
+    if pos > end:
+      raise ValueError('field past the end')
+    out.append((key >> 3, wire, start, pos))
+  return out
+
+
+def _feature_values(raw: bytes, start: int, end: int) -> np.ndarray:
+  """The values of one `Feature` message (Int64List -> int64, FloatList -> float32)."""
+  arr = np.zeros(0, np.int64)
+  for kind, wire, s, e in _fields(raw, start, end):
+    if wire != 2:
+      continue
+    if kind == 3:  # Int64List: packed runs and/or loose varints.
+      parts = [raw[s5:e5] for f5, w5, s5, e5 in _fields(raw, s, e) if f5 == 1 and w5 in (0, 2)]
+      arr = _varints(parts[0] if len(parts) == 1 else b''.join(parts))
+      if arr.dtype == np.uint64:  # Two's complement: negative values are 10-byte varints.
+        arr = arr.view(np.int64)
+    elif kind == 2:  # FloatList: packed, or loose fixed32.
+      packed = b''.join(raw[s5:e5] for f5, w5, s5, e5 in _fields(raw, s, e)
+                        if f5 == 1 and w5 in (2, 5))
+      arr = np.frombuffer(packed, dtype='<f4')
+  return arr
 
 
 def decode_example(raw: bytes, dtypes: Mapping[str, str]) -> Dict[str, np.ndarray]:
@@ -106,35 +195,22 @@ def decode_example(raw: bytes, dtypes: Mapping[str, str]) -> Dict[str, np.ndarra
   Int64List (packed or not) and FloatList values; features not in `dtypes` are skipped.
   Raises ValueError for a payload that is not a tf.Example with those features.
   """
-  wire = record_formats._wire_fields  # pylint: disable=protected-access
+  raw = bytes(raw)
   out = {}
-  for f1, w1, features in wire(raw):
+  for f1, w1, s1, e1 in _fields(raw, 0, len(raw)):
     if f1 != 1 or w1 != 2:
       continue
-    for f2, w2, entry in wire(features):
+    for f2, w2, s2, e2 in _fields(raw, s1, e1):
       if f2 != 1 or w2 != 2:
         continue
-      name, value = None, b''
-      for f3, w3, v in wire(entry):
+      name, value = None, (0, 0)
+      for f3, w3, s3, e3 in _fields(raw, s2, e2):
         if f3 == 1 and w3 == 2:
-          name = v.decode('utf-8')
+          name = raw[s3:e3].decode('utf-8')
         elif f3 == 2 and w3 == 2:
-          value = v
-      if name not in dtypes:
-        continue
-      arr = np.zeros(0, np.uint64)
-      for kind, w4, lst in wire(value):
-        if w4 != 2:
-          continue
-        if kind == 3:  # Int64List
-          packed = [v for f5, w5, v in wire(lst) if f5 == 1 and w5 == 2]
-          loose = [v for f5, w5, v in wire(lst) if f5 == 1 and w5 == 0]
-          arr = np.concatenate([_varints(p) for p in packed] + [np.asarray(loose, np.uint64)])
-          arr = arr.view(np.int64)
-        elif kind == 2:  # FloatList (packed)
-          packed = b''.join(v for f5, w5, v in wire(lst) if f5 == 1 and w5 == 2)
-          arr = np.frombuffer(packed, dtype='<f4')
-      out[name] = arr.astype(dtypes[name])
+          value = (s3, e3)
+      if name in dtypes:
+        out[name] = _feature_values(raw, *value).astype(dtypes[name])
   missing = [k for k in dtypes if k not in out]
   if missing:
     raise ValueError(f'tf.Example has no feature {missing[0]!r}')

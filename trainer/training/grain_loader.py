@@ -16,7 +16,8 @@ The example stream, a pure function of (cache, name, lengths, seed, process inde
      (`MapDataset.mix`);
   3. host h of n takes positions h, h + n, h + 2n, ... (per-host sharding);
   4. consecutive examples form packing chunks of `converter.chunk_size` (seqio's packing
-     window), each turned into rows by the NumPy feature converter (identical to seqio's rows);
+     window), each planned into rows by the NumPy feature converter (identical to seqio's rows;
+     a batch's rows are written and converted to the model's features when it is taken);
   5. rows are read ahead by Grain (`prefetch` threads, or `worker_count` processes via
      `mp_prefetch`, which keeps the order) and stacked into batches of `batch_size` rows.
 The state is (next chunk, rows of it already used): resuming starts Grain at that chunk, so the
@@ -34,6 +35,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import numpy as np
 
 from pipelines.cache import records
+from trainer.training import numpy_packing
 
 STATE_VERSION = 1
 
@@ -86,16 +88,16 @@ class EpochShuffle:
     return self.source[index]
 
 
-class _Convert:
-  """Packing chunk (list of examples) -> list of rows; picklable for worker processes."""
+class _Plan:
+  """Packing chunk (list of examples) -> its packing plan (`numpy_packing.PackedChunk`: the
+  kept values as flat arrays, so little crosses a process boundary); picklable for workers. The
+  rows are written when a batch takes them (`LoaderIterator`), never a whole window at once."""
 
   def __init__(self, converter):
     self.converter = converter
 
   def __call__(self, examples):
-    # Stacked: one array per feature crosses the process boundary, not one per row.
-    rows = self.converter(list(examples))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return self.converter.plan(list(examples))
 
 
 class GrainLoader:
@@ -145,7 +147,7 @@ class GrainLoader:
   def chunks(self):
     """Packing chunks -> lists of model rows (a Grain MapDataset)."""
     size = self.converter.chunk_size
-    return self.examples().batch(size, batch_fn=list).map(_Convert(self.converter))
+    return self.examples().batch(size, batch_fn=list).map(_Plan(self.converter))
 
   def iterator(self, state: Optional[Mapping[str, Any]] = None) -> 'LoaderIterator':
     return LoaderIterator(self, state)
@@ -169,7 +171,7 @@ class LoaderIterator:
       loader.check_state(state)
     self._chunk = int(state['chunk']) if state else 0
     self._skip = int(state['row']) if state else 0
-    self._rows: Dict[str, np.ndarray] = {}  # the current window's rows, stacked per feature
+    self._window = None                      # the current window's packing plan
     self._n = 0                              # rows in the current window
     self._used = 0
     self._it = None
@@ -199,22 +201,20 @@ class LoaderIterator:
     parts, have = [], 0
     while have < self._loader.batch_size:
       if self._used == self._n:
-        rows = next(self._it, None)
-        if rows is None:
+        window = next(self._it, None)
+        if window is None:
           raise StopIteration
-        self._rows, self._used = rows, self._skip
-        self._n = len(next(iter(rows.values())))
+        self._window, self._used = window, self._skip
+        self._n = window.num_rows
         self._skip = 0
       take = min(self._loader.batch_size - have, self._n - self._used)
-      parts.append({k: v[self._used:self._used + take] for k, v in self._rows.items()})
+      parts.append(self._window.rows(self._used, self._used + take))
       have += take
       self._used += take
       if self._used == self._n:
         self._chunk += 1
-        self._rows, self._n, self._used = {}, 0, 0
-    if len(parts) == 1:
-      return {k: np.array(v) for k, v in parts[0].items()}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        self._window, self._n, self._used = None, 0, 0
+    return self._loader.converter.finish(numpy_packing.concat_rows(parts))
 
   def get_state(self) -> Dict[str, Any]:
     """The position after the last batch returned: restore with `loader.iterator(state)`."""
