@@ -89,6 +89,53 @@ def test_decode_example_reads_int64_and_float_lists_like_protobuf():
   np.testing.assert_array_equal(got['score'], np.array([0.5, -2.25], np.float32))
   with pytest.raises(ValueError, match="no feature 'inputs'"):
     records.decode_example(ex.SerializeToString(), {'inputs': 'int32'})
+  # Many payloads decoded together (one varint pass, sliced back per example and feature): each
+  # equals protobuf's values, for 1..3-byte ids (the fast path), longer ones, loose (unpacked)
+  # values, empty lists; a bad payload is named by its position.
+  rng = np.random.default_rng(0)
+  protos, expected = [], []
+  for i in range(40):
+    high = [2**7, 2**14, 2**21, 2**35][i % 4]
+    values = {k: rng.integers(0, min(high, top), rng.integers(0, 300)).tolist()
+              for k, top in (('a', 2**62), ('b', 2**31))}
+    ex = example_pb2.Example()
+    for k, v in values.items():
+      ex.features.feature[k].int64_list.value.extend(v)
+    raw = ex.SerializeToString()
+    if i == 7:  # Loose varints (an unpacked repeated field), as old writers produce.
+      raw = b''.join(bytes([8]) + records_varint(v) for v in values['a'])
+      raw = wrap_feature('a', raw) + wrap_feature('b', b'')
+      values['b'] = []
+    protos.append(raw)
+    expected.append(values)
+  got = records.decode_examples(protos, {'a': 'int64', 'b': 'int32'})
+  for want, have in zip(expected, got):
+    assert have['a'].dtype == np.int64 and have['b'].dtype == np.int32
+    assert have['a'].tolist() == want['a'] and have['b'].tolist() == want['b']
+  cut = wrap_feature('a', bytes([10, 2, 5, 0x85])) + wrap_feature('b', b'')  # Ends mid-varint.
+  with pytest.raises(records.ExampleDecodeError, match="feature 'a': truncated varint") as e:
+    records.decode_examples(protos[:3] + [cut] + protos[4:], {'a': 'int64', 'b': 'int32'})
+  assert e.value.position == 3
+  with pytest.raises(records.ExampleDecodeError, match='field past the end') as e:
+    records.decode_examples(protos[:5] + [protos[5][:-1]], {'a': 'int64', 'b': 'int32'})
+  assert e.value.position == 5
+
+
+def records_varint(value):
+  out = bytearray()
+  while True:
+    byte, value = value & 0x7F, value >> 7
+    out.append(byte | (0x80 if value else 0))
+    if not value:
+      return bytes(out)
+
+
+def wrap_feature(name, int64_list_fields):
+  """A tf.Example's bytes for one Int64List feature whose list message is `int64_list_fields`."""
+  def field(number, payload):
+    return bytes([number << 3 | 2]) + records_varint(len(payload)) + payload
+  entry = field(1, name.encode()) + field(2, field(3, int64_list_fields))
+  return field(1, field(1, entry))
 
 
 def test_job_writes_indexes_and_the_command_adds_the_same_bytes(cache, tmp_path):
