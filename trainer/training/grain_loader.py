@@ -114,7 +114,8 @@ class _Plan:
     self.converter = converter
 
   def __call__(self, items):
-    return self.converter.plan(decode_raw(list(items)))
+    # As a dict of arrays: a worker process hands those over in shared memory, not pickled.
+    return self.converter.plan(decode_raw(list(items))).as_tree()
 
 
 class GrainLoader:
@@ -163,7 +164,7 @@ class GrainLoader:
     return ds
 
   def chunks(self):
-    """Packing chunks -> lists of model rows (a Grain MapDataset)."""
+    """Packing chunks -> their packing plans (`PackedChunk.as_tree()`; a Grain MapDataset)."""
     size = self.converter.chunk_size
     return self.examples(raw=True).batch(size, batch_fn=list).map(_Plan(self.converter))
 
@@ -222,6 +223,7 @@ class LoaderIterator:
         window = next(self._it, None)
         if window is None:
           raise StopIteration
+        window = numpy_packing.chunk_from_tree(window)
         self._window, self._used = window, self._skip
         self._n = window.num_rows
         self._skip = 0

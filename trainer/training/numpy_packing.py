@@ -79,6 +79,17 @@ class PackedChunk:
   def num_rows(self) -> int:
     return len(self.row_start) - 1
 
+  def as_tree(self) -> dict:
+    """The chunk as a dict of arrays (Grain's worker processes pass those through shared memory;
+    other objects are pickled): `chunk_from_tree` undoes it."""
+    ints = lambda v: None if v is None else np.asarray(v, np.int64)  # noqa: E731
+    return {'packed': {'keys': list(self.keys), 'limits': list(self.limits),
+                       'positions_of': sorted(self.positions_of), 'data': list(self.data),
+                       'starts': [ints(v) for v in self.starts],
+                       'fills': [ints(v) for v in self.fills],
+                       'lens': [ints(v) for v in self.lens], 'cols': [ints(v) for v in self.cols],
+                       'row_start': ints(self.row_start)}}
+
   def rows(self, start: int = 0, stop: Optional[int] = None) -> Rows:
     """Rows [start, stop) as `[stop - start, length]` int32 arrays."""
     stop = self.num_rows if stop is None else stop
@@ -163,14 +174,31 @@ class PaddedChunk:
 
   def __init__(self, examples: Sequence[Example], lengths: Mapping[str, int]):
     padded = [trim_and_pad(ex, lengths) for ex in examples]
-    self._rows = {k: np.stack([r[k] for r in padded]) for k in lengths}
+    self._rows = {k: np.stack([r[k] for r in padded]) for k in lengths} if padded else {}
 
   @property
   def num_rows(self) -> int:
     return len(next(iter(self._rows.values())))
 
+  def as_tree(self) -> dict:
+    return {'padded': dict(self._rows)}
+
   def rows(self, start: int = 0, stop: Optional[int] = None) -> Rows:
     return {k: v[start:stop].copy() for k, v in self._rows.items()}
+
+
+def chunk_from_tree(tree: dict):
+  """The `PackedChunk` or `PaddedChunk` whose `as_tree()` this is."""
+  if 'padded' in tree:
+    chunk = PaddedChunk([], {})
+    chunk._rows = dict(tree['padded'])  # pylint: disable=protected-access
+    return chunk
+  t = tree['packed']
+  lists = lambda v: None if v is None else v.tolist()  # noqa: E731  (fast Python indexing)
+  return PackedChunk(list(t['keys']), list(t['limits']), set(t['positions_of']), list(t['data']),
+                     [lists(v) for v in t['starts']], [lists(v) for v in t['fills']],
+                     [lists(v) for v in t['lens']], [lists(v) for v in t['cols']],
+                     lists(t['row_start']))
 
 
 def trim_and_pad(example: Example, lengths: Mapping[str, int]) -> Rows:
