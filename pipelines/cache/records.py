@@ -23,7 +23,6 @@ Plain Python + NumPy: no TensorFlow, seqio or Beam.
 """
 from __future__ import annotations
 
-import glob as glob_lib
 import json
 import os
 import struct
@@ -32,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from pipelines.cache import layout
+from pipelines.cache import storage
 from tasks import record_formats
 
 
@@ -66,7 +66,11 @@ def build_index(shard_path: str) -> bytes:
 def read_index(index_path: str) -> np.ndarray:
   """`[n, 2]` uint64 (frame offset, payload length) of each record."""
   with open(index_path, 'rb') as f:
-    data = f.read()
+    return parse_index(f.read(), index_path)
+
+
+def parse_index(data: bytes, index_path: str) -> np.ndarray:
+  """`read_index` of the bytes read from `index_path`."""
   if data[:8] != layout.INDEX_MAGIC or len(data) < 16:
     raise CacheReadError(f'{index_path}: not a record index (bad header); rebuild it with '
                          f'{layout.INDEX_COMMAND}{os.path.dirname(os.path.dirname(index_path))}'
@@ -301,33 +305,35 @@ def decode_example(raw: bytes, dtypes: Mapping[str, str]) -> Dict[str, np.ndarra
 # A cached task's split, by random access.
 
 
-def _read_json(path: str):
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+def _read_json(path: str, files=None):
+  files = files or storage.for_path(path)
+  return json.loads(files.read_bytes(path).decode('utf-8'))
 
 
 class CachedSplit:
   """One split of one cached task directory: `len()` examples, `[i]` -> feature dict.
 
-  Picklable (Grain worker processes): file descriptors are per process, opened on demand, and
-  read with `os.pread` (safe from several threads).
+  `task_dir` is a local path or any `etils.epath` URI (gs://...; `pipelines.cache.storage`).
+  Picklable (Grain worker processes): file handles are per process, opened on demand; local files
+  are read with `os.pread` (safe from several threads).
   """
 
-  def __init__(self, task_dir: str, split: str):
+  def __init__(self, task_dir: str, split: str, files=None):
     self.task_dir = task_dir
     self.split = split
-    if not os.path.exists(os.path.join(task_dir, layout.COMPLETED)):
+    self._files = files = files or storage.for_path(task_dir)
+    if not files.exists(os.path.join(task_dir, layout.COMPLETED)):
       raise CacheReadError(f'{task_dir}: no {layout.COMPLETED} file (the cache job did not '
                            'finish writing it)')
     info_path = os.path.join(task_dir, layout.info_file_name(split))
-    if not os.path.exists(info_path):
+    if not files.exists(info_path):
       raise CacheReadError(f'{task_dir}: split {split!r} is not cached (no '
                            f'{layout.info_file_name(split)})')
-    info = _read_json(info_path)
+    info = _read_json(info_path, files)
     job_path = os.path.join(task_dir, layout.JOB_INFO)
-    self.job_info = _read_json(job_path) if os.path.exists(job_path) else {}
+    self.job_info = _read_json(job_path, files) if files.exists(job_path) else {}
     self.dtypes = {k: v['dtype'] for k, v in info['features'].items()}
-    shards = sorted(glob_lib.glob(os.path.join(task_dir, layout.shard_glob(split))))
+    shards = files.glob(task_dir, layout.shard_glob(split))
     if len(shards) != info['num_shards']:
       raise CacheReadError(f'{task_dir}: {len(shards)} shards of split {split!r} found, '
                            f'{layout.info_file_name(split)} says {info["num_shards"]}')
@@ -335,38 +341,26 @@ class CachedSplit:
     indexes = []
     for shard in shards:
       index_path = os.path.join(task_dir, layout.index_of_shard(os.path.basename(shard)))
-      if not os.path.exists(index_path):
+      if not files.exists(index_path):
         raise CacheReadError(
             f'{task_dir}: shard {os.path.basename(shard)} has no record index (a cache written '
             f'before indexes existed); add them with: {layout.INDEX_COMMAND}'
             f'{os.path.dirname(task_dir)}')
-      index = read_index(index_path)
+      index = parse_index(files.read_bytes(index_path), index_path)
       if len(index):
         end = int(index[-1, 0] + index[-1, 1] + 16)
-        if end != os.path.getsize(shard):
+        size = files.size(shard)
+        if end != size:
           raise CacheReadError(f'{index_path}: does not match {os.path.basename(shard)} (ends '
-                               f'at byte {end}, the shard has {os.path.getsize(shard)}); rebuild '
+                               f'at byte {end}, the shard has {size}); rebuild '
                                f'with {layout.INDEX_COMMAND}{os.path.dirname(task_dir)} '
                                '--overwrite')
       indexes.append(index)
     self._indexes = indexes
     self._starts = np.cumsum([0] + [len(i) for i in indexes])
-    self._files = {}
 
   def __len__(self) -> int:
     return int(self._starts[-1])
-
-  def __del__(self):
-    for fd in getattr(self, '_files', {}).values():
-      try:
-        os.close(fd)
-      except OSError:
-        pass
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state['_files'] = {}
-    return state
 
   def __repr__(self):
     return f'CachedSplit({self.task_dir!r}, {self.split!r}, {len(self)} examples)'
@@ -377,13 +371,9 @@ class CachedSplit:
     shard = int(np.searchsorted(self._starts, index, side='right') - 1)
     offset, length = self._indexes[shard][index - self._starts[shard]]
     path = self.shards[shard]
-    fd = self._files.get(path)
-    if fd is None:
-      fd = self._files[path] = os.open(path, os.O_RDONLY)
     offset, length = int(offset), int(length)
     try:
-      # pread: no shared file position, so Grain's reader threads may share the descriptor.
-      frame = os.pread(fd, 12 + length + 4, offset)
+      frame = self._files.read_at(path, offset, 12 + length + 4)
       return record_formats.check_tfrecord_frame(frame, path, offset, length)
     except record_formats.CorruptRecordError as e:
       raise CacheReadError(f'{e} (example {index} of {self.task_dir}); re-run the cache job '
@@ -410,37 +400,38 @@ def resolve_cached(cache_dir: str, name: str, feature_lengths: Mapping[str, int]
   `<mixture>.<lengths>.mixture.json`. The cache's own files say what it holds: no task module is
   imported.
   """
-  if not os.path.isdir(cache_dir):
+  files = storage.for_path(cache_dir)
+  if not files.isdir(cache_dir):
     raise CacheReadError(f'CACHE_DIR {cache_dir!r} is not a directory')
   lengths = dict(feature_lengths)
   cached = layout.cached_task_name(name, lengths)
   for candidate in (cached, name):
     task_dir = layout.task_output_dir(cache_dir, candidate)
-    if os.path.exists(os.path.join(task_dir, layout.JOB_INFO)):
-      return [(CachedSplit(task_dir, split), 1.0)]
+    if files.exists(os.path.join(task_dir, layout.JOB_INFO)):
+      return [(CachedSplit(task_dir, split, files), 1.0)]
   for candidate in (cached, name):
     path = os.path.join(cache_dir, layout.mixture_file_name(candidate))
-    if os.path.exists(path):
-      record = _read_json(path)
+    if files.exists(path):
+      record = _read_json(path, files)
       out = []
       for task, rate in record['tasks']:
         task_dir = layout.task_output_dir(cache_dir, task)
-        if not os.path.exists(os.path.join(task_dir, layout.COMPLETED)):
+        if not files.exists(os.path.join(task_dir, layout.COMPLETED)):
           source = task.rsplit('.', 1)[0]
-          others = sorted(d for d in os.listdir(cache_dir) if d.startswith(source + '.')
-                          and d != task and os.path.isdir(os.path.join(cache_dir, d)))
+          others = sorted(d for d in files.listdir(cache_dir) if d.startswith(source + '.')
+                          and d != task and files.isdir(os.path.join(cache_dir, d)))
           where = (f'cached at other lengths ({", ".join(others)})' if others
                    else 'not (completely) cached')
           raise CacheReadError(f'mixture {name!r}: its task {task!r} is {where} in {cache_dir}; '
                                'cache the mixture\'s tasks at the same lengths')
-        out.append((CachedSplit(task_dir, split), float(rate)))
+        out.append((CachedSplit(task_dir, split, files), float(rate)))
       return out
   # Not there at these lengths: say what is.
   prefix = f'{name}.'
   others = sorted(d[:-len(layout.MIXTURE_SUFFIX)] if d.endswith(layout.MIXTURE_SUFFIX) else d
-                  for d in os.listdir(cache_dir) if d.startswith(prefix))
+                  for d in files.listdir(cache_dir) if d.startswith(prefix))
   if others:
-    is_mixture = any(d.endswith(layout.MIXTURE_SUFFIX) for d in os.listdir(cache_dir)
+    is_mixture = any(d.endswith(layout.MIXTURE_SUFFIX) for d in files.listdir(cache_dir)
                      if d.startswith(prefix))
     kind = 'mixture' if is_mixture else 'task'
     raise CacheReadError(
@@ -448,7 +439,7 @@ def resolve_cached(cache_dir: str, name: str, feature_lengths: Mapping[str, int]
         f'at {cached[len(prefix):]}: set TASK_FEATURE_LENGTHS to match or cache it at these '
         'lengths')
   known = sorted({d[:-len(layout.MIXTURE_SUFFIX)] if d.endswith(layout.MIXTURE_SUFFIX) else d
-                  for d in os.listdir(cache_dir) if not d.startswith('.')})
+                  for d in files.listdir(cache_dir) if not d.startswith('.')})
   raise CacheReadError(f'{name!r} at {cached[len(name) + 1:]} is not in the cache {cache_dir} '
                        f'(it holds: {", ".join(known) or "nothing"})')
 

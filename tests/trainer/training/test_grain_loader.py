@@ -254,6 +254,73 @@ def test_resume_from_state_continues_exactly_and_workers_change_nothing(cache):
     workers.close()
 
 
+def test_two_hosts_read_disjoint_halves_of_each_epoch_and_resume_their_own_position(
+    cache, monkeypatch):
+  # Host h of 2 (process_index h, process_count 2): which examples of the split it reads.
+  hosts = [loader(cache, seed=7, process_index=h, process_count=2) for h in (0, 1)]
+  n = len(hosts[0].sources[0][0])
+  read = [[index for _, index, _ in (h.examples(raw=True)[i] for i in range((n + 1 - p) // 2))]
+          for p, h in enumerate(hosts)]
+  assert not set(read[0]) & set(read[1])                     # disjoint
+  assert sorted(read[0] + read[1]) == list(range(n))         # together: the whole epoch
+  assert abs(len(read[0]) - len(read[1])) <= 1
+  # Their batches differ; each host's saved state restores its own position exactly, through
+  # the trainer's dataset fn (the checkpoint holds every host's (chunk, row)).
+  import jax
+  cfg = data.DatasetConfig(mixture_or_task_name='grainc_prefix_lm', task_feature_lengths=LENGTHS,
+                           batch_size=8, use_cached=True, cache_dir=cache, data_loader='grain',
+                           seed=7)
+  conv = numpy_converters.make('DecoderFeatureConverter', pack=True, task_feature_lengths=LENGTHS)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  saved, after = [], []
+  for h in (0, 1):
+    monkeypatch.setattr(jax, 'process_index', lambda h=h: h)
+    it = grain_loader.dataset_fn(cfg, conv)()
+    assert it._loader.batch_size == 4 and it._loader.process_index == h  # 8 rows over 2 hosts
+    take(it, 5 + h)  # The hosts stop at different positions.
+    saved.append(it.get_state())
+    after.append(take(it, 6))
+  assert not all(np.array_equal(a['decoder_target_tokens'], b['decoder_target_tokens'])
+                 for a, b in zip(after[0], after[1]))
+  checkpoint = {**saved[0], 'per_process': [[s['chunk'], s['row']] for s in saved]}
+  assert checkpoint['per_process'][0] != checkpoint['per_process'][1]
+  for h in (0, 1):
+    monkeypatch.setattr(jax, 'process_index', lambda h=h: h)
+    resumed = grain_loader.dataset_fn(cfg, conv)(start_batch=99,
+                                                 loader_state=json.loads(json.dumps(checkpoint)))
+    assert_batches_equal(take(resumed, 6), after[h])
+  # A state saved with another number of hosts is refused, not silently misread.
+  monkeypatch.setattr(jax, 'process_count', lambda: 4)
+  with pytest.raises(ValueError, match='process_count=2, this run 4'):
+    grain_loader.dataset_fn(cfg, conv)(loader_state=checkpoint)
+
+
+def test_uri_caches_are_read_through_etils_epath_the_same_way(cache, monkeypatch):
+  """gs:// (any `scheme://`) goes through `storage.EpathFiles`; here that code path reads the
+  local cache (epath's local backend), and gives the same examples and batches."""
+  import pickle
+  from pipelines.cache import storage
+  assert isinstance(storage.for_path('gs://bucket/cache'), storage.EpathFiles)
+  assert isinstance(storage.for_path(cache), storage.LocalFiles)
+  local = loader(cache, 'grainc_mix', seed=2)
+  expected = take(local.iterator(), 4)
+  made = []
+
+  def epath_files(path):
+    made.append(path)
+    return storage.EpathFiles()
+
+  monkeypatch.setattr(storage, 'for_path', epath_files)
+  remote = loader(cache, 'grainc_mix', seed=2)
+  assert made == [cache] and all(isinstance(s._files, storage.EpathFiles)
+                                 for s, _ in remote.sources)
+  assert_batches_equal(take(remote.iterator(), 4), expected)
+  split = pickle.loads(pickle.dumps(remote.sources[0][0]))  # As a worker process gets it.
+  assert split.raw(3) == local.sources[0][0].raw(3)
+  with pytest.raises(records.CacheReadError, match='not a directory'):
+    records.resolve_cached(cache + '/nothing', 'grainc_mix', LENGTHS)
+
+
 def tiny_prefix_lm():
   from trainer.model.config import TransformerConfig
   from trainer.training import models
