@@ -295,6 +295,58 @@ def test_two_hosts_read_disjoint_halves_of_each_epoch_and_resume_their_own_posit
     grain_loader.dataset_fn(cfg, conv)(loader_state=checkpoint)
 
 
+TWO_PROCESS_HOST = textwrap.dedent('''
+    import json, sys
+    import jax
+    import numpy as np
+    host, port, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=f'localhost:{port}', num_processes=2,
+                               process_id=host)
+    from trainer.training import data, grain_loader, numpy_converters
+    lengths = {'inputs': 32, 'targets': 32}
+    cfg = data.DatasetConfig(mixture_or_task_name='grainc_mix', task_feature_lengths=lengths,
+                             batch_size=8, use_cached=True, cache_dir=cache, data_loader='grain',
+                             seed=11)
+    conv = numpy_converters.make('DecoderFeatureConverter', pack=True, task_feature_lengths=lengths)
+    it = grain_loader.dataset_fn(cfg, conv)()
+    for _ in range(3 + 2 * host):  # The hosts stop at different positions.
+      next(it)
+    local = it.get_state()
+    saved = it.checkpoint_state()  # All hosts together (process_allgather).
+    after = [next(it)['decoder_target_tokens'].tolist() for _ in range(3)]
+    resumed = grain_loader.dataset_fn(cfg, conv)(loader_state=json.loads(json.dumps(saved)))
+    again = [next(resumed)['decoder_target_tokens'].tolist() for _ in range(3)]
+    print('RESULT ' + json.dumps({'local': [local['chunk'], local['row']], 'saved': saved,
+                                  'after': after, 'same': again == after}), flush=True)
+''')
+
+
+def test_two_real_processes_save_every_hosts_state_and_each_restores_its_own(cache):
+  """jax.distributed over two CPU processes: `checkpoint_state()` gathers both hosts' positions
+  into the one saved state; each process resumes from it at its own position."""
+  import socket
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    port = sock.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
+  procs = [subprocess.Popen([sys.executable, '-c', TWO_PROCESS_HOST, str(h), str(port), cache],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for h in (0, 1)]
+  results = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    results.append(json.loads([l for l in out.splitlines() if l.startswith('RESULT ')][-1][7:]))
+  per_process = [r['local'] for r in results]
+  assert per_process[0] != per_process[1]
+  for r in results:  # Every host saved both positions, in host order.
+    assert r['saved']['per_process'] == per_process and r['saved']['process_count'] == 2
+    assert r['same']  # ... and resumed at its own.
+  assert results[0]['after'] != results[1]['after']
+
+
 def test_uri_caches_are_read_through_etils_epath_the_same_way(cache, monkeypatch):
   """gs:// (any `scheme://`) goes through `storage.EpathFiles`; here that code path reads the
   local cache (epath's local backend), and gives the same examples and batches."""
