@@ -216,7 +216,8 @@ def test_the_checker_sees_a_cycle_and_a_forbidden_import():
                                     'pipelines.cache.layout', 'pipelines.cache.plan',
                                     'pipelines.cache.records', 'pipelines.cache_index',
                                     'trainer.training.data', 'trainer.training.grain_loader',
-                                    'trainer.training.numpy_converters'])
+                                    'trainer.training.numpy_converters',
+                                    'trainer.training.numpy_packing', 'pipelines.cache.storage'])
 def test_light_modules_load_no_tensorflow_seqio_beam_or_gin(module):
   """Without seqio loaded nothing can be registered: importing these registers no task."""
   if module not in MODULES:

@@ -16,7 +16,8 @@ The example stream, a pure function of (cache, name, lengths, seed, process inde
      (`MapDataset.mix`);
   3. host h of n takes positions h, h + n, h + 2n, ... (per-host sharding);
   4. consecutive examples form packing chunks of `converter.chunk_size` (seqio's packing
-     window), each turned into rows by the NumPy feature converter (identical to seqio's rows);
+     window), each planned into rows by the NumPy feature converter (identical to seqio's rows;
+     a batch's rows are written and converted to the model's features when it is taken);
   5. rows are read ahead by Grain (`prefetch` threads, or `worker_count` processes via
      `mp_prefetch`, which keeps the order) and stacked into batches of `batch_size` rows.
 The state is (next chunk, rows of it already used): resuming starts Grain at that chunk, so the
@@ -34,6 +35,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import numpy as np
 
 from pipelines.cache import records
+from trainer.training import numpy_packing
 
 STATE_VERSION = 1
 
@@ -60,10 +62,11 @@ class EpochShuffle:
   about 1 ms per element). `shuffle=False`: the cache's order every epoch. Picklable.
   """
 
-  def __init__(self, source, *, seed: int, shuffle: bool):
+  def __init__(self, source, *, seed: int, shuffle: bool, raw: bool = False):
     self.source = source
     self.seed = seed
     self.shuffle = shuffle
+    self.raw = raw  # Give `(source, index, CRC-checked payload)`, decoded later in a batch.
     self._perms: Dict[int, np.ndarray] = {}
 
   def __getstate__(self):
@@ -83,19 +86,36 @@ class EpochShuffle:
     epoch, index = divmod(int(position), len(self.source))
     if self.shuffle:
       index = int(self.permutation(epoch)[index])
+    if self.raw:
+      return self.source, index, self.source.raw(index)
     return self.source[index]
 
 
-class _Convert:
-  """Packing chunk (list of examples) -> list of rows; picklable for worker processes."""
+def decode_raw(items) -> list:
+  """`(source, index, payload)` items -> their examples, each source's payloads decoded together
+  (`CachedSplit.decode`: one vectorised varint pass per ~256 KB)."""
+  out = [None] * len(items)
+  by_source = {}
+  for position, (source, index, raw) in enumerate(items):
+    by_source.setdefault(id(source), (source, []))[1].append((position, index, raw))
+  for source, entries in by_source.values():
+    decoded = source.decode([e[1] for e in entries], [e[2] for e in entries])
+    for (position, _, _), example in zip(entries, decoded):
+      out[position] = example
+  return out
+
+
+class _Plan:
+  """Packing chunk (list of raw examples) -> its packing plan (`numpy_packing.PackedChunk`: the
+  kept values as flat arrays, so little crosses a process boundary); picklable for workers. The
+  rows are written when a batch takes them (`LoaderIterator`), never a whole window at once."""
 
   def __init__(self, converter):
     self.converter = converter
 
-  def __call__(self, examples):
-    # Stacked: one array per feature crosses the process boundary, not one per row.
-    rows = self.converter(list(examples))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  def __call__(self, items):
+    # As a dict of arrays: a worker process hands those over in shared memory, not pickled.
+    return self.converter.plan(decode_raw(list(items))).as_tree()
 
 
 class GrainLoader:
@@ -127,14 +147,15 @@ class GrainLoader:
     self.worker_count = worker_count
     self.prefetch = prefetch
 
-  def examples(self):
-    """This host's example stream (a Grain MapDataset; infinite unless `num_epochs`)."""
+  def examples(self, raw: bool = False):
+    """This host's example stream (a Grain MapDataset; infinite unless `num_epochs`). `raw`:
+    `(source, index, payload)` items, for `decode_raw`."""
     grain = _grain()
     streams, rates = [], []
     for source, rate in self.sources:
       total = sys.maxsize if self.num_epochs is None else len(source) * self.num_epochs
       ds = grain.MapDataset.range(total).map(EpochShuffle(
-          source, seed=task_seed(self.seed, source.task_dir), shuffle=self.shuffle))
+          source, seed=task_seed(self.seed, source.task_dir), shuffle=self.shuffle, raw=raw))
       streams.append(ds)
       rates.append(rate)
     ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, rates)
@@ -143,9 +164,9 @@ class GrainLoader:
     return ds
 
   def chunks(self):
-    """Packing chunks -> lists of model rows (a Grain MapDataset)."""
+    """Packing chunks -> their packing plans (`PackedChunk.as_tree()`; a Grain MapDataset)."""
     size = self.converter.chunk_size
-    return self.examples().batch(size, batch_fn=list).map(_Convert(self.converter))
+    return self.examples(raw=True).batch(size, batch_fn=list).map(_Plan(self.converter))
 
   def iterator(self, state: Optional[Mapping[str, Any]] = None) -> 'LoaderIterator':
     return LoaderIterator(self, state)
@@ -169,7 +190,7 @@ class LoaderIterator:
       loader.check_state(state)
     self._chunk = int(state['chunk']) if state else 0
     self._skip = int(state['row']) if state else 0
-    self._rows: Dict[str, np.ndarray] = {}  # the current window's rows, stacked per feature
+    self._window = None                      # the current window's packing plan
     self._n = 0                              # rows in the current window
     self._used = 0
     self._it = None
@@ -199,22 +220,21 @@ class LoaderIterator:
     parts, have = [], 0
     while have < self._loader.batch_size:
       if self._used == self._n:
-        rows = next(self._it, None)
-        if rows is None:
+        window = next(self._it, None)
+        if window is None:
           raise StopIteration
-        self._rows, self._used = rows, self._skip
-        self._n = len(next(iter(rows.values())))
+        window = numpy_packing.chunk_from_tree(window)
+        self._window, self._used = window, self._skip
+        self._n = window.num_rows
         self._skip = 0
       take = min(self._loader.batch_size - have, self._n - self._used)
-      parts.append({k: v[self._used:self._used + take] for k, v in self._rows.items()})
+      parts.append(self._window.rows(self._used, self._used + take))
       have += take
       self._used += take
       if self._used == self._n:
         self._chunk += 1
-        self._rows, self._n, self._used = {}, 0, 0
-    if len(parts) == 1:
-      return {k: np.array(v) for k, v in parts[0].items()}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        self._window, self._n, self._used = None, 0, 0
+    return self._loader.converter.finish(numpy_packing.concat_rows(parts))
 
   def get_state(self) -> Dict[str, Any]:
     """The position after the last batch returned: restore with `loader.iterator(state)`."""

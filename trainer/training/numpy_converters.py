@@ -4,17 +4,14 @@
 of the class a model wrapper names (`FEATURE_CONVERTER_NAME`: `EncDecFeatureConverter`,
 `DecoderFeatureConverter`, `PrefixLMFeatureConverter`, `EncoderClassificationFeatureConverter`)
 with its `feature_converter_kwargs(pack)`. A converter turns a *chunk* of consecutive task examples
-into model rows: `converter(examples) -> [row, ...]`, each row a dict of 1-D arrays.
+into model rows: `converter(examples) -> [row, ...]`, each row a dict of 1-D arrays, or
+`convert(examples) -> {name: [rows, length]}`; in two steps (what the Grain loader does),
+`chunk = plan(examples)` then `finish(chunk.rows(a, b))` for rows [a, b).
 
 Packing follows seqio's `trim_and_pack_dataset` (without custom ops) exactly, so the rows are
-identical to seqio's, packed or not (tests compare them on the same examples):
-  * the example stream is cut into chunks of `converter.chunk_size` = max(packed lengths)
-    consecutive examples (seqio's `padded_batch`); packing never crosses a chunk;
-  * within a chunk, greedily: each feature is trimmed to its length and then to its count of
-    non-zero values; an example that does not fit every feature of the current row closes it;
-    the last row of a chunk is closed at the chunk's end;
-  * `<f>_positions` restart at 0 per example; `<f>_segment_ids` = cumsum(positions == 0) *
-    (tokens != 0).
+identical to seqio's, packed or not (tests compare them on the same examples): the example stream
+is cut into chunks of `converter.chunk_size` = max(packed lengths) consecutive examples (seqio's
+`padded_batch`), each packed greedily on its own (the rule: `trainer.training.numpy_packing`).
 Not packed, `chunk_size` is 1 and each example is trimmed and zero-padded.
 
 E.g. decoder-only, packed, lengths {targets: 8}, chunk [{'targets': [5, 6, 1]}, {'targets': [7, 1]}]:
@@ -30,72 +27,30 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
+from trainer.training.numpy_packing import Fill, pack, trim_and_pad  # noqa: F401  (re-exported)
+from trainer.training import numpy_packing
+
 Example = Mapping[str, np.ndarray]
 Row = Dict[str, np.ndarray]
 TARGET_DTYPES = {'label': 'int32', 'query_id': 'int32', 'score': 'float32'}
 
 
-def trim_and_pad(example: Example, lengths: Mapping[str, int]) -> Row:
-  """seqio's `trim_and_pad_dataset` on one example (features in `lengths` only)."""
-  out = {}
-  for k, length in lengths.items():
-    v = np.asarray(example[k])[:length]
-    out[k] = np.pad(v, (0, length - len(v)))
-  return out
-
-
-def pack(examples: Sequence[Example], lengths: Mapping[str, int]) -> List[Row]:
-  """seqio's `_pack_with_tf_ops` on one chunk: rows with `<f>`, `<f>_positions`, `<f>_segment_ids`."""
-  keys = list(lengths)
-  rows: List[Row] = []
-  parts = {k: [] for k in keys}
-  used = {k: 0 for k in keys}
-
-  def close():
-    row = {}
-    for k in keys:
-      length = lengths[k]
-      tokens = np.zeros(length, np.int32)
-      positions = np.zeros(length, np.int32)
-      at = 0
-      for seq in parts[k]:
-        tokens[at:at + len(seq)] = seq
-        positions[at:at + len(seq)] = np.arange(len(seq), dtype=np.int32)
-        at += len(seq)
-      row[k] = tokens
-      row[f'{k}_positions'] = positions
-      row[f'{k}_segment_ids'] = (np.cumsum(positions == 0, dtype=np.int32) *
-                                 (tokens != 0)).astype(np.int32)
-      parts[k] = []
-      used[k] = 0
-    rows.append(row)
-
-  for ex in examples:
-    one = {}
-    for k in keys:
-      v = np.asarray(ex[k])[:lengths[k]].astype(np.int32)
-      one[k] = v[:np.count_nonzero(v)]
-    if not all(used[k] + len(one[k]) <= lengths[k] for k in keys):
-      close()
-    for k in keys:
-      parts[k].append(one[k])
-      used[k] += len(one[k])
-  close()
-  return rows
-
-
 def autoregressive_inputs(targets: np.ndarray, segment_ids=None, bos_id: int = 0) -> np.ndarray:
-  """seqio's `make_autoregressive_inputs`: targets shifted right (BOS first, and per segment)."""
-  inputs = np.concatenate([np.full(1, bos_id, targets.dtype), targets[:-1]])
+  """seqio's `make_autoregressive_inputs` along the last axis: targets shifted right (BOS first,
+  and per segment)."""
+  inputs = np.empty_like(targets)
+  inputs[..., 0] = bos_id
+  inputs[..., 1:] = targets[..., :-1]
   if segment_ids is not None:
-    shifted = np.concatenate([np.zeros(1, segment_ids.dtype), segment_ids[:-1]])
-    not_first = (segment_ids == shifted).astype(targets.dtype)
-    inputs = inputs * not_first + (1 - not_first) * bos_id
-  return inputs.astype(targets.dtype)
+    first = np.empty(segment_ids.shape, bool)
+    first[..., 0] = segment_ids[..., 0] != 0
+    np.not_equal(segment_ids[..., 1:], segment_ids[..., :-1], out=first[..., 1:])
+    inputs[first] = bos_id
+  return inputs
 
 
 class Converter:
-  """Base: `chunk_size`, `task_features`, `__call__(examples) -> rows`."""
+  """Base: `chunk_size`, `task_features`, `convert(examples) -> rows stacked`, `__call__`."""
   name = ''
 
   def __init__(self, *, pack: bool, bos_id: int = 0):
@@ -115,19 +70,31 @@ class Converter:
   def chunk_size(self) -> int:
     return max(self.lengths.values()) if self.pack else 1
 
+  positions_of = None  # The packed features whose positions / segment ids `finish` reads.
+
   def prepare(self, example: Example) -> Example:
     return example
 
-  def finish(self, row: Row) -> Row:
+  def finish(self, rows: Row) -> Row:
+    """Packed or padded features (`[rows, length]`) -> the model's features."""
     raise NotImplementedError
 
-  def __call__(self, examples: Sequence[Example]) -> List[Row]:
+  def plan(self, examples: Sequence[Example]):
+    """A chunk of examples -> its rows, not yet written: a `numpy_packing.PackedChunk` (or
+    `PaddedChunk`); `finish(chunk.rows(a, b))` gives the model features of rows [a, b)."""
     prepared = [self.prepare(ex) for ex in examples]
     if self.pack:
-      rows = pack(prepared, self.lengths)
-    else:
-      rows = [trim_and_pad(ex, self.lengths) for ex in prepared]
-    return [self.finish(r) for r in rows]
+      return numpy_packing.plan_packing(prepared, self.lengths, self.positions_of)
+    return numpy_packing.PaddedChunk(prepared, self.lengths)
+
+  def convert(self, examples: Sequence[Example]) -> Row:
+    """A chunk of examples -> the model features of its rows, stacked: `{name: [rows, length]}`."""
+    return self.finish(self.plan(examples).rows())
+
+  def __call__(self, examples: Sequence[Example]) -> List[Row]:
+    """`convert`, one dict per row."""
+    rows = self.convert(examples)
+    return [{k: v[i] for k, v in rows.items()} for i in range(len(next(iter(rows.values()))))]
 
 
 class EncDec(Converter):
@@ -136,8 +103,8 @@ class EncDec(Converter):
 
   def finish(self, row):
     seg = row.get('targets_segment_ids') if self.pack else None
-    targets = row['targets'].astype(np.int32)
-    out = {'encoder_input_tokens': row['inputs'].astype(np.int32),
+    targets = row['targets'].astype(np.int32, copy=False)
+    out = {'encoder_input_tokens': row['inputs'].astype(np.int32, copy=False),
            'decoder_target_tokens': targets,
            'decoder_input_tokens': autoregressive_inputs(targets, seg, self.bos_id),
            'decoder_loss_weights': (targets != 0).astype(np.int32)}
@@ -152,10 +119,11 @@ class EncDec(Converter):
 class LM(Converter):
   """seqio.LMFeatureConverter (DecoderFeatureConverter on a task with `targets` only)."""
   name = 'LMFeatureConverter'
+  positions_of = ('targets',)
 
   def finish(self, row):
     seg = row.get('targets_segment_ids') if self.pack else None
-    targets = row['targets'].astype(np.int32)
+    targets = row['targets'].astype(np.int32, copy=False)
     out = {'decoder_target_tokens': targets,
            'decoder_input_tokens': autoregressive_inputs(targets, seg, self.bos_id),
            'decoder_loss_weights': (targets != 0).astype(np.int32)}
@@ -178,21 +146,22 @@ class PrefixLM(LM):
     return {'targets': total, 'inputs_width': total, 'inputs_width_add_pos': total}
 
   def prepare(self, example):
-    inputs = np.asarray(example['inputs']).astype(np.int32)
-    targets = np.asarray(example['targets']).astype(np.int32)
+    inputs = np.asarray(example['inputs'])
+    targets = np.asarray(example['targets'])
     if not len(targets):
       targets = np.zeros(1, np.int32)
     width = len(inputs)
     n = width + len(targets)
-    # seqio swaps a 0 width for -1 around packing (packing drops zeros).
-    return {'targets': np.concatenate([inputs, targets]),
-            'inputs_width': np.full(n, width if width else -1, np.int32),
-            'inputs_width_add_pos': np.full(n, width + 1, np.int32)}
+    # seqio swaps a 0 width for -1 around packing (packing drops zeros). The widths are one value
+    # per token: `Fill`s, written straight into the packed rows.
+    return {'targets': np.concatenate([inputs, targets]).astype(np.int32, copy=False),
+            'inputs_width': Fill(width if width else -1, n),
+            'inputs_width_add_pos': Fill(width + 1, n)}
 
   def finish(self, row):
     out = super().finish(row)
     inputs_width = np.where(row['inputs_width'] == -1, 0, row['inputs_width'])
-    length = len(row['targets'])
+    length = row['targets'].shape[-1]
     positions = row['targets_positions'] if self.pack else np.arange(length, dtype=np.int32)
     out['decoder_causal_attention'] = (positions < row['inputs_width_add_pos']).astype(np.int32)
     if self.loss_on_targets_only:
@@ -236,18 +205,20 @@ class EncoderClassification(Converter):
       out[t] = np.array([(bits >> 16) + 1, (bits & 0xFFFF) + 1], np.int64).astype(np.int32)
     return out
 
+  positions_of = ('inputs',)
+
   def finish(self, row):
-    tokens = row['inputs'].astype(np.int32)
+    tokens = row['inputs'].astype(np.int32, copy=False)
     if self.pack:
       seg, pos = row['inputs_segment_ids'], row['inputs_positions']
     else:
       seg = (tokens != 0).astype(np.int32)
-      pos = np.arange(len(tokens), dtype=np.int32) * seg
+      pos = np.arange(tokens.shape[-1], dtype=np.int32) * seg
     out = {'encoder_input_tokens': tokens, 'encoder_segment_ids': seg, 'encoder_positions': pos}
     for t in self.targets:
-      pairs = row[t].astype(np.int64).reshape(-1, 2)
-      present = pairs[:, 0] > 0
-      bits = (((pairs[:, 0] - 1) << 16) | (pairs[:, 1] - 1)).astype(np.uint32)
+      pairs = row[t].astype(np.int64).reshape(row[t].shape[:-1] + (-1, 2))
+      present = pairs[..., 0] > 0
+      bits = (((pairs[..., 0] - 1) << 16) | (pairs[..., 1] - 1)).astype(np.uint32)
       value = bits.view(TARGET_DTYPES[t])
       out[t] = np.where(present, value, np.zeros_like(value))
     return out

@@ -89,6 +89,53 @@ def test_decode_example_reads_int64_and_float_lists_like_protobuf():
   np.testing.assert_array_equal(got['score'], np.array([0.5, -2.25], np.float32))
   with pytest.raises(ValueError, match="no feature 'inputs'"):
     records.decode_example(ex.SerializeToString(), {'inputs': 'int32'})
+  # Many payloads decoded together (one varint pass, sliced back per example and feature): each
+  # equals protobuf's values, for 1..3-byte ids (the fast path), longer ones, loose (unpacked)
+  # values, empty lists; a bad payload is named by its position.
+  rng = np.random.default_rng(0)
+  protos, expected = [], []
+  for i in range(40):
+    high = [2**7, 2**14, 2**21, 2**35][i % 4]
+    values = {k: rng.integers(0, min(high, top), rng.integers(0, 300)).tolist()
+              for k, top in (('a', 2**62), ('b', 2**31))}
+    ex = example_pb2.Example()
+    for k, v in values.items():
+      ex.features.feature[k].int64_list.value.extend(v)
+    raw = ex.SerializeToString()
+    if i == 7:  # Loose varints (an unpacked repeated field), as old writers produce.
+      raw = b''.join(bytes([8]) + records_varint(v) for v in values['a'])
+      raw = wrap_feature('a', raw) + wrap_feature('b', b'')
+      values['b'] = []
+    protos.append(raw)
+    expected.append(values)
+  got = records.decode_examples(protos, {'a': 'int64', 'b': 'int32'})
+  for want, have in zip(expected, got):
+    assert have['a'].dtype == np.int64 and have['b'].dtype == np.int32
+    assert have['a'].tolist() == want['a'] and have['b'].tolist() == want['b']
+  cut = wrap_feature('a', bytes([10, 2, 5, 0x85])) + wrap_feature('b', b'')  # Ends mid-varint.
+  with pytest.raises(records.ExampleDecodeError, match="feature 'a': truncated varint") as e:
+    records.decode_examples(protos[:3] + [cut] + protos[4:], {'a': 'int64', 'b': 'int32'})
+  assert e.value.position == 3
+  with pytest.raises(records.ExampleDecodeError, match='field past the end') as e:
+    records.decode_examples(protos[:5] + [protos[5][:-1]], {'a': 'int64', 'b': 'int32'})
+  assert e.value.position == 5
+
+
+def records_varint(value):
+  out = bytearray()
+  while True:
+    byte, value = value & 0x7F, value >> 7
+    out.append(byte | (0x80 if value else 0))
+    if not value:
+      return bytes(out)
+
+
+def wrap_feature(name, int64_list_fields):
+  """A tf.Example's bytes for one Int64List feature whose list message is `int64_list_fields`."""
+  def field(number, payload):
+    return bytes([number << 3 | 2]) + records_varint(len(payload)) + payload
+  entry = field(1, name.encode()) + field(2, field(3, int64_list_fields))
+  return field(1, field(1, entry))
 
 
 def test_job_writes_indexes_and_the_command_adds_the_same_bytes(cache, tmp_path):
@@ -205,6 +252,125 @@ def test_resume_from_state_continues_exactly_and_workers_change_nothing(cache):
     assert_batches_equal(take(workers, 12), full)
   finally:
     workers.close()
+
+
+def test_two_hosts_read_disjoint_halves_of_each_epoch_and_resume_their_own_position(
+    cache, monkeypatch):
+  # Host h of 2 (process_index h, process_count 2): which examples of the split it reads.
+  hosts = [loader(cache, seed=7, process_index=h, process_count=2) for h in (0, 1)]
+  n = len(hosts[0].sources[0][0])
+  read = [[index for _, index, _ in (h.examples(raw=True)[i] for i in range((n + 1 - p) // 2))]
+          for p, h in enumerate(hosts)]
+  assert not set(read[0]) & set(read[1])                     # disjoint
+  assert sorted(read[0] + read[1]) == list(range(n))         # together: the whole epoch
+  assert abs(len(read[0]) - len(read[1])) <= 1
+  # Their batches differ; each host's saved state restores its own position exactly, through
+  # the trainer's dataset fn (the checkpoint holds every host's (chunk, row)).
+  import jax
+  cfg = data.DatasetConfig(mixture_or_task_name='grainc_prefix_lm', task_feature_lengths=LENGTHS,
+                           batch_size=8, use_cached=True, cache_dir=cache, data_loader='grain',
+                           seed=7)
+  conv = numpy_converters.make('DecoderFeatureConverter', pack=True, task_feature_lengths=LENGTHS)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  saved, after = [], []
+  for h in (0, 1):
+    monkeypatch.setattr(jax, 'process_index', lambda h=h: h)
+    it = grain_loader.dataset_fn(cfg, conv)()
+    assert it._loader.batch_size == 4 and it._loader.process_index == h  # 8 rows over 2 hosts
+    take(it, 5 + h)  # The hosts stop at different positions.
+    saved.append(it.get_state())
+    after.append(take(it, 6))
+  assert not all(np.array_equal(a['decoder_target_tokens'], b['decoder_target_tokens'])
+                 for a, b in zip(after[0], after[1]))
+  checkpoint = {**saved[0], 'per_process': [[s['chunk'], s['row']] for s in saved]}
+  assert checkpoint['per_process'][0] != checkpoint['per_process'][1]
+  for h in (0, 1):
+    monkeypatch.setattr(jax, 'process_index', lambda h=h: h)
+    resumed = grain_loader.dataset_fn(cfg, conv)(start_batch=99,
+                                                 loader_state=json.loads(json.dumps(checkpoint)))
+    assert_batches_equal(take(resumed, 6), after[h])
+  # A state saved with another number of hosts is refused, not silently misread.
+  monkeypatch.setattr(jax, 'process_count', lambda: 4)
+  with pytest.raises(ValueError, match='process_count=2, this run 4'):
+    grain_loader.dataset_fn(cfg, conv)(loader_state=checkpoint)
+
+
+TWO_PROCESS_HOST = textwrap.dedent('''
+    import json, sys
+    import jax
+    import numpy as np
+    host, port, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=f'localhost:{port}', num_processes=2,
+                               process_id=host)
+    from trainer.training import data, grain_loader, numpy_converters
+    lengths = {'inputs': 32, 'targets': 32}
+    cfg = data.DatasetConfig(mixture_or_task_name='grainc_mix', task_feature_lengths=lengths,
+                             batch_size=8, use_cached=True, cache_dir=cache, data_loader='grain',
+                             seed=11)
+    conv = numpy_converters.make('DecoderFeatureConverter', pack=True, task_feature_lengths=lengths)
+    it = grain_loader.dataset_fn(cfg, conv)()
+    for _ in range(3 + 2 * host):  # The hosts stop at different positions.
+      next(it)
+    local = it.get_state()
+    saved = it.checkpoint_state()  # All hosts together (process_allgather).
+    after = [next(it)['decoder_target_tokens'].tolist() for _ in range(3)]
+    resumed = grain_loader.dataset_fn(cfg, conv)(loader_state=json.loads(json.dumps(saved)))
+    again = [next(resumed)['decoder_target_tokens'].tolist() for _ in range(3)]
+    print('RESULT ' + json.dumps({'local': [local['chunk'], local['row']], 'saved': saved,
+                                  'after': after, 'same': again == after}), flush=True)
+''')
+
+
+def test_two_real_processes_save_every_hosts_state_and_each_restores_its_own(cache):
+  """jax.distributed over two CPU processes: `checkpoint_state()` gathers both hosts' positions
+  into the one saved state; each process resumes from it at its own position."""
+  import socket
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    port = sock.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
+  procs = [subprocess.Popen([sys.executable, '-c', TWO_PROCESS_HOST, str(h), str(port), cache],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for h in (0, 1)]
+  results = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    results.append(json.loads([l for l in out.splitlines() if l.startswith('RESULT ')][-1][7:]))
+  per_process = [r['local'] for r in results]
+  assert per_process[0] != per_process[1]
+  for r in results:  # Every host saved both positions, in host order.
+    assert r['saved']['per_process'] == per_process and r['saved']['process_count'] == 2
+    assert r['same']  # ... and resumed at its own.
+  assert results[0]['after'] != results[1]['after']
+
+
+def test_uri_caches_are_read_through_etils_epath_the_same_way(cache, monkeypatch):
+  """gs:// (any `scheme://`) goes through `storage.EpathFiles`; here that code path reads the
+  local cache (epath's local backend), and gives the same examples and batches."""
+  import pickle
+  from pipelines.cache import storage
+  assert isinstance(storage.for_path('gs://bucket/cache'), storage.EpathFiles)
+  assert isinstance(storage.for_path(cache), storage.LocalFiles)
+  local = loader(cache, 'grainc_mix', seed=2)
+  expected = take(local.iterator(), 4)
+  made = []
+
+  def epath_files(path):
+    made.append(path)
+    return storage.EpathFiles()
+
+  monkeypatch.setattr(storage, 'for_path', epath_files)
+  remote = loader(cache, 'grainc_mix', seed=2)
+  assert made == [cache] and all(isinstance(s._files, storage.EpathFiles)
+                                 for s, _ in remote.sources)
+  assert_batches_equal(take(remote.iterator(), 4), expected)
+  split = pickle.loads(pickle.dumps(remote.sources[0][0]))  # As a worker process gets it.
+  assert split.raw(3) == local.sources[0][0].raw(3)
+  with pytest.raises(records.CacheReadError, match='not a directory'):
+    records.resolve_cached(cache + '/nothing', 'grainc_mix', LENGTHS)
 
 
 def tiny_prefix_lm():
