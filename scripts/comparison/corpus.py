@@ -10,6 +10,7 @@ the library form of `python -m pipelines.cache_tasks`) and the trainer see the s
 import dataclasses
 import os
 import random
+import re
 from typing import Dict, Sequence
 
 CORPUS_TASKS_MODULE = 'pipelines.demo_tasks'
@@ -19,7 +20,8 @@ TASK_PREFIX = 'demo'
 def _paragraphs(path: str):
   with open(path, encoding='utf-8') as f:
     text = f.read()
-  return [p.strip() for p in text.split('\n\n') if p.strip()]
+  # Blank (or whitespace-only: wikitext's ' \n') lines separate paragraphs.
+  return [p.strip() for p in re.split(r'\n[ \t]*\n', text) if p.strip()]
 
 
 def build_corpus(*, out_dir: str, data_dir: str, max_chars: int, heldout_fraction: float) -> Dict:

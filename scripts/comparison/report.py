@@ -49,6 +49,7 @@ def summarize(comparison, *, wall_seconds: float) -> Dict[str, Any]:
         continue
       target = lm['ed_scratch']['final'][seed]
       reach[seed] = {'target_loss': target,
+                     'first_eval_tokens': lm['ed_adapted']['curves'][seed][0][0],
                      'adapted_tokens': stats.tokens_to_reach(lm['ed_adapted']['curves'][seed],
                                                             target),
                      'scratch_tokens': stats.tokens_to_reach(lm['ed_scratch']['curves'][seed],
@@ -87,9 +88,16 @@ def markdown(summary, *, argv, plot_name) -> str:
     lines.append(f"| {entry['label']} | {_ci(finals)} | {len(finals)} |")
   if summary['tokens_to_reach']:
     lines += ['', 'Training tokens to reach the from-scratch run\'s final held-out loss:', '']
+    lines.append('("<=" = already at or below the target at the first evaluation: an upper '
+                 'bound.)')
+    lines.append('')
     for seed, r in sorted(summary['tokens_to_reach'].items()):
-      def fmt(t):
-        return 'not reached' if t is None else f'{t:,.0f}'
+      first = r.get('first_eval_tokens')
+
+      def fmt(t, first=first):
+        if t is None:
+          return 'not reached'
+        return f'<= {t:,.0f}' if t == first else f'{t:,.0f}'
       lines.append(f"- seed {seed}: target {r['target_loss']:.3f}; adapted "
                    f"{fmt(r['adapted_tokens'])}, from scratch {fmt(r['scratch_tokens'])}")
   lines += ['', '## SST-2 after fine-tuning (early stopping on a held-out slice of train)', '',
