@@ -88,3 +88,13 @@ def test_quick_chain_then_rerun_reuses_stages(tmp_path, shared_data):
     again = json.load(f)
   assert again['finetune'] == summary['finetune'] and again['bow'] == summary['bow']
   assert second < first / 2, (first, second)
+
+
+def test_bad_setting_is_one_line_error(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'scripts', 'compare.py'),
+       f'--workdir={tmp_path}', '--quick', '--set', 'pretrain_steps=ten'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "compare: --set 'pretrain_steps=ten': 'ten' is not a int"]
