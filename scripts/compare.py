@@ -1,43 +1,53 @@
-r"""The scaled-down comparison: decoder-only vs adapted encoder-decoder vs Gemma Encoder on SST-2.
+r"""The scaled-down comparison (issue 16 part 2): adaptation, encoder attention, objectives,
+distillation and fine-tuned SST-2 quality at equal inference cost, each over several seeds.
 
-From ONE small decoder-only model pretrained here (causal LM on a corpus built from the shared data
-directory: tinyshakespeare + wikitext-2), build and fine-tune on SST-2, for each seed:
-  (a) the decoder-only model, fine-tuned text-to-text (as a PrefixLM: inputs are a bidirectional
-      prefix, loss on the label word);
-  (b) the encoder-decoder adapted from it (trainer.adaptation.adapt.adapt_params: encoder and decoder copied,
-      cross-attention from self-attention), further pretrained with PrefixLM and, separately, with
-      UL2, for the same token budget (same steps, batch and feature lengths), then fine-tuned
-      text-to-text;
-  (c) the Gemma Encoder (bidirectional encoder = the decoder-only weights) with each pooler
-      ('first', 'last', 'mean', 'attention') and a classification head.
-Generative models are scored on SST-2 dev by label-word scoring (log-likelihood of 'negative' vs
-'positive'); encoders by their head. The table gives mean +- std accuracy over seeds, parameters,
-and inference FLOPs per example (one forward pass at the mean dev lengths, trainer/flops.py
-convention / 3).
+  python scripts/compare.py --workdir=/tmp/compare [--quick] [--seeds 0 1 2] [--only KEY ...] \
+      [--markdown=docs/comparison_results.md]
 
-  python scripts/compare.py --quick --workdir=/tmp/compare --markdown=docs/comparison.md
+Stages (each a library call into the toolkit, stored in --workdir keyed by its settings and reused
+on rerun; the log says which were reused):
+  corpus      tinyshakespeare + wikitext-2 (--data_dir) + the built-in pydoc text, train/held-out
+  vocab       SentencePiece (tasks.vocab.train_vocabulary)
+  cache_*     the Beam cache job (pipelines.cache.driver.run_cache_job = pipelines.cache_tasks) for
+              causal LM, PrefixLM and UL2 at the run's lengths; every LM stage reads these caches
+  pretrain    decoder-only source model, causal LM
+  adapt       decoder-only -> encoder-decoder (trainer.adaptation.adapt.adapt), with and without
+              the teacher kept for distillation
+  lm_<sys>_s<seed>   same data, steps and batch, held-out PrefixLM loss every few steps:
+              ed_adapted (PrefixLM), ed_scratch (same architecture, random init), ed_ul2 (adapted,
+              UL2), ed_distill (adapted, PrefixLM + distillation from the source),
+              dec_bidir / dec_causal (decoder-only PrefixLM with a bidirectional / causal prefix)
+  ft_<sys>_s<seed>   SST-2 fine-tuning in rounds, early stopping on a held-out slice of train,
+              accuracy on the dev set at the selected round
+  bow         bag-of-words logistic regression on SST-2 (the sanity reference)
+and a report: summary.json, a markdown table (mean +- 95% t-interval over seeds), a PNG.
 
-Stages are cached in --workdir (vocab, pretraining, adaptation, each fine-tune and its eval): a
-rerun skips what is done, so an interrupted run resumes. Deterministic given the seeds. Runs on a
-2-core CPU (--quick: minutes per fine-tune there); without --quick the sizes are larger (GPU).
+Attention: the "causal encoder" ablation is measured as decoder-only PrefixLM with a causal vs a
+bidirectional prefix (`DecoderOnlyModel.bidirectional_prefix`): the encoder-decoder model has no
+causal-encoder option (trainer/model), so T5Gemma's exact ablation is not run here.
 """
 import argparse
 import dataclasses
-import json
-import math
 import os
-import shutil
 import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from scripts.comparison import corpus as corpus_lib  # noqa: E402
+from scripts.comparison import report as report_lib  # noqa: E402
+from scripts.comparison import stages as stages_lib  # noqa: E402
+from scripts.comparison import training  # noqa: E402
+
 POOLERS = ('first', 'last', 'mean', 'attention')
+LM_SYSTEMS = ('ed_adapted', 'ed_scratch', 'ed_ul2', 'ed_distill', 'dec_bidir', 'dec_causal')
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+  corpus_chars: int           # 0 = every paragraph of the three sources
+  heldout_fraction: float
   vocab_size: int
   embed_dim: int
   num_layers: int
@@ -47,391 +57,347 @@ class Settings:
   mlp_dim: int
   sliding_window: int
   pretrain_steps: int
-  pretrain_length: int        # causal LM targets length
-  adapt_steps: int            # PrefixLM / UL2 steps after adaptation (each)
-  adapt_lengths: tuple        # (inputs, targets) for PrefixLM and UL2
+  pretrain_length: int
   batch_size: int
-  finetune_steps: int
-  finetune_batch_size: int
-  finetune_lr: float
   pretrain_lr: float
+  lm_steps: int               # steps of every lm_* stage (same data budget for each)
+  lm_lengths: tuple           # (inputs, targets)
+  lm_lr: float
+  eval_points: int            # held-out evaluations per lm_* run
+  eval_batches: int
+  ft_round_steps: int
+  ft_max_rounds: int
+  ft_patience: int
+  ft_batch_size: int
+  ft_lr: float
+  ft_train_examples: int      # 0 = all of GLUE train minus the held-out slice
+  ft_heldout_examples: int
+  dev_examples: int           # 0 = the whole dev set (872)
   sst2_inputs_length: int
   sst2_targets_length: int
-  dev_examples: int           # 0 = the whole dev split (872)
+  encoder_dropout: float
+  bow_train_examples: int     # 0 = all
+  cache_running_mode: str
 
 
-QUICK = Settings(vocab_size=1024, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                 head_dim=16, mlp_dim=256, sliding_window=32, pretrain_steps=300,
-                 pretrain_length=128, adapt_steps=100, adapt_lengths=(64, 64), batch_size=16,
-                 finetune_steps=150, finetune_batch_size=16, finetune_lr=1e-3, pretrain_lr=3e-3,
-                 sst2_inputs_length=80, sst2_targets_length=8, dev_examples=0)
-FULL = Settings(vocab_size=8192, embed_dim=256, num_layers=6, num_heads=4, num_kv_heads=2,
-                head_dim=64, mlp_dim=1024, sliding_window=128, pretrain_steps=5000,
-                pretrain_length=256, adapt_steps=1000, adapt_lengths=(128, 128), batch_size=64,
-                finetune_steps=2000, finetune_batch_size=32, finetune_lr=3e-4, pretrain_lr=3e-3,
-                sst2_inputs_length=96, sst2_targets_length=8, dev_examples=0)
+QUICK = Settings(corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, embed_dim=64,
+                 num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256,
+                 sliding_window=32, pretrain_steps=40, pretrain_length=64, batch_size=8,
+                 pretrain_lr=3e-3, lm_steps=20, lm_lengths=(32, 32), lm_lr=1e-3, eval_points=2,
+                 eval_batches=2, ft_round_steps=10, ft_max_rounds=2, ft_patience=1,
+                 ft_batch_size=8, ft_lr=1e-3, ft_train_examples=2000, ft_heldout_examples=64,
+                 dev_examples=64, sst2_inputs_length=48, sst2_targets_length=4,
+                 encoder_dropout=0.1, bow_train_examples=5000, cache_running_mode='in_memory')
+# Chosen so that the whole run is estimated (not measured) at <= 90 min on the shared 2-core CPU,
+# from per-step times measured at these model sizes; see docs/comparison.md "Budget".
+DEFAULT = Settings(corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed_dim=128,
+                   num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
+                   sliding_window=64, pretrain_steps=900, pretrain_length=128, batch_size=16,
+                   pretrain_lr=3e-3, lm_steps=60, lm_lengths=(64, 64), lm_lr=1e-3,
+                   eval_points=4, eval_batches=8, ft_round_steps=30, ft_max_rounds=3,
+                   ft_patience=1, ft_batch_size=16, ft_lr=3e-4, ft_train_examples=0,
+                   ft_heldout_examples=500, dev_examples=0, sst2_inputs_length=64,
+                   sst2_targets_length=4, encoder_dropout=0.1, bow_train_examples=0,
+                   cache_running_mode='multi_processing')
 
 
 def log(msg):
   print(f'[compare {time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
 
-def _json(path, value=None):
-  if value is None:
-    with open(path) as f:
-      return json.load(f)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return value
-
-
 class Comparison:
-  """The stages; each writes its output under `workdir` and is skipped when that exists."""
+  """Builds each stage through a `StageStore`; `run()` returns the summary dict."""
 
-  def __init__(self, args, settings: Settings):
-    self.args = args
+  def __init__(self, *, workdir, data_dir, settings, seeds, only=None):
     self.s = settings
-    self.workdir = os.path.abspath(args.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
-    self.data_dir = os.path.abspath(args.data_dir)
+    self.seeds = list(seeds)
+    self.only = only
+    self.data_dir = os.path.abspath(data_dir)
+    self.store = stages_lib.StageStore(workdir, log=log)
+
+  def wanted(self, key):
+    return not self.only or any(o in key for o in self.only)
 
   # -- configs --------------------------------------------------------------------------------
 
-  def config(self, vocab_size):
+  def config(self, dropout=0.0):
     from trainer.model.config import TransformerConfig
     s = self.s
-    return TransformerConfig(vocab_size=vocab_size, embed_dim=s.embed_dim, num_layers=s.num_layers,
-                             num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
-                             head_dim=s.head_dim, mlp_dim=s.mlp_dim,
-                             query_pre_attn_scalar=s.head_dim, sliding_window=s.sliding_window)
+    return TransformerConfig(vocab_size=self.vocab_size, embed_dim=s.embed_dim,
+                             num_layers=s.num_layers, num_heads=s.num_heads,
+                             num_kv_heads=s.num_kv_heads, head_dim=s.head_dim, mlp_dim=s.mlp_dim,
+                             query_pre_attn_scalar=s.head_dim, sliding_window=s.sliding_window,
+                             dropout_rate=dropout)
 
-  # -- stage 1: vocabulary and tasks ------------------------------------------------------------
+  def ed_config(self):
+    from trainer.model.config import EncoderDecoderConfig
+    return EncoderDecoderConfig(encoder=self.config(), decoder=self.config())
 
-  def corpus_files(self):
-    files = [os.path.join(self.data_dir, 'tinyshakespeare', 'input.txt'),
-             os.path.join(self.data_dir, 'wikitext-2', 'valid.txt')]
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-      raise SystemExit(f'compare: --data_dir={self.data_dir}: missing {missing}')
-    return files
+  def model_settings(self):
+    keys = ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
+            'mlp_dim', 'sliding_window')
+    return {k: getattr(self.s, k) for k in keys}
 
-  def vocab(self):
-    path = os.path.join(self.workdir, 'vocab', 'spm')
-    if not os.path.isfile(path + '.model'):
+  # -- data stages ----------------------------------------------------------------------------
+
+  def data_stages(self):
+    s = self.s
+    corpus_set = {'data_dir': self.data_dir, 'chars': s.corpus_chars,
+                  'heldout': s.heldout_fraction}
+    self.corpus = self.store.run('corpus', corpus_set, lambda d: corpus_lib.build_corpus(
+        out_dir=d, data_dir=self.data_dir, max_chars=s.corpus_chars,
+        heldout_fraction=s.heldout_fraction))
+
+    def vocab(d):
       from tasks import vocab as vocab_lib
-      log(f'training a {self.s.vocab_size}-piece SentencePiece vocabulary on the corpus')
-      vocab_lib.train_vocabulary(input_files=self.corpus_files(), vocab_size=self.s.vocab_size,
-                                 output_prefix=path)
-    return path + '.model'
-
-  def register_tasks(self):
-    from tasks import downstream, pretraining, sources
-    vocab_path = self.vocab()
-    corpus = sources.CorpusSpec(name='compare_corpus', format='text', text_mode='paragraph',
-                                splits={'train': tuple(self.corpus_files())})
-    pretraining.register_corpus_tasks(corpus=corpus, vocabulary=vocab_path,
-                                      objectives_to_register=('causal_lm', 'prefix_lm', 'ul2'),
-                                      mixtures={})
-    downstream.register_glue_tasks(data_dir=os.path.join(self.data_dir, 'glue'),
-                                   vocabulary=vocab_path)
+      vocab_lib.train_vocabulary(input_files=[os.path.join(self.corpus['dir'], 'train.txt')],
+                                 vocab_size=s.vocab_size, output_prefix=os.path.join(d, 'spm'))
+      return {}
+    self.vocab_dir = self.store.run('vocab', {**corpus_set, 'vocab_size': s.vocab_size},
+                                    vocab)['dir']
+    self.vocab_model = os.path.join(self.vocab_dir, 'spm.model')
+    corpus_lib.use_corpus(corpus_dir=self.corpus['dir'], vocab_model=self.vocab_model)
     from tasks import vocab as vocab_lib
-    self.vocab_size = vocab_lib.get_vocabulary(vocab_path).vocab_size
+    self.vocab_size = vocab_lib.get_vocabulary(self.vocab_model).vocab_size
+    cache_set = {**corpus_set, 'vocab_size': s.vocab_size}
+    self.cache_dir = os.path.join(self.store.workdir, 'cache')
+    self.lm_lengths = {'inputs': s.lm_lengths[0], 'targets': s.lm_lengths[1]}
+    for name, objectives, lengths in (
+        ('cache_causal_lm', ('causal_lm',), {'targets': s.pretrain_length}),
+        ('cache_prefix_lm_ul2', ('prefix_lm', 'ul2'), self.lm_lengths)):
+      # One shared cache directory (the trainer registers every cached task in it); the stage
+      # record is keyed by corpus, vocabulary and lengths.
+      self.store.run(name, {**cache_set, 'lengths': lengths}, lambda d, o=objectives, l=lengths:
+                     corpus_lib.cache_tasks(cache_dir=self.cache_dir, objectives=o,
+                                            feature_lengths=l, num_workers=2,
+                                            running_mode=s.cache_running_mode))
+    self.ft_data = self.store.run('sst2_splits', {
+        'data_dir': self.data_dir, 'heldout': s.ft_heldout_examples,
+        'train': s.ft_train_examples}, lambda d: corpus_lib.sst2_splits(
+            out_dir=d, data_dir=self.data_dir, heldout_examples=s.ft_heldout_examples,
+            train_examples=s.ft_train_examples))
+    self.sst2 = corpus_lib.register_sst2(glue_dir=self.ft_data['dir'],
+                                         vocab_model=self.vocab_model)
+    self.base = {**cache_set, **self.model_settings()}
 
-  # -- training helper --------------------------------------------------------------------------
-
-  def train(self, name, model, *, task, lengths, steps, batch_size, lr, seed=0,
-            init_checkpoint=None, warmup=0):
-    import optax
-    from trainer.checkpoint import checkpoints
-    from trainer.training import data
-    from trainer.training import optimizers
-    from trainer.training import loop as trainer
-    model_dir = os.path.join(self.workdir, name)
-    done = os.path.join(model_dir, 'DONE.json')
-    if os.path.isfile(done):
-      return model_dir, _json(done)
-    if os.path.isdir(model_dir):
-      shutil.rmtree(model_dir)  # an interrupted stage restarts from scratch (deterministic)
-    log(f'{name}: training {type(model).__name__} on {task} for {steps} steps (batch '
-        f'{batch_size}, lengths {lengths})')
-    schedule = optimizers.create_schedule(base_learning_rate=lr, warmup_steps=warmup,
-                                          decay='constant', total_steps=steps)
-    start = time.time()
-    result = trainer.train(
-        model=model, model_dir=model_dir, total_steps=steps,
-        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule)),
-        learning_rate_fn=schedule,
-        train_dataset_cfg=data.DatasetConfig(mixture_or_task_name=task,
-                                             task_feature_lengths=dict(lengths),
-                                             batch_size=batch_size, seed=seed, pack=False),
-        checkpoint_cfg=checkpoints.CheckpointConfig(period=0, keep=1, async_save=False,
-                                                    save_on_signal=True),
-        init_checkpoint=init_checkpoint, seed=seed, log_period=max(1, steps // 5),
-        stream=sys.stdout)
-    if result.interrupted:  # SIGTERM/SIGINT: the trainer saved a checkpoint; do not mark done
-      raise SystemExit(f'compare: {name} interrupted at step {result.step}; rerun to redo it')
-    losses = [result.losses[k] for k in sorted(result.losses)]
-    info = {'first_loss': losses[0], 'last_loss': losses[-1], 'steps': result.step,
-            'seconds': round(time.time() - start, 1), 'num_params': result.num_params}
-    return model_dir, _json(done, info)
-
-  # -- stage 2: pretraining and adaptation ------------------------------------------------------
+  # -- pretraining and adaptation -------------------------------------------------------------
 
   def pretrain(self):
+    from trainer.model import config_io
     from trainer.training import models
-    model = models.DecoderOnlyModel(config=self.config(self.vocab_size))
-    return self.train('pretrain_causal_lm', model, task='compare_corpus_causal_lm',
-                      lengths={'targets': self.s.pretrain_length}, steps=self.s.pretrain_steps,
-                      batch_size=self.s.batch_size, lr=self.s.pretrain_lr,
-                      warmup=self.s.pretrain_steps // 10)[0]
-
-  def adapted(self, pretrained_dir):
-    """Params-only checkpoint of the encoder-decoder adapted from the pretrained decoder."""
-    out = os.path.join(self.workdir, 'adapted', 'params')
-    if not os.path.isdir(out):
-      import jax
-      from flax.core import meta
-      from trainer.adaptation import adapt
-      from trainer.checkpoint import checkpoints
-      from trainer.checkpoint import loader
-      from trainer.training import models
-      cfg = self.config(self.vocab_size)
-      model = models.DecoderOnlyModel(config=cfg)
-      abstract = meta.unbox(jax.eval_shape(
-          model.init, jax.random.PRNGKey(0),
-          {'decoder_input_tokens': jax.numpy.ones((1, 8), 'int32'),
-           'decoder_target_tokens': jax.numpy.ones((1, 8), 'int32')}))
-      abstract = jax.tree_util.tree_map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
-              jax.local_devices()[0])), abstract)
-      params = loader.restore_params(pretrained_dir, abstract)
-      _, ed_params = adapt.adapt_params(cfg, params)
-      checkpoints.save_params(out, ed_params)
-      log(f'adapted the decoder-only checkpoint into an encoder-decoder: {out}')
-    return out
-
-  def encdec_model(self):
-    from trainer.training import models
-    from trainer.model.config import EncoderDecoderConfig
-    cfg = self.config(self.vocab_size)
-    return models.EncoderDecoderModel(config=EncoderDecoderConfig(encoder=cfg, decoder=cfg))
-
-  def adapt_pretrain(self, objective, adapted_dir):
-    inputs, targets = self.s.adapt_lengths
-    return self.train(f'adapt_{objective}', self.encdec_model(),
-                      task=f'compare_corpus_{objective}',
-                      lengths={'inputs': inputs, 'targets': targets}, steps=self.s.adapt_steps,
-                      batch_size=self.s.batch_size, lr=self.s.pretrain_lr / 3,
-                      init_checkpoint=adapted_dir, warmup=self.s.adapt_steps // 10)[0]
-
-  # -- stage 3: fine-tuning and evaluation ------------------------------------------------------
-
-  def finetune_and_eval(self, name, model, *, seed, init_checkpoint, classifier):
-    from trainer.evaluation import evaluate as eval_lib
     s = self.s
-    if classifier:
-      task, lengths = 'glue_sst2_classification', {'inputs': s.sst2_inputs_length}
-    else:
-      task = 'glue_sst2_text_to_text'
-      lengths = {'inputs': s.sst2_inputs_length, 'targets': s.sst2_targets_length}
-    model_dir, info = self.train(f'ft_{name}_seed{seed}', model, task=task, lengths=lengths,
-                                 steps=s.finetune_steps, batch_size=s.finetune_batch_size,
-                                 lr=s.finetune_lr, seed=seed, init_checkpoint=init_checkpoint,
-                                 warmup=s.finetune_steps // 10)
-    scoring = 'classifier_head' if classifier else 'label_words'
-    result_file = os.path.join(model_dir, 'eval', f'eval_{task}_validation_task_{scoring}.json')
-    if not os.path.isfile(result_file):
-      eval_lib.evaluate(model=model, checkpoint_path=model_dir, mixture_or_task_name=task,
-                        task_feature_lengths=lengths, scoring_method='label_words',
-                        label_words=['negative', 'positive'], batch_size=64,
-                        max_examples=s.dev_examples or None,
-                        output_dir=os.path.join(model_dir, 'eval'))
-    result = _json(result_file)
-    result['train'] = info
-    return result
 
-  def finished(self, key, seed, classifier):
-    task = 'glue_sst2_classification' if classifier else 'glue_sst2_text_to_text'
-    model_dir = os.path.join(self.workdir, f'ft_{key}_seed{seed}')
-    return (os.path.isfile(os.path.join(model_dir, 'DONE.json')) and
-            os.path.isfile(os.path.join(
-                model_dir, 'eval', f'eval_{task}_validation_task_'
-                f'{"classifier_head" if classifier else "label_words"}.json')))
+    def fn(d):
+      out = training.train_lm(
+          model=models.DecoderOnlyModel(config=self.config()), model_dir=d,
+          task='demo_causal_lm', lengths={'targets': s.pretrain_length}, steps=s.pretrain_steps,
+          batch_size=s.batch_size, lr=s.pretrain_lr, seed=0, cache_dir=self.cache_dir,
+          eval_points=1, eval_batches=s.eval_batches)
+      config_io.write_model_config(self.config(), os.path.join(d, config_io.MODEL_CONFIG_FILE))
+      return out
+    self.pretrained = self.store.run('pretrain', {
+        **self.base, 'steps': s.pretrain_steps, 'length': s.pretrain_length,
+        'batch': s.batch_size, 'lr': s.pretrain_lr}, fn)
+    self.adapted = {}
+    for teacher in (None, 'decoder'):
+      def adapt_fn(d, teacher=teacher):
+        from trainer.adaptation import adapt
+        adapt.adapt(decoder_only=self.pretrained['dir'], decoder_only_config=self.config(),
+                    output=os.path.join(d, 'ckpt'), teacher=teacher, log=log)
+        return {}
+      run = self.store.run('adapt_teacher' if teacher else 'adapt',
+                           {'source': self.pretrained['dir'], 'teacher': teacher}, adapt_fn)
+      self.adapted[teacher] = os.path.join(run['dir'], 'ckpt')
 
-  # -- cost figures -----------------------------------------------------------------------------
+  def lm_system(self, key, seed):
+    """(model, task, init checkpoint, freeze teacher) of an lm_* stage."""
+    from trainer.adaptation import distillation
+    from trainer.training import models
+    if key == 'ed_adapted':
+      return models.EncoderDecoderModel(config=self.ed_config()), 'prefix_lm', self.adapted[None], False
+    if key == 'ed_scratch':
+      return models.EncoderDecoderModel(config=self.ed_config()), 'prefix_lm', None, False
+    if key == 'ed_ul2':
+      return models.EncoderDecoderModel(config=self.ed_config()), 'ul2', self.adapted[None], False
+    if key == 'ed_distill':
+      return (distillation.DistillationModel(config=self.ed_config()), 'prefix_lm',
+              self.adapted['decoder'], True)
+    bidir = key == 'dec_bidir'
+    return (models.DecoderOnlyModel(config=self.config(), prefix_lm=True,
+                                    bidirectional_prefix=bidir), 'prefix_lm',
+            self.pretrained['dir'], False)
 
-  def dev_lengths(self):
-    """Mean token counts of SST-2 dev inputs (text-to-text and classification forms) and label."""
-    import numpy as np
-    import seqio
-    out = {}
-    for task, key in (('glue_sst2_text_to_text', 'inputs'), ('glue_sst2_classification', 'inputs'),
-                      ('glue_sst2_text_to_text', 'targets')):
-      ds = seqio.get_mixture_or_task(task).get_dataset(None, split='validation', shuffle=False)
-      n = [len(ex[key]) for ex in ds.as_numpy_iterator()]
-      out[f'{task}:{key}'] = float(np.mean(n))
+  def lm_runs(self):
+    s = self.s
+    self.lm = {}
+    for key in LM_SYSTEMS:
+      for seed in self.seeds:
+        if not self.wanted(key) and not any(self.wanted(f) for f in self.ft_needing(key)):
+          continue
+        model, objective, init, freeze = self.lm_system(key, seed)
+        self.lm[(key, seed)] = self.store.run(f'lm_{key}_s{seed}', {
+            **self.base, 'system': key, 'init': init, 'objective': objective, 'steps': s.lm_steps,
+            'lengths': self.lm_lengths, 'batch': s.batch_size, 'lr': s.lm_lr, 'seed': seed,
+            'eval_points': s.eval_points, 'eval_batches': s.eval_batches},
+            lambda d, m=model, o=objective, i=init, f=freeze, sd=seed: training.train_lm(
+                model=m, model_dir=d, task=f'demo_{o}', lengths=self.lm_lengths,
+                steps=s.lm_steps, batch_size=s.batch_size, lr=s.lm_lr, seed=sd,
+                cache_dir=self.cache_dir, eval_points=s.eval_points,
+                eval_batches=s.eval_batches, init_checkpoint=i, freeze_teacher=f,
+                eval_task='demo_prefix_lm'))  # held-out PrefixLM loss for every system
+
+  # -- fine-tuning ----------------------------------------------------------------------------
+
+  def ft_systems(self):
+    """key -> (label, kind, lm stage it starts from or None, classifier, model factory)."""
+    from trainer.training import encoder_models
+    from trainer.training import models
+    s = self.s
+    out = {
+        'decoder_only': ('decoder-only, bidirectional prefix', 'decoder_only', 'dec_bidir', False,
+                         lambda: models.DecoderOnlyModel(config=self.config(), prefix_lm=True)),
+        'decoder_only_causal': ('decoder-only, causal prefix', 'decoder_only', 'dec_causal',
+                                False, lambda: models.DecoderOnlyModel(
+                                    config=self.config(), prefix_lm=True,
+                                    bidirectional_prefix=False)),
+        'encdec_prefix_lm': ('encoder-decoder, adapted + PrefixLM', 'encoder_decoder',
+                             'ed_adapted', False,
+                             lambda: models.EncoderDecoderModel(config=self.ed_config())),
+        'encdec_ul2': ('encoder-decoder, adapted + UL2', 'encoder_decoder', 'ed_ul2', False,
+                       lambda: models.EncoderDecoderModel(config=self.ed_config())),
+        'encdec_scratch': ('encoder-decoder, from scratch + PrefixLM', 'encoder_decoder',
+                           'ed_scratch', False,
+                           lambda: models.EncoderDecoderModel(config=self.ed_config())),
+    }
+    for pooler in POOLERS:
+      out[f'encoder_{pooler}'] = (
+          f'encoder, {pooler} pooling, dropout {s.encoder_dropout}', 'encoder', None, True,
+          lambda p=pooler: encoder_models.EncoderClassifierModel(
+              config=self.config(dropout=s.encoder_dropout), pooler=p,
+              pooled_dropout_rate=s.encoder_dropout,
+              pretrained_checkpoint=self.pretrained['dir']))
+    out['encoder_mean_nodropout'] = (
+        'encoder, mean pooling, no dropout', 'encoder', None, True,
+        lambda: encoder_models.EncoderClassifierModel(
+            config=self.config(), pooler='mean', pretrained_checkpoint=self.pretrained['dir']))
     return out
 
-  def inference_flops(self, kind, lengths):
-    from trainer.training import encoder_models
-    from trainer.training import flops
-    from trainer.model import heads
-    from trainer.model.config import EncoderDecoderConfig
-    cfg = self.config(self.vocab_size)
-    li = lengths['glue_sst2_text_to_text:inputs']
-    lt = lengths['glue_sst2_text_to_text:targets']
-    if kind == 'decoder_only':
-      return flops.decoder_only_training_flops(cfg, int(round(li + lt))) / 3.0
-    if kind == 'encoder_decoder':
-      return flops.encoder_decoder_training_flops(
-          EncoderDecoderConfig(encoder=cfg, decoder=cfg), int(round(li)), int(round(lt))) / 3.0
-    model = encoder_models.EncoderClassifierModel(config=cfg, head=heads.HeadConfig())
-    return model.inference_flops_per_example(int(round(lengths['glue_sst2_classification:inputs'])))
+  def ft_needing(self, lm_key):
+    return [k for k, v in self.ft_systems().items() if v[2] == lm_key]
 
-  # -- the whole thing --------------------------------------------------------------------------
+  def finetunes(self):
+    s = self.s
+    self.ft = {}
+    for key, (label, kind, lm_key, classifier, factory) in self.ft_systems().items():
+      if not self.wanted(key):
+        continue
+      task = self.sst2['classification' if classifier else 'text_to_text']
+      lengths = ({'inputs': s.sst2_inputs_length} if classifier else
+                 {'inputs': s.sst2_inputs_length, 'targets': s.sst2_targets_length})
+      for seed in self.seeds:
+        init = self.lm[(lm_key, seed)]['dir'] if lm_key else None
+        settings = {**self.base, 'system': key, 'init': init or self.pretrained['dir'],
+                    'seed': seed, 'data': self.ft_data['dir'], 'lengths': lengths,
+                    **{k: getattr(s, k) for k in (
+                        'ft_round_steps', 'ft_max_rounds', 'ft_patience', 'ft_batch_size',
+                        'ft_lr', 'dev_examples', 'ft_heldout_examples', 'encoder_dropout')}}
+        self.ft[(key, seed)] = self.store.run(
+            f'ft_{key}_s{seed}', settings,
+            lambda d, f=factory, t=task, l=lengths, i=init, c=classifier, sd=seed:
+            training.finetune(model=f(), model_dir=d, task=t, lengths=l,
+                              round_steps=s.ft_round_steps, max_rounds=s.ft_max_rounds,
+                              patience=s.ft_patience, batch_size=s.ft_batch_size, lr=s.ft_lr,
+                              seed=sd, init_checkpoint=i, classifier=c,
+                              dev_examples=s.dev_examples,
+                              heldout_examples=s.ft_heldout_examples))
+
+  def bow(self):
+    from scripts.comparison import bow as bow_lib
+    s = self.s
+
+    def fn(d):
+      del d
+      sst = os.path.join(self.ft_data['dir'], 'SST-2')
+      train = bow_lib.read_sst2_tsv(os.path.join(sst, 'train_fit.tsv'), s.bow_train_examples)
+      dev = bow_lib.read_sst2_tsv(os.path.join(sst, 'dev.tsv'), s.dev_examples)
+      return {'accuracy': bow_lib.bow_accuracy(train=train, dev=dev), 'train_examples': len(train),
+              'dev_examples': len(dev)}
+    self.bow_result = self.store.run('bow', {'data': self.ft_data['dir'],
+                                             'train': s.bow_train_examples,
+                                             'dev': s.dev_examples}, fn)['result']
+
+  # -- the whole thing ------------------------------------------------------------------------
 
   def run(self):
-    from trainer.training import encoder_models
-    from trainer.training import models
-    self.register_tasks()
-    if self.args.report_only and not os.path.isfile(
-        os.path.join(self.workdir, 'pretrain_causal_lm', 'DONE.json')):
-      raise SystemExit('compare: --report_only but nothing is pretrained in --workdir yet')
-    pretrained = self.pretrain()
-    adapted = self.adapted(pretrained)
-    starts = {'prefix_lm': self.adapt_pretrain('prefix_lm', adapted),
-              'ul2': self.adapt_pretrain('ul2', adapted)}
-    cfg = self.config(self.vocab_size)
-    rows = {}
-    for seed in self.args.seeds:
-      systems = [('decoder_only', 'decoder-only (PrefixLM fine-tune)',
-                  models.DecoderOnlyModel(config=cfg, prefix_lm=True), pretrained, False)]
-      for objective in ('prefix_lm', 'ul2'):
-        systems.append((f'encdec_{objective}', f'encoder-decoder, adapted + {objective}',
-                        self.encdec_model(), starts[objective], False))
-      for pooler in POOLERS:
-        systems.append((f'encoder_{pooler}', f'encoder, {pooler} pooling',
-                        encoder_models.EncoderClassifierModel(
-                            config=cfg, pooler=pooler, pooled_dropout_rate=0.1,
-                            pretrained_checkpoint=pretrained), None, True))
-      for key, label, model, init, classifier in systems:
-        if self.args.only and not any(o in key for o in self.args.only):
-          continue
-        if self.args.report_only and not self.finished(key, seed, classifier):
-          log(f'{key} seed {seed}: not measured yet (--report_only), left out of the table')
-          continue
-        result = self.finetune_and_eval(key, model, seed=seed, init_checkpoint=init,
-                                        classifier=classifier)
-        row = rows.setdefault(key, {'label': label, 'accuracy': [], 'num_params': None,
-                                    'kind': 'encoder' if classifier else (
-                                        'decoder_only' if key == 'decoder_only'
-                                        else 'encoder_decoder'),
-                                    'scoring': result['scoring'], 'eval_examples': None})
-        row['accuracy'].append(result['metrics']['accuracy'])
-        row['num_params'] = result['train']['num_params']
-        row['eval_examples'] = result['num_examples']
-        log(f'{key} seed {seed}: accuracy {result["metrics"]["accuracy"]:.2f}')
-    lengths = self.dev_lengths()
-    for row in rows.values():
-      row['inference_flops'] = self.inference_flops(row['kind'], lengths)
-    summary = {'settings': dataclasses.asdict(self.s), 'seeds': list(self.args.seeds),
-               'dev_mean_lengths': lengths, 'rows': rows,
-               'pretrain': _json(os.path.join(pretrained, 'DONE.json')),
-               'adapt': {k: _json(os.path.join(v, 'DONE.json')) for k, v in starts.items()}}
-    _json(os.path.join(self.workdir, 'summary.json'), summary)
-    table = markdown_table(summary)
-    print(table)
-    if self.args.markdown:
-      write_markdown(self.args.markdown, summary, table, sys.argv)
+    start = time.time()
+    self.data_stages()
+    self.pretrain()
+    self.lm_runs()
+    self.finetunes()
+    self.bow()
+    summary = report_lib.summarize(self, wall_seconds=time.time() - start)
+    reused = [e['name'] for e in self.store.log if e['reused']]
+    ran = [e['name'] for e in self.store.log if not e['reused']]
+    log(f'reused {len(reused)} stage(s): {", ".join(reused) or "none"}')
+    log(f'ran {len(ran)} stage(s): {", ".join(ran) or "none"}')
     return summary
 
 
-def _mean_std(values):
-  n = len(values)
-  mean = sum(values) / n
-  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-  return mean, std
-
-
-def markdown_table(summary):
-  lines = ['| system | SST-2 dev accuracy (mean +- std) | seeds | parameters | '
-           'inference FLOPs / example | scored by |',
-           '|---|---|---|---|---|---|']
-  for key, row in summary['rows'].items():
-    mean, std = _mean_std(row['accuracy'])
-    lines.append(f"| {row['label']} | {mean:.2f} +- {std:.2f} | {len(row['accuracy'])} | "
-                 f"{row['num_params']:,} | {row['inference_flops']:.3g} | {row['scoring']} |")
-  return '\n'.join(lines)
-
-
-def write_markdown(path, summary, table, argv):
-  s = summary['settings']
-  per_seed = '\n'.join(f"- {row['label']}: " + ', '.join(f'{a:.2f}' for a in row['accuracy'])
-                       for row in summary['rows'].values())
-  text = f"""# Scaled-down comparison (measured)
-
-Generated by `python scripts/compare.py {' '.join(argv[1:])}` (see the bottom of this page for the
-commands). All numbers below were measured by that run; nothing is extrapolated.
-
-{table}
-
-Per-seed accuracies (%):
-{per_seed}
-
-Setup: one decoder-only model ({s['num_layers']} layers, d={s['embed_dim']}, {s['num_heads']}
-heads / {s['num_kv_heads']} KV heads, head_dim {s['head_dim']}, MLP {s['mlp_dim']}, vocabulary
-{s['vocab_size']} pieces trained on the corpus) pretrained with causal LM for
-{s['pretrain_steps']} steps x {s['batch_size']} x {s['pretrain_length']} tokens on tinyshakespeare +
-wikitext-2 (valid). Adapted encoder-decoders: {s['adapt_steps']} further steps x {s['batch_size']}
-x ({s['adapt_lengths'][0]} + {s['adapt_lengths'][1]}) tokens of PrefixLM or of UL2 (the same token
-budget). Fine-tuning: {s['finetune_steps']} steps x {s['finetune_batch_size']} SST-2 training
-examples (AdamW, lr {s['finetune_lr']}), inputs truncated to {s['sst2_inputs_length']} tokens.
-Evaluation on SST-2 dev ({summary['rows'][next(iter(summary['rows']))]['eval_examples']}
-examples): generative models by label-word scoring (log p('negative' | x) vs log p('positive' | x)),
-encoders by their classification head.
-Inference FLOPs: one forward pass per example at the mean dev lengths
-({', '.join(f'{k} {v:.1f}' for k, v in summary['dev_mean_lengths'].items())} tokens), counted
-as in trainer/flops.py (training figure / 3); label-word scoring runs one such pass per candidate
-label (2 for SST-2). Parameters include embeddings.
-
-Pretraining loss (causal LM): {summary['pretrain']['first_loss']:.3f} -> {summary['pretrain']['last_loss']:.3f};
-PrefixLM: {summary['adapt']['prefix_lm']['first_loss']:.3f} -> {summary['adapt']['prefix_lm']['last_loss']:.3f};
-UL2: {summary['adapt']['ul2']['first_loss']:.3f} -> {summary['adapt']['ul2']['last_loss']:.3f}.
-"""
-  with open(path, 'w') as f:
-    f.write(text)
-  log(f'wrote {path}')
+def override(settings: Settings, items) -> Settings:
+  """`settings` with FIELD=VALUE overrides (values parsed as the field's current type)."""
+  from tasks import cli
+  changes = {}
+  for item in items:
+    name, sep, value = item.partition('=')
+    if not sep or name not in Settings.__dataclass_fields__:
+      raise cli.UserError(f'--set {item!r}: expected FIELD=VALUE with FIELD one of '
+                          f'{sorted(Settings.__dataclass_fields__)}')
+    current = getattr(settings, name)
+    try:
+      if isinstance(current, tuple):
+        changes[name] = tuple(int(v) for v in value.split(','))
+      else:
+        changes[name] = type(current)(value)
+    except ValueError:
+      raise cli.UserError(f'--set {item!r}: {value!r} is not a {type(current).__name__}') from None
+  return dataclasses.replace(settings, **changes)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--data_dir', default=os.path.join(
-      os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'data'))
-  parser.add_argument('--quick', action='store_true', help='the tiny CPU setting')
+      os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared',
+      'data'))
+  parser.add_argument('--quick', action='store_true', help='tiny sizes (the test; minutes)')
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
   parser.add_argument('--only', nargs='*', default=None,
-                      help='run only systems whose key contains one of these strings')
-  parser.add_argument('--finetune_steps', type=int, default=None)
-  parser.add_argument('--pretrain_steps', type=int, default=None)
-  parser.add_argument('--adapt_steps', type=int, default=None)
-  parser.add_argument('--dev_examples', type=int, default=None, help='0 = all 872')
+                      help='only systems whose key contains one of these strings (and the '
+                           'stages they need)')
+  parser.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE',
+                      help='override Settings fields, e.g. --set pretrain_steps=10 dev_examples=0')
   parser.add_argument('--markdown', default=None, help='write the results page here')
-  parser.add_argument('--report_only', action='store_true',
-                      help='train nothing: tabulate the fine-tunes already finished in --workdir '
-                           '(e.g. while other processes run other --seeds)')
+  parser.add_argument('--plot', default=None, help='PNG path (default: WORKDIR/comparison.png)')
   args = parser.parse_args(argv)
-  settings = QUICK if args.quick else FULL
-  overrides = {k: getattr(args, k) for k in ('finetune_steps', 'pretrain_steps', 'adapt_steps',
-                                               'dev_examples') if getattr(args, k) is not None}
-  settings = dataclasses.replace(settings, **overrides)
-  if len(args.seeds) < 1:
-    raise SystemExit('compare: --seeds needs at least one seed')
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)
-  Comparison(args, settings).run()
+  from tasks import cli
+  # Compiled steps are reused across fine-tuning rounds, systems with equal shapes and reruns.
+  import jax
+  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(args.workdir),
+                                                              'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  try:
+    settings = override(QUICK if args.quick else DEFAULT, args.set)
+    comparison = Comparison(workdir=args.workdir, data_dir=args.data_dir,
+                            settings=settings, seeds=args.seeds,
+                            only=args.only)
+    summary = comparison.run()
+    report_lib.write_outputs(summary, workdir=comparison.store.workdir, markdown=args.markdown,
+                             plot=args.plot, argv=sys.argv if argv is None else ['compare.py'] + list(argv))
+  except cli.UserError as e:
+    print(f'compare: {e}', file=sys.stderr)
+    return 2
   return 0
 
 

@@ -1,0 +1,1 @@
+"""Pieces of `scripts/compare.py`: stage store, corpus/cache stages, statistics, baseline, report."""

@@ -1,0 +1,130 @@
+"""The comparison's data stages: corpus files, SentencePiece vocabulary, Beam caches, SST-2 splits.
+
+Corpus: tinyshakespeare + wikitext-2 (the shared data directory) + the toolkit's built-in pydoc
+text (`tasks.builtin.prepare_pydoc_corpus`, the demo's corpus), as blank-line-separated paragraphs
+in `train.txt` / `validation.txt` (the last `heldout_fraction` of each source's paragraphs is held
+out). Tasks are `pipelines.demo_tasks` (`demo_causal_lm`, `demo_prefix_lm`, `demo_ul2`, ...), named
+by the GEMMA_ADAPT_DEMO_* variables, so the Beam cache job (`pipelines.cache.driver.run_cache_job`,
+the library form of `python -m pipelines.cache_tasks`) and the trainer see the same tasks.
+"""
+import dataclasses
+import os
+import random
+import re
+from typing import Dict, Sequence
+
+CORPUS_TASKS_MODULE = 'pipelines.demo_tasks'
+TASK_PREFIX = 'demo'
+
+
+def _paragraphs(path: str):
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  # Blank (or whitespace-only: wikitext's ' \n') lines separate paragraphs.
+  return [p.strip() for p in re.split(r'\n[ \t]*\n', text) if p.strip()]
+
+
+def build_corpus(*, out_dir: str, data_dir: str, max_chars: int, heldout_fraction: float) -> Dict:
+  """Writes out_dir/{train,validation}.txt; returns character and paragraph counts per source."""
+  from tasks import builtin  # pylint: disable=g-import-not-at-top
+  pydoc_dir = os.path.join(out_dir, 'pydoc')
+  builtin.prepare_pydoc_corpus(pydoc_dir)
+  sources = {
+      'tinyshakespeare': [os.path.join(data_dir, 'tinyshakespeare', 'input.txt')],
+      'wikitext-2': [os.path.join(data_dir, 'wikitext-2', 'valid.txt')],
+      'pydoc': [os.path.join(pydoc_dir, 'train.txt'), os.path.join(pydoc_dir, 'validation.txt')],
+  }
+  missing = [f for files in sources.values() for f in files if not os.path.isfile(f)]
+  if missing:
+    from tasks import cli  # pylint: disable=g-import-not-at-top
+    raise cli.UserError(f'compare: --data_dir={data_dir}: missing {missing}')
+  train, held, counts = [], [], {}
+  per_source = max_chars // len(sources) if max_chars else 0
+  for name, files in sources.items():
+    paras = [p for f in files for p in _paragraphs(f)]
+    if per_source:
+      kept, total = [], 0
+      for p in paras:
+        if total >= per_source:
+          break
+        kept.append(p)
+        total += len(p)
+      paras = kept
+    cut = max(1, int(len(paras) * (1 - heldout_fraction)))
+    train += paras[:cut]
+    held += paras[cut:]
+    counts[name] = {'paragraphs': len(paras), 'chars': sum(len(p) for p in paras)}
+  random.Random(0).shuffle(train)
+  for split, paras in (('train', train), ('validation', held)):
+    with open(os.path.join(out_dir, f'{split}.txt'), 'w', encoding='utf-8') as f:
+      f.write('\n\n'.join(paras) + '\n')
+  return {'sources': counts, 'train_chars': sum(map(len, train)),
+          'validation_chars': sum(map(len, held))}
+
+
+def use_corpus(*, corpus_dir: str, vocab_model: str) -> None:
+  """Points `pipelines.demo_tasks` at the corpus and vocabulary, and registers its tasks here."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  os.environ['GEMMA_ADAPT_DEMO_TRAIN'] = os.path.join(corpus_dir, 'train.txt')
+  os.environ['GEMMA_ADAPT_DEMO_VALIDATION'] = os.path.join(corpus_dir, 'validation.txt')
+  os.environ['GEMMA_ADAPT_DEMO_FORMAT'] = 'paragraphs'
+  os.environ[vocab_lib.VOCAB_ENV] = vocab_model
+  if CORPUS_TASKS_MODULE in sys.modules:
+    importlib.reload(sys.modules[CORPUS_TASKS_MODULE])
+  else:
+    importlib.import_module(CORPUS_TASKS_MODULE)
+
+
+def cache_tasks(*, cache_dir: str, objectives: Sequence[str], feature_lengths: Dict[str, int],
+                num_workers: int, running_mode: str) -> Dict:
+  """Runs the Beam cache job for `demo_<objective>` at `feature_lengths` (train + validation)."""
+  from pipelines.cache import driver  # pylint: disable=g-import-not-at-top
+  from pipelines.cache import plan  # pylint: disable=g-import-not-at-top
+  config = plan.CacheJobConfig(
+      tasks=tuple(f'{TASK_PREFIX}_{o}' for o in objectives), output_cache_dir=cache_dir,
+      feature_lengths=tuple(sorted(feature_lengths.items())),
+      module_import=(CORPUS_TASKS_MODULE,), min_shards=2)
+  out = driver.run_cache_job(config, num_workers=num_workers, running_mode=running_mode,
+                             log=lambda m: print(f'  cache: {m}', flush=True))
+  return {'summary': out.get('summary', {}), 'wall_time_s': out.get('wall_time_s')}
+
+
+def sst2_splits(*, out_dir: str, data_dir: str, heldout_examples: int, train_examples: int,
+                seed: int = 0) -> Dict:
+  """SST-2 files for early stopping: out_dir/SST-2/{train_fit,train_heldout,dev}.tsv.
+
+  `train_heldout` is a seeded random slice of GLUE train (never trained on), `train_fit` the rest
+  (first `train_examples` of a seeded shuffle when nonzero), `dev` the whole GLUE dev set.
+  """
+  src = os.path.join(data_dir, 'glue', 'SST-2')
+  with open(os.path.join(src, 'train.tsv'), encoding='utf-8') as f:
+    header, *rows = f.read().splitlines()
+  rows = [r for r in rows if r]
+  random.Random(seed).shuffle(rows)
+  held, fit = rows[:heldout_examples], rows[heldout_examples:]
+  if train_examples:
+    fit = fit[:train_examples]
+  dst = os.path.join(out_dir, 'SST-2')
+  os.makedirs(dst, exist_ok=True)
+  for name, part in (('train_fit.tsv', fit), ('train_heldout.tsv', held)):
+    with open(os.path.join(dst, name), 'w', encoding='utf-8') as f:
+      f.write('\n'.join([header] + part) + '\n')
+  with open(os.path.join(src, 'dev.tsv'), encoding='utf-8') as f:
+    dev = f.read()
+  with open(os.path.join(dst, 'dev.tsv'), 'w', encoding='utf-8') as f:
+    f.write(dev)
+  return {'train_fit': len(fit), 'train_heldout': len(held),
+          'dev': len([l for l in dev.splitlines()[1:] if l])}
+
+
+def register_sst2(*, glue_dir: str, vocab_model: str) -> Dict[str, str]:
+  """Registers `glue_sst2cmp_{text_to_text,classification}` with splits train / heldout /
+  validation over `sst2_splits`' files; returns {'text_to_text': name, 'classification': name}."""
+  from tasks.downstream import glue  # pylint: disable=g-import-not-at-top
+  bench = dataclasses.replace(glue.SST2, name='sst2cmp', split_files={
+      'train': 'train_fit.tsv', 'heldout': 'train_heldout.tsv', 'validation': 'dev.tsv'})
+  glue.register_glue_tasks(data_dir=glue_dir, vocabulary=vocab_model, benchmarks=(bench,))
+  return {'text_to_text': 'glue_sst2cmp_text_to_text',
+          'classification': 'glue_sst2cmp_classification'}

@@ -1,0 +1,63 @@
+"""A store of finished stages, each keyed by its settings: a rerun reuses what is done.
+
+A stage `name` with settings `s` lives in `<workdir>/<name>-<hash(s)>/`; it is done when its
+`DONE.json` exists (written last, atomically, with the settings, the result and the seconds taken).
+Changing a setting gives a new directory; deleting `DONE.json` redoes the stage.
+"""
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, Mapping
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+  text = json.dumps(settings, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def write_json(path: str, value: Any) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+class StageStore:
+  """Runs or reuses stages; `.log` lists what happened ({'name', 'dir', 'reused', 'seconds'})."""
+
+  def __init__(self, workdir: str, log: Callable[[str], None] = print):
+    self.workdir = os.path.abspath(workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self.log = []
+    self._print = log
+
+  def path(self, name: str, settings: Mapping[str, Any]) -> str:
+    return os.path.join(self.workdir, f'{name}-{settings_key(settings)}')
+
+  def run(self, name: str, settings: Mapping[str, Any],
+          fn: Callable[[str], Dict[str, Any]]) -> Dict[str, Any]:
+    """fn(stage_dir) -> a JSON-able result; returns {'dir', 'result', 'seconds', 'reused'}."""
+    out = self.path(name, settings)
+    done = os.path.join(out, 'DONE.json')
+    if os.path.isfile(done):
+      with open(done, encoding='utf-8') as f:
+        record = json.load(f)
+      self._print(f'stage {name}: reused ({out})')
+      entry = {'name': name, 'dir': out, 'reused': True, 'seconds': record['seconds']}
+    else:
+      if os.path.isdir(out):
+        shutil.rmtree(out)  # an interrupted stage restarts from scratch (deterministic)
+      os.makedirs(out)
+      self._print(f'stage {name}: running')
+      start = time.time()
+      result = fn(out)
+      record = {'settings': dict(settings), 'result': result,
+                'seconds': round(time.time() - start, 1)}
+      write_json(done, record)
+      self._print(f'stage {name}: done in {record["seconds"]} s')
+      entry = {'name': name, 'dir': out, 'reused': False, 'seconds': record['seconds']}
+    self.log.append(entry)
+    return {'dir': out, 'result': record['result'], 'seconds': record['seconds'],
+            'reused': entry['reused']}

@@ -1,0 +1,125 @@
+"""Training and evaluation calls for the comparison (library calls into `trainer`).
+
+`train_lm` trains on a Beam-cached task (Grain loader) and records the held-out loss on the cached
+validation split every `eval_period` steps: a curve of (training tokens, held-out loss).
+`finetune` trains on SST-2 in rounds, scores the held-out slice of train after each round and
+the dev set too, and reports the dev accuracy of the round with the best held-out accuracy (early
+stopping: patience in rounds).
+"""
+import os
+import sys
+from typing import Any, Dict, Optional
+
+LABEL_WORDS = ['negative', 'positive']
+
+
+def _optimizer(*, lr: float, steps: int, warmup: int, freeze_teacher: bool = False):
+  import optax  # pylint: disable=g-import-not-at-top
+  from trainer.training import optimizers  # pylint: disable=g-import-not-at-top
+  schedule = optimizers.create_schedule(base_learning_rate=lr, warmup_steps=warmup,
+                                        decay='constant', total_steps=steps)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
+  if freeze_teacher:
+    from trainer.training import freezing  # pylint: disable=g-import-not-at-top
+    tx = freezing.freeze_teacher(tx)
+  return tx, schedule
+
+
+def _dataset(task, lengths, batch_size, seed, *, cache_dir=None, split='train', epochs=None,
+             shuffle=True):
+  from trainer.training import data  # pylint: disable=g-import-not-at-top
+  cached = cache_dir is not None
+  # Cached LM data is packed (rows of `lengths` tokens); the Grain loader cannot serve unpacked
+  # rows (chunk size 1) from an endless stream here: grain's batch(1) over range(sys.maxsize)
+  # overflows len(). SST-2 (on the fly, seqio) stays unpacked.
+  return data.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=dict(lengths),
+                            batch_size=batch_size, seed=seed, pack=cached, split=split,
+                            use_cached=cached, cache_dir=cache_dir, num_epochs=epochs,
+                            shuffle=shuffle, data_loader='grain' if cached else 'seqio')
+
+
+def _checkpoint_cfg():
+  from trainer.checkpoint import checkpoints  # pylint: disable=g-import-not-at-top
+  return checkpoints.CheckpointConfig(period=0, keep=1, async_save=False, save_on_signal=True)
+
+
+def _check(result, model_dir):
+  if result.interrupted:
+    from tasks import cli  # pylint: disable=g-import-not-at-top
+    raise cli.UserError(f'compare: {model_dir} interrupted at step {result.step}; rerun to redo it')
+
+
+def train_lm(*, model, model_dir: str, task: str, lengths: Dict[str, int], steps: int,
+             batch_size: int, lr: float, seed: int, cache_dir: str, eval_points: int,
+             eval_batches: int, init_checkpoint: Optional[str] = None,
+             freeze_teacher: bool = False, eval_task: Optional[str] = None) -> Dict[str, Any]:
+  """Trains; returns losses, the held-out curve [(tokens, loss)], params and step count.
+
+  The curve is the cross-entropy on the cached validation split of `eval_task` (default: `task`),
+  e.g. held-out PrefixLM loss for a model trained with UL2; tokens count inputs + targets.
+  """
+  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  tx, schedule = _optimizer(lr=lr, steps=steps, warmup=max(1, steps // 10),
+                            freeze_teacher=freeze_teacher)
+  period = max(1, steps // max(1, eval_points))
+  result = loop.train(
+      model=model, model_dir=model_dir, total_steps=steps, optimizer=tx,
+      learning_rate_fn=schedule,
+      train_dataset_cfg=_dataset(task, lengths, batch_size, seed, cache_dir=cache_dir),
+      eval_dataset_cfg=_dataset(eval_task or task, lengths, batch_size, 0, cache_dir=cache_dir,
+                                split='validation', shuffle=False),
+      eval_period=period, eval_steps=eval_batches, checkpoint_cfg=_checkpoint_cfg(),
+      init_checkpoint=init_checkpoint, seed=seed, log_period=period, stream=sys.stdout)
+  _check(result, model_dir)
+  tokens_per_step = batch_size * sum(lengths.values())
+  curve = []
+  for step in sorted(result.eval_metrics):
+    m = result.eval_metrics[step]
+    # 'cross_entropy' is the plain target loss (a distillation model's 'loss' mixes in the KL).
+    loss = m['cross_entropy'] if 'cross_entropy' in m else m['loss']
+    curve.append((step * tokens_per_step, float(loss)))
+  losses = [result.losses[k] for k in sorted(result.losses)]
+  return {'first_loss': losses[0], 'last_loss': losses[-1], 'steps': result.step,
+          'num_params': result.num_params, 'curve': curve, 'tokens_per_step': tokens_per_step,
+          'final_heldout_loss': curve[-1][1] if curve else None}
+
+
+def evaluate(*, model, model_dir, task, lengths, split, classifier, max_examples=None):
+  from trainer.evaluation import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  out = eval_lib.evaluate(model=model, checkpoint_path=model_dir, mixture_or_task_name=task,
+                          task_feature_lengths=lengths, split=split,
+                          scoring_method='label_words', label_words=LABEL_WORDS, batch_size=64,
+                          max_examples=max_examples or None,
+                          output_dir=os.path.join(model_dir, 'eval', split))
+  del classifier  # the classifier head is scored by its own head whatever scoring_method says
+  return float(out['metrics']['accuracy'])
+
+
+def finetune(*, model, model_dir: str, task: str, lengths: Dict[str, int], round_steps: int,
+             max_rounds: int, patience: int, batch_size: int, lr: float, seed: int,
+             init_checkpoint: Optional[str], classifier: bool, dev_examples: int,
+             heldout_examples: int) -> Dict[str, Any]:
+  """Fine-tunes in rounds with early stopping on the held-out slice of train."""
+  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  total = round_steps * max_rounds
+  tx, schedule = _optimizer(lr=lr, steps=total, warmup=max(1, round_steps // 5))
+  rounds, best = [], None
+  for r in range(1, max_rounds + 1):
+    result = loop.train(
+        model=model, model_dir=model_dir, total_steps=total, optimizer=tx,
+        learning_rate_fn=schedule,
+        train_dataset_cfg=_dataset(task, lengths, batch_size, seed),
+        checkpoint_cfg=_checkpoint_cfg(), init_checkpoint=init_checkpoint, seed=seed,
+        log_period=round_steps, stop_after_steps=round_steps, stream=sys.stdout)
+    kw = dict(model=model, model_dir=model_dir, task=task, lengths=lengths, classifier=classifier)
+    held = evaluate(split='heldout', max_examples=heldout_examples, **kw)
+    dev = evaluate(split='validation', max_examples=dev_examples, **kw)
+    rounds.append({'step': r * round_steps, 'heldout_accuracy': held, 'dev_accuracy': dev,
+                   'num_params': result.num_params})
+    print(f'  round {r}: step {r * round_steps} held-out {held:.2f} dev {dev:.2f}', flush=True)
+    if best is None or held > best['heldout_accuracy']:
+      best = rounds[-1]
+    elif r - rounds.index(best) - 1 >= patience:
+      break
+  return {'rounds': rounds, 'best': best, 'accuracy': best['dev_accuracy'],
+          'num_params': rounds[-1]['num_params']}

@@ -1,0 +1,100 @@
+"""scripts/compare.py: the statistics helpers on known numbers, and the --quick chain end to end at
+toy size (one seed, one fine-tuned system plus the stages it needs), then a rerun that reuses every
+stage."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from scripts.comparison import bow
+from scripts.comparison import stats
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOY = ['--quick', '--seeds', '0', '--only', 'nodropout', '--set', 'corpus_chars=60000',
+       'vocab_size=512', 'pretrain_steps=8', 'ft_round_steps=4', 'dev_examples=32',
+       'ft_heldout_examples=32', 'ft_train_examples=500', 'bow_train_examples=2000']
+
+
+def test_mean_ci_is_the_t_interval():
+  mean, half = stats.mean_ci([1.0, 2.0, 3.0])
+  # sd 1, n 3: t(0.975, df=2) = 4.302653 -> 4.302653 / sqrt(3)
+  assert mean == 2.0 and math.isclose(half, 4.302653 / math.sqrt(3), rel_tol=1e-5)
+  mean, half = stats.mean_ci([50.0, 52.0, 54.0, 56.0])  # sd 2.582, t(0.975, 3) = 3.182446
+  assert math.isclose(half, 3.182446 * math.sqrt(20 / 3) / 2, rel_tol=1e-5)
+  assert math.isnan(stats.mean_ci([7.0])[1])
+  assert stats.format_ci([1.0, 2.0, 3.0]) == '2.00 +- 2.48'
+
+
+def test_tokens_to_reach_interpolates():
+  curve = [(100, 5.0), (200, 3.0), (300, 2.0)]
+  assert stats.tokens_to_reach(curve, 4.0) == 150.0
+  assert stats.tokens_to_reach(curve, 5.5) == 100.0
+  assert stats.tokens_to_reach(curve, 1.0) is None
+
+
+def test_bow_learns_word_polarity():
+  train = [('a good film', 1), ('good and fun', 1), ('a dull film', 0), ('dull and bad', 0)] * 5
+  assert bow.bow_accuracy(train=train, dev=[('fun film', 1), ('bad film', 0)]) == 100.0
+
+
+def _run(workdir, shared_data):
+  md = os.path.join(workdir, 'page.md')
+  start = time.time()
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'scripts', 'compare.py'), f'--workdir={workdir}',
+       f'--data_dir={shared_data}', f'--markdown={md}', *TOY],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout, time.time() - start, md
+
+
+def test_quick_chain_then_rerun_reuses_stages(tmp_path, shared_data):
+  workdir = str(tmp_path / 'cmp')
+  out, first, md = _run(workdir, shared_data)
+  assert 'reused 0 stage(s)' in out
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  names = [s['name'] for s in summary['stages']]
+  for stage in ('corpus', 'vocab', 'cache_causal_lm', 'cache_prefix_lm_ul2', 'pretrain',
+                'ft_encoder_mean_nodropout_s0', 'bow'):
+    assert stage in names
+  # The LM data came from the Beam caches (seqio layout, COMPLETED).
+  cached = os.listdir(os.path.join(workdir, 'cache'))
+  assert any(n.startswith('demo_causal_lm.') for n in cached), cached
+  assert os.path.isfile(os.path.join(workdir, 'cache', next(
+      n for n in cached if n.startswith('demo_causal_lm.')), 'COMPLETED'))
+  row = summary['finetune']['encoder_mean_nodropout']
+  acc = row['accuracy']['0']
+  assert 0.0 <= acc <= 100.0 and row['inference_flops'] > 0
+  rounds = [r for r in json.load(open(os.path.join(
+      [s['dir'] for s in summary['stages'] if s['name'] == 'ft_encoder_mean_nodropout_s0'][0],
+      'DONE.json')))['result']['rounds']]
+  # Early stopping: the reported accuracy is the dev accuracy of the best held-out round.
+  best = max(rounds, key=lambda r: r['heldout_accuracy'])
+  assert acc == best['dev_accuracy']
+  assert summary['bow']['dev_examples'] == 32
+  page = open(md).read()
+  assert f'| {row["label"]} | {acc:.2f} (1 seed, no CI) | 1 |' in page
+  assert f"| bag-of-words logistic regression (reference) | {summary['bow']['accuracy']:.2f} |" in page
+  for stage in names:
+    assert f'| {stage} |' in page
+  assert os.path.getsize(os.path.join(workdir, 'comparison.png')) > 1000
+
+  out2, second, _ = _run(workdir, shared_data)
+  assert f'reused {len(names)} stage(s)' in out2 and 'ran 0 stage(s)' in out2, out2[-2000:]
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    again = json.load(f)
+  assert again['finetune'] == summary['finetune'] and again['bow'] == summary['bow']
+  assert second < first / 2, (first, second)
+
+
+def test_bad_setting_is_one_line_error(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'scripts', 'compare.py'),
+       f'--workdir={tmp_path}', '--quick', '--set', 'pretrain_steps=ten'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "compare: --set 'pretrain_steps=ten': 'ten' is not a int"]
