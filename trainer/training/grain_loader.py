@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import sys
 import zlib
 from typing import Any, Dict, Iterator, Mapping, Optional
 
@@ -38,6 +37,12 @@ from pipelines.cache import records
 from trainer.training import numpy_packing
 
 STATE_VERSION = 1
+
+
+# The length of an endless stream: 2**62 examples. Not sys.maxsize: Grain's `batch` computes its
+# length through a float, and ceil(sys.maxsize / 1) rounds up past the largest index, so an
+# unpacked (chunk of 1) stream failed with OverflowError.
+ENDLESS = 2**62
 
 
 def _grain():
@@ -153,7 +158,7 @@ class GrainLoader:
     grain = _grain()
     streams, rates = [], []
     for source, rate in self.sources:
-      total = sys.maxsize if self.num_epochs is None else len(source) * self.num_epochs
+      total = ENDLESS if self.num_epochs is None else len(source) * self.num_epochs
       ds = grain.MapDataset.range(total).map(EpochShuffle(
           source, seed=task_seed(self.seed, source.task_dir), shuffle=self.shuffle, raw=raw))
       streams.append(ds)
