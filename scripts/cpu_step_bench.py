@@ -14,7 +14,8 @@ Same model (the gin file's T5Gemma shapes, random weights exported with
   had before; what GPU/TPU run).
 * torch: `T5GemmaForConditionalGeneration` (eager attention, train mode, dropout 0) forward with
   `labels`, backward, `torch.optim.AdamW.step`, with `torch.set_num_threads(--threads)` (default:
-  every core XLA's CPU client sees).
+  `os.cpu_count()`, as XLA's CPU client). On a loaded machine torch's 2 OpenMP threads wait on
+  each other (see docs/performance.md); `--threads=1` shows torch's single-thread work.
 
 After `--warmup` untimed steps each, the systems take turns, one step each per round, for
 `--steps` rounds, so a load change on a shared machine hits every system alike. Printed per
@@ -95,7 +96,8 @@ class _Torch:
         hf_dir, dtype=torch.float32, attn_implementation='eager')
     self.model.train()
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
-    t = lambda k: torch.tensor(np.asarray(batch[k]), dtype=torch.long)  # pylint: disable=unnecessary-lambda-assignment
+    def t(key):
+      return torch.tensor(np.asarray(batch[key]), dtype=torch.long)
     self.inputs = dict(input_ids=t('encoder_input_tokens'),
                        attention_mask=(t('encoder_input_tokens') != 0).long(),
                        decoder_input_ids=t('decoder_input_tokens'),
@@ -115,7 +117,8 @@ class _Torch:
 
 
 def _random_params(model, batch):
-  params = meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), {k: v[:1] for k, v in batch.items()}))
+  one_row = {k: v[:1] for k, v in batch.items()}
+  params = meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), one_row))
   rng = np.random.RandomState(0)
   # Non-zero norm scales too (they start at 0), so no layer is an identity on either side.
   return jax.tree_util.tree_map_with_path(
@@ -132,8 +135,7 @@ def main(argv=None):
   ap.add_argument('--steps', type=int, default=7)
   ap.add_argument('--warmup', type=int, default=2)
   ap.add_argument('--variants', default='cpu,plain')
-  ap.add_argument('--threads', type=int, default=0, help='torch threads (0: jax.local_devices '
-                  "CPU client's core count, os.cpu_count())")
+  ap.add_argument('--threads', type=int, default=0, help='torch threads (0: os.cpu_count())')
   ap.add_argument('--forward', action='store_true', help='also time forward-only passes')
   ap.add_argument('--skip_torch', action='store_true')
   args = ap.parse_args(argv)
@@ -170,16 +172,21 @@ def main(argv=None):
       if args.forward:
         fwd[name].append(_timed(system.forward))
 
-  import torch  # pylint: disable=g-import-not-at-top
+  if args.skip_torch:
+    torch_text = 'torch skipped'
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch_text = f'torch {torch.__version__} ({torch.get_num_threads()} threads)'
   enc = config.encoder
   print(f'\n# Train step on CPU: {os.path.basename(args.gin_file)} ({enc.num_layers}+'
         f'{config.decoder.num_layers} layers, d {enc.embed_dim}, vocab {args.vocab_size}), batch '
         f'{args.batch}, {args.length}+{args.length} tokens, AdamW, fp32; {os.cpu_count()} CPU '
-        f'cores; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} '
-        f'threads); XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; median of {args.steps} '
-        f'interleaved steps after {args.warmup} warmup; 1-min load average at the end '
+        f'cores; jax {jax.__version__}, {torch_text}; '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; median of {args.steps} interleaved '
+        f'steps after {args.warmup} warmup; 1-min load average at the end '
         f'{os.getloadavg()[0]:.1f}')
-  ref = statistics.median(w for w, _ in times['torch (transformers)']) if not args.skip_torch else None
+  ref = (None if args.skip_torch else
+         statistics.median(w for w, _ in times['torch (transformers)']))
   print('| system | step s (median) | step s (min) | CPU s / step | speed vs torch | loss |')
   print('|---|---|---|---|---|---|')
   for name, system in systems.items():

@@ -67,7 +67,8 @@ def contract(x: jax.Array, kernel: jax.Array, *, num_input_axes: int = 1,
   return y.reshape(lead + out)
 
 
-def contract_transposed(x: jax.Array, table: jax.Array, *, preferred_element_type=None) -> jax.Array:
+def contract_transposed(x: jax.Array, table: jax.Array, *,
+                        preferred_element_type=None) -> jax.Array:
   """x `[*lead, D]` . table `[V, D]`^T -> `[*lead, V]` (tied output embedding: logits)."""
   if x.shape[-1] != table.shape[-1]:
     raise ValueError(f'contract_transposed: width {x.shape[-1]} != table width {table.shape[-1]}')

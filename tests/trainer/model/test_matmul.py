@@ -21,7 +21,8 @@ def test_flat_and_plain_forms_agree_with_gradients(x_shape, k_shape, n_in):
   results = {}
   for flat in (True, False):
     with matmul.flat_dots(flat):
-      fn = lambda a, b: matmul.contract(a, b, num_input_axes=n_in)  # pylint: disable=cell-var-from-loop
+      def fn(a, b):
+        return matmul.contract(a, b, num_input_axes=n_in)
       out = jax.jit(fn)(x, k)
       grads = jax.jit(jax.grad(_loss(fn), argnums=(0, 1)))(x, k)
     results[flat] = (out, grads)
