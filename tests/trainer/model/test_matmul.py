@@ -72,3 +72,22 @@ def test_cpu_weight_gradient_needs_no_transposed_copy_of_the_activations():
   assert not transposed_cotangents(True)
   with pytest.raises(ValueError, match='input axes'):
     matmul.contract(x, jnp.ones((31, 2)))
+
+
+def test_plain_form_lowers_to_the_programs_the_model_had_before():
+  """Off CPU (here forced by flat_dots(False)) the lowered programs are the old ones, op for op."""
+  import re  # pylint: disable=g-import-not-at-top
+
+  def text(fn, *args):
+    return re.sub(r'loc\(.*?\)|#loc\d*|module @\S+', '', jax.jit(fn).lower(*args).as_text())
+
+  x, k, table = jnp.ones((2, 3, 8)), jnp.ones((8, 4, 5)), jnp.ones((11, 8))
+  with matmul.flat_dots(False):
+    proj = text(lambda a, b: matmul.contract(a, b), x, k)
+    logits = text(lambda a, b: matmul.contract_transposed(
+        a, b, preferred_element_type=jnp.float32), x, table)
+  assert proj == text(lambda a, b: jax.lax.dot_general(a, b, (((2,), (0,)), ((), ()))), x, k)
+  assert logits == text(lambda a, b: jnp.einsum('bld,vd->blv', a, b,
+                                                preferred_element_type=jnp.float32), x, table)
+  with matmul.flat_dots(True):
+    assert 'reshape' in text(lambda a, b: matmul.contract(a, b), x, k)
