@@ -91,4 +91,3 @@ def test_plain_form_lowers_to_the_programs_the_model_had_before():
                                                 preferred_element_type=jnp.float32), x, table)
   with matmul.flat_dots(True):
     assert 'reshape' in text(lambda a, b: matmul.contract(a, b), x, k)
-
