@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer.model import matmul
 from trainer.model.config import TransformerConfig
 
 
@@ -77,8 +78,8 @@ class Embedder(nn.Module):
   def attend(self, x: jax.Array) -> jax.Array:
     """Hidden `[B, L, D]` -> fp32 logits `[B, L, V]` (inputs in the compute dtype, accumulated in
     fp32; HF computes these in the model dtype)."""
-    return jnp.einsum('bld,vd->blv', x.astype(self.dtype), self.embedding.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    return matmul.contract_transposed(x.astype(self.dtype), self.embedding.astype(self.dtype),
+                                      preferred_element_type=jnp.float32)
 
 
 class Projection(nn.Module):
@@ -103,9 +104,8 @@ class Projection(nn.Module):
         out_axis=tuple(range(n_in, n_in + n_out)))
     kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
                         tuple(x.shape[-n_in:]) + tuple(self.features), self.param_dtype)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                               (contract, ((), ())))
+    # A 2-D matmul on CPU (trainer.model.matmul: no transposed copies in the backward pass).
+    return matmul.contract(x.astype(self.dtype), kernel.astype(self.dtype), num_input_axes=n_in)
 
 
 class MLP(nn.Module):

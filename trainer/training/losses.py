@@ -32,10 +32,19 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, weights: ja
   logits = logits.astype(jnp.float32)
   weights = weights.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  # The target's logit and the argmax as compare/select reductions over the vocab axis, not a
+  # gather (whose gradient is a scatter) and a variadic argmax reduce: both were serial loops on
+  # XLA CPU (docs/performance.md, "The train step on CPU"). Same values: exactly one term of the
+  # sum is non-zero, and the first index of the maximum is argmax's tie rule.
+  vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  is_target = vocab == targets[..., None].astype(jnp.int32)
+  target_logit = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
   ce = log_z - target_logit
   zl = z_loss * jnp.square(log_z)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  top = jnp.max(jax.lax.stop_gradient(logits), axis=-1, keepdims=True)
+  first_top = jnp.min(jnp.where(jax.lax.stop_gradient(logits) == top, vocab, logits.shape[-1]),
+                      axis=-1)
+  correct = (first_top == targets).astype(jnp.float32)
   count = jnp.sum(weights)
   ce_sum = jnp.sum(ce * weights)
   zl_sum = jnp.sum(zl * weights)

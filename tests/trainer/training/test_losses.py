@@ -56,3 +56,30 @@ def test_empty_batch_gives_zero_not_nan():
                                          np.zeros((1, 2), np.int32),
                                          np.zeros((1, 2), np.float32))
   assert float(losses.mean_loss(out)) == 0.0
+
+
+def test_select_reductions_equal_gather_and_argmax_with_ties_and_gradients():
+  """The target logit / accuracy as compare-select reductions (no gather, no variadic argmax)
+  give exactly what take_along_axis and argmax (first index on ties) give, gradients included."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(1)
+  logits = rng.randint(-2, 3, size=(3, 6, 5)).astype(np.float32)  # small ints: many ties
+  targets = rng.randint(0, 5, size=(3, 6)).astype(np.int32)
+  weights = rng.randint(0, 2, size=(3, 6)).astype(np.float32)
+
+  def reference(lg):
+    lse = jax.nn.logsumexp(lg, axis=-1)
+    ce = lse - jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0]
+    loss = jnp.sum((ce + 1e-2 * lse**2) * weights)
+    acc = jnp.sum((jnp.argmax(lg, axis=-1) == targets) * weights)
+    return loss, acc
+
+  ref_loss, ref_acc = reference(logits)
+  out = losses.cross_entropy_with_z_loss(logits, targets, weights, z_loss=1e-2)
+  assert float(out['accuracy'][0]) == float(ref_acc)
+  assert float(out['loss'][0]) == pytest.approx(float(ref_loss), rel=1e-6)
+  grad = jax.grad(lambda lg: losses.cross_entropy_with_z_loss(lg, targets, weights,
+                                                              z_loss=1e-2)['loss'][0])(logits)
+  ref_grad = jax.grad(lambda lg: reference(lg)[0])(logits)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=1e-6, atol=1e-7)
