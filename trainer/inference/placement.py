@@ -62,8 +62,11 @@ def put_params(*, partitioner: partitioning.Partitioner, config: Any, params: An
   """`params` (any layout, numpy or jax) in `config`'s layout, sharded by the partitioner's rules.
 
   Raises ValueError naming the first tensor whose shape differs from the model's."""
-  params = scan_layout.for_config(params, config)
   shardings = param_shardings(partitioner=partitioner, config=config)
+  # A distillation run's checkpoint keeps its frozen teacher beside the student's entries
+  # (params['teacher']): only the model's own top-level entries are placed.
+  params = {k: v for k, v in params.items() if k in shardings}
+  params = scan_layout.for_config(params, config)
   flat, tree = jax.tree_util.tree_flatten_with_path(params)
   want = dict(jax.tree_util.tree_flatten_with_path(shardings)[0])
   placed = []

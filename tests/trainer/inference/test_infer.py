@@ -166,3 +166,19 @@ def test_only_process_zero_writes(checkpoints_dir, tmp_path, monkeypatch):
   summary = _run(checkpoints_dir['trainer'], out, input_file=checkpoints_dir['inputs'])
   assert summary['examples'] == 4 and summary['generated_tokens'] > 0
   assert not out.exists()
+
+
+def test_a_distillation_checkpoint_decodes_its_student(checkpoints_dir, tmp_path):
+  """A distillation run keeps its teacher in params['teacher']: infer decodes the student only."""
+  c = checkpoints_dir
+  params = dict(c['params'], teacher={'embedder': {'embedding': np.zeros((8, 4), np.float32)}})
+  distilled = str(tmp_path / 'distilled')
+  checkpoints.save_params(distilled, params)
+  config_io.write_model_config(CFG, distilled)
+  a, b = tmp_path / 'student.jsonl', tmp_path / 'plain.jsonl'
+  # Under a mesh (as the command line runs), where params are placed tensor by tensor.
+  from trainer.training import partitioning  # pylint: disable=g-import-not-at-top
+  _run(distilled, a, input_file=c['inputs'],
+       partitioner=partitioning.Partitioner(mesh_config=partitioning.MeshConfig()))
+  _run(c['trainer'], b, input_file=c['inputs'])
+  assert a.read_bytes() == b.read_bytes() and len(_read(a)) == 4
