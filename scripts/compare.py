@@ -14,17 +14,15 @@ on rerun; the log says which were reused):
   adapt       decoder-only -> encoder-decoder (trainer.adaptation.adapt.adapt), with and without
               the teacher kept for distillation
   lm_<sys>_s<seed>   same data, steps and batch, held-out PrefixLM loss every few steps:
-              ed_adapted (PrefixLM), ed_scratch (same architecture, random init), ed_ul2 (adapted,
-              UL2), ed_distill (adapted, PrefixLM + distillation from the source),
-              dec_bidir / dec_causal (decoder-only PrefixLM with a bidirectional / causal prefix)
+              ed_adapted (PrefixLM), ed_causal (adapted, PrefixLM, causal encoder:
+              `EncoderDecoderConfig.causal_encoder`, T5Gemma's ablation), ed_scratch (same
+              architecture, random init), ed_ul2 (adapted, UL2), ed_distill (adapted, PrefixLM +
+              distillation from the source), dec_bidir / dec_causal (decoder-only PrefixLM with a
+              bidirectional / causal prefix)
   ft_<sys>_s<seed>   SST-2 fine-tuning in rounds, early stopping on a held-out slice of train,
               accuracy on the dev set at the selected round
   bow         bag-of-words logistic regression on SST-2 (the sanity reference)
 and a report: summary.json, a markdown table (mean +- 95% t-interval over seeds), a PNG.
-
-Attention: the "causal encoder" ablation is measured as decoder-only PrefixLM with a causal vs a
-bidirectional prefix (`DecoderOnlyModel.bidirectional_prefix`): the encoder-decoder model has no
-causal-encoder option (trainer/model), so T5Gemma's exact ablation is not run here.
 """
 import argparse
 import dataclasses
@@ -41,7 +39,8 @@ from scripts.comparison import stages as stages_lib  # noqa: E402
 from scripts.comparison import training  # noqa: E402
 
 POOLERS = ('first', 'last', 'mean', 'attention')
-LM_SYSTEMS = ('ed_adapted', 'ed_scratch', 'ed_ul2', 'ed_distill', 'dec_bidir', 'dec_causal')
+LM_SYSTEMS = ('ed_adapted', 'ed_causal', 'ed_scratch', 'ed_ul2', 'ed_distill', 'dec_bidir',
+              'dec_causal')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +128,10 @@ class Comparison:
                              query_pre_attn_scalar=s.head_dim, sliding_window=s.sliding_window,
                              dropout_rate=dropout)
 
-  def ed_config(self):
+  def ed_config(self, causal_encoder=False):
     from trainer.model.config import EncoderDecoderConfig
-    return EncoderDecoderConfig(encoder=self.config(), decoder=self.config())
+    return EncoderDecoderConfig(encoder=self.config(), decoder=self.config(),
+                                causal_encoder=causal_encoder)
 
   def model_settings(self):
     keys = ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
@@ -215,6 +215,9 @@ class Comparison:
     from trainer.training import models
     if key == 'ed_adapted':
       return models.EncoderDecoderModel(config=self.ed_config()), 'prefix_lm', self.adapted[None], False
+    if key == 'ed_causal':  # T5Gemma's ablation: the same adapted weights, causal encoder
+      return (models.EncoderDecoderModel(config=self.ed_config(causal_encoder=True)), 'prefix_lm',
+              self.adapted[None], False)
     if key == 'ed_scratch':
       return models.EncoderDecoderModel(config=self.ed_config()), 'prefix_lm', None, False
     if key == 'ed_ul2':
@@ -263,6 +266,15 @@ class Comparison:
         'encdec_prefix_lm': ('encoder-decoder, adapted + PrefixLM', 'encoder_decoder',
                              'ed_adapted', False,
                              lambda: models.EncoderDecoderModel(config=self.ed_config())),
+        'encdec_causal': ('encoder-decoder, adapted + PrefixLM, causal encoder',
+                          'encoder_decoder', 'ed_causal', False,
+                          lambda: models.EncoderDecoderModel(
+                              config=self.ed_config(causal_encoder=True))),
+        # The distillation run's checkpoint also holds the frozen teacher; the student's
+        # 'encoder'/'decoder' are restored from it alone (partial restore of init_checkpoint).
+        'encdec_distill': ('encoder-decoder, adapted + PrefixLM + distillation',
+                           'encoder_decoder', 'ed_distill', False,
+                           lambda: models.EncoderDecoderModel(config=self.ed_config())),
         'encdec_ul2': ('encoder-decoder, adapted + UL2', 'encoder_decoder', 'ed_ul2', False,
                        lambda: models.EncoderDecoderModel(config=self.ed_config())),
         'encdec_scratch': ('encoder-decoder, from scratch + PrefixLM', 'encoder_decoder',

@@ -13,6 +13,7 @@ from scripts.comparison import stats
 
 LM_LABELS = {
     'ed_adapted': 'encoder-decoder, adapted, PrefixLM',
+    'ed_causal': 'encoder-decoder, adapted, PrefixLM, causal encoder',
     'ed_scratch': 'encoder-decoder, random init, PrefixLM',
     'ed_ul2': 'encoder-decoder, adapted, UL2',
     'ed_distill': 'encoder-decoder, adapted, PrefixLM + distillation',
@@ -21,7 +22,58 @@ LM_LABELS = {
 }
 
 
-def _flops(comparison, kind, s):
+# The effects the papers report, as paired differences over seeds (same seed = same data order
+# and initial randomness for both systems): (name, system a, system b, which sign the paper's claim
+# predicts for a - b; 0: no prediction). Held-out loss: lower is better; accuracy: higher is better.
+LOSS_EFFECTS = (
+    ('adaptation vs from scratch (T5Gemma)', 'ed_adapted', 'ed_scratch', -1),
+    ('bidirectional vs causal encoder (T5Gemma ablation)', 'ed_adapted', 'ed_causal', -1),
+    ('bidirectional vs causal prefix, decoder-only', 'dec_bidir', 'dec_causal', -1),
+    ('distillation vs none (T5Gemma)', 'ed_distill', 'ed_adapted', -1),
+    ('PrefixLM vs UL2 adaptation (PrefixLM held-out loss favours the PrefixLM run)',
+     'ed_adapted', 'ed_ul2', -1),
+)
+ACCURACY_EFFECTS = (
+    ('adaptation vs from scratch (T5Gemma)', 'encdec_prefix_lm', 'encdec_scratch', 1),
+    ('bidirectional vs causal encoder (T5Gemma ablation)', 'encdec_prefix_lm', 'encdec_causal', 1),
+    ('distillation vs none (T5Gemma)', 'encdec_distill', 'encdec_prefix_lm', 1),
+    ('UL2 vs PrefixLM adaptation', 'encdec_ul2', 'encdec_prefix_lm', 0),
+    ('encoder-decoder vs decoder-only (T5Gemma)', 'encdec_prefix_lm', 'decoder_only', 1),
+    ('dropout 0.1 vs none, encoder mean pooling (Gemma Encoder)', 'encoder_mean',
+     'encoder_mean_nodropout', 1),
+    ('bidirectional vs causal prefix, decoder-only', 'decoder_only', 'decoder_only_causal', 1),
+)
+
+
+def paired_effects(per_system, effects):
+  """[{name, a, b, diffs, mean, half, verdict}] for each effect whose two systems both ran.
+
+  `per_system`: key -> {seed: value}. Verdict: 'reproduced' when the 95% interval of a - b
+  excludes 0 on the side the paper predicts, 'opposite' when it excludes 0 on the other side,
+  'not resolved' otherwise (or with fewer than 2 seeds); with no prediction (sign 0) 'a - b > 0' or
+  'a - b < 0' when the interval excludes 0.
+  """
+  out = []
+  for name, a, b, sign in effects:
+    if a not in per_system or b not in per_system:
+      continue
+    seeds = sorted(set(per_system[a]) & set(per_system[b]))
+    diffs = [per_system[a][sd] - per_system[b][sd] for sd in seeds
+             if per_system[a][sd] is not None and per_system[b][sd] is not None]
+    mean, half = stats.mean_ci(diffs) if diffs else (float('nan'), float('nan'))
+    verdict = 'not resolved'
+    if len(diffs) >= 2 and not math.isnan(half):
+      if abs(mean) > half:
+        if sign == 0:
+          verdict = 'a - b > 0' if mean > 0 else 'a - b < 0'
+        else:
+          verdict = 'reproduced' if mean * sign > 0 else 'opposite'
+    out.append({'name': name, 'a': a, 'b': b, 'diffs': diffs, 'mean': mean, 'half': half,
+                'verdict': verdict})
+  return out
+
+
+def _flops(comparison, kind, s, key=''):
   """Inference FLOPs of one SST-2 example at the truncation lengths (forward = training / 3)."""
   from trainer.training import encoder_models  # pylint: disable=g-import-not-at-top
   from trainer.training import flops  # pylint: disable=g-import-not-at-top
@@ -29,7 +81,8 @@ def _flops(comparison, kind, s):
   if kind == 'decoder_only':
     return flops.decoder_only_training_flops(comparison.config(), li + lt) / 3.0
   if kind == 'encoder_decoder':
-    return flops.encoder_decoder_training_flops(comparison.ed_config(), li, lt) / 3.0
+    return flops.encoder_decoder_training_flops(
+        comparison.ed_config(causal_encoder=key == 'encdec_causal'), li, lt) / 3.0
   return encoder_models.EncoderClassifierModel(
       config=comparison.config()).inference_flops_per_example(li)
 
@@ -60,7 +113,7 @@ def summarize(comparison, *, wall_seconds: float) -> Dict[str, Any]:
     label, kind = systems[key][0], systems[key][1]
     row = ft.setdefault(key, {'label': label, 'kind': kind, 'accuracy': {}, 'stopped_at': {},
                               'num_params': run['result']['num_params'],
-                              'inference_flops': _flops(comparison, kind, s)})
+                              'inference_flops': _flops(comparison, kind, s, key)})
     row['accuracy'][seed] = run['result']['accuracy']
     row['stopped_at'][seed] = run['result']['best']['step']
   return {'settings': dataclasses.asdict(s), 'seeds': comparison.seeds,
@@ -68,6 +121,11 @@ def summarize(comparison, *, wall_seconds: float) -> Dict[str, Any]:
           'pretrain': {k: comparison.pretrained['result'][k]
                        for k in ('first_loss', 'last_loss', 'final_heldout_loss', 'num_params')},
           'lm': lm, 'tokens_to_reach': reach, 'finetune': ft, 'bow': comparison.bow_result,
+          'effects': {
+              'heldout_loss': paired_effects({k: v['final'] for k, v in lm.items()},
+                                             LOSS_EFFECTS),
+              'accuracy': paired_effects({k: v['accuracy'] for k, v in ft.items()},
+                                         ACCURACY_EFFECTS)},
           'stages': comparison.store.log, 'wall_seconds': round(wall_seconds, 1)}
 
 
@@ -85,7 +143,7 @@ def markdown(summary, *, argv, plot_name) -> str:
            '| system | held-out loss at the end | seeds |', '|---|---|---|']
   for entry in summary['lm'].values():
     finals = [v for v in entry['final'].values() if v is not None]
-    lines.append(f"| {entry['label']} | {_ci(finals)} | {len(finals)} |")
+    lines.append(f"| {entry['label']} | {stats.format_ci(finals, 3)} | {len(finals)} |")
   if summary['tokens_to_reach']:
     lines += ['', 'Training tokens to reach the from-scratch run\'s final held-out loss:', '']
     lines.append('("<=" = already at or below the target at the first evaluation: an upper '
@@ -108,6 +166,23 @@ def markdown(summary, *, argv, plot_name) -> str:
     lines.append(f"| {row['label']} | {_ci(row['accuracy'].values())} | {len(row['accuracy'])} "
                  f"| {stops} | {row['num_params']:,} | {row['inference_flops']:.3g} |")
   b = summary['bow']
+  effects = summary.get('effects', {})
+  if any(effects.values()):
+    lines += ['', '## The papers\' effects, as paired differences (a - b, same seeds)', '',
+              'Verdict: "reproduced" when the 95% t-interval of a - b excludes 0 on the side the '
+              'paper predicts (lower loss, higher accuracy), "opposite" when it excludes 0 on the '
+              'other side, "not resolved" when it includes 0.', '',
+              '| effect | measure | a | b | a - b | per seed | verdict |',
+              '|---|---|---|---|---|---|---|']
+    for measure, rows in (('held-out loss', effects.get('heldout_loss', [])),
+                          ('dev accuracy (points)', effects.get('accuracy', []))):
+      for e in rows:
+        per_seed = ', '.join(f'{d:+.3f}' if 'loss' in measure else f'{d:+.2f}'
+                             for d in e['diffs'])
+        digits = 3 if 'loss' in measure else 2
+        lines.append(f"| {e['name']} | {measure} | {e['a']} | {e['b']} | "
+                     f"{stats.format_ci(e['diffs'], digits)} | "
+                     f"{per_seed} | {e['verdict']} |")
   lines.append(f"| bag-of-words logistic regression (reference) | {b['accuracy']:.2f} | "
                f"deterministic | - | - | - |")
   lines += ['', f'Dev examples scored: {b["dev_examples"]}; SST-2 split: {summary["sst2"]}.',

@@ -119,6 +119,9 @@ def config_to_hf(config: EncoderDecoderConfig) -> Dict[str, Any]:
   Raises HFConversionError for settings HF T5Gemma cannot express (named).
   """
   enc, dec = config.encoder, config.decoder
+  if config.causal_encoder:
+    raise HFConversionError('EncoderDecoderConfig.causal_encoder=True: HF T5Gemma\'s encoder is '
+                            'always bidirectional (a causal encoder is an ablation, not exported)')
   if enc.vocab_size != dec.vocab_size:
     raise HFConversionError(
         f'HF T5Gemma needs one vocabulary: encoder.vocab_size={enc.vocab_size} != '

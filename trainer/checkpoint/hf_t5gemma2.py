@@ -86,6 +86,9 @@ def config_to_hf(config: EncoderDecoderConfig, *, torch_dtype: str = 'float32') 
   if not config.merged_attention:
     raise HFConfigError('EncoderDecoderConfig.merged_attention=False is T5Gemma (export with '
                         'trainer.checkpoint.hf_t5gemma), not T5Gemma 2')
+  if config.causal_encoder:
+    raise HFConfigError('EncoderDecoderConfig.causal_encoder=True: HF T5Gemma 2\'s encoder is '
+                        'always bidirectional (a causal encoder is an ablation, not exported)')
   if config.encoder.bidirectional_window != 'split':
     raise HFConfigError(f'encoder.bidirectional_window={config.encoder.bidirectional_window!r}: '
                         "HF T5Gemma 2's encoder window is 'split'")

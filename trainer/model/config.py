@@ -241,19 +241,26 @@ class EncoderDecoderConfig:
   each decoder layer has one attention whose keys/values are its own states followed by the
   encoder outputs (no separate cross-attention), and one embedding (the encoder's) is tied across
   encoder input, decoder input and output. It needs equal widths and vocabularies (balanced).
+
+  `causal_encoder=True` gives the encoder causal self-attention (position i sees positions <= i of
+  its own segment) instead of bidirectional: T5Gemma's ablation (arXiv 2504.06225, section on
+  encoder attention), not a released architecture. Hugging Face's T5Gemma has no such option, so
+  such a model does not export.
   """
   encoder: TransformerConfig
   decoder: TransformerConfig
   merged_attention: bool = False
+  causal_encoder: bool = False
 
   def __post_init__(self):
     for name in ('encoder', 'decoder'):
       if not isinstance(getattr(self, name), TransformerConfig):
         raise ValueError(f'EncoderDecoderConfig.{name} must be a TransformerConfig, got '
                          f'{type(getattr(self, name)).__name__}')
-    if not isinstance(self.merged_attention, bool):
-      raise ValueError(f'EncoderDecoderConfig.merged_attention must be a bool, got '
-                       f'{self.merged_attention!r}')
+    for name in ('merged_attention', 'causal_encoder'):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f'EncoderDecoderConfig.{name} must be a bool, got '
+                         f'{getattr(self, name)!r}')
     if self.merged_attention:
       for name in ('embed_dim', 'vocab_size', 'eoi_token_id'):
         enc, dec = getattr(self.encoder, name), getattr(self.decoder, name)

@@ -34,6 +34,8 @@ def model_config_to_dict(config: ModelConfig) -> Dict[str, Any]:
     out = {'encoder': config_to_dict(config.encoder), 'decoder': config_to_dict(config.decoder)}
     if config.merged_attention:  # written only when set: Gemma 2 files stay as they were
       out['merged_attention'] = True
+    if config.causal_encoder:
+      out['causal_encoder'] = True
     return out
   return config_to_dict(config)
 
@@ -86,7 +88,8 @@ def load_model_config(path: str) -> ModelConfig:
     return EncoderDecoderConfig(
         encoder=transformer_config_from_dict(d['encoder'], f'{path}:encoder'),
         decoder=transformer_config_from_dict(d['decoder'], f'{path}:decoder'),
-        merged_attention=bool(d.get('merged_attention', False)))
+        merged_attention=bool(d.get('merged_attention', False)),
+        causal_encoder=bool(d.get('causal_encoder', False)))
   return transformer_config_from_dict({k: v for k, v in d.items() if k != 'adapted_from'}, path)
 
 

@@ -292,7 +292,7 @@ class EncoderDecoder(nn.Module):
     if encoder_segment_ids is None:
       encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
     mask = AttentionMask(q_segment_ids=encoder_segment_ids, kv_segment_ids=encoder_segment_ids,
-                         causal=False)
+                         causal=self.config.causal_encoder)
     return self.encoder.hidden(encoder_tokens, encoder_positions, mask, None, None, deterministic)
 
   def decode(self, encoded, decoder_tokens, *, encoder_segment_ids=None, decoder_positions=None,

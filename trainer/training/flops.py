@@ -103,16 +103,18 @@ def decoder_only_training_flops(config, length: int) -> float:
   return 6.0 * weights * length + _self_attention_flops(config, length, causal=True)
 
 
-def encoder_training_flops(config, length: int) -> float:
-  """Training FLOPs of one encoder pass (bidirectional, no logits) over `length` tokens."""
+def encoder_training_flops(config, length: int, *, causal: bool = False) -> float:
+  """Training FLOPs of one encoder pass (no logits) over `length` tokens; bidirectional unless
+  `causal` (`EncoderDecoderConfig.causal_encoder`: half the attention-score FLOPs)."""
   weights = config.num_layers * layer_matmul_params(config)
-  return 6.0 * weights * length + _self_attention_flops(config, length, causal=False)
+  return 6.0 * weights * length + _self_attention_flops(config, length, causal=causal)
 
 
 def encoder_decoder_training_flops(config, encoder_length: int, decoder_length: int) -> float:
   """Training FLOPs of one encoder-decoder example (`config`: an EncoderDecoderConfig)."""
   enc, dec = config.encoder, config.decoder
-  flops = encoder_training_flops(enc, encoder_length)
+  flops = encoder_training_flops(enc, encoder_length,
+                                 causal=getattr(config, 'causal_encoder', False))
   dec_weights = (dec.num_layers * layer_matmul_params(dec) + dec.embed_dim * dec.vocab_size)
   flops += 6.0 * dec_weights * decoder_length + _self_attention_flops(dec, decoder_length,
                                                                       causal=True)
