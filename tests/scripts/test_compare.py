@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from scripts.comparison import bow
 from scripts.comparison import stats
 
@@ -32,6 +34,26 @@ def test_tokens_to_reach_interpolates():
   assert stats.tokens_to_reach(curve, 4.0) == 150.0
   assert stats.tokens_to_reach(curve, 5.5) == 100.0
   assert stats.tokens_to_reach(curve, 1.0) is None
+
+
+def test_paired_effects_verdicts_on_known_numbers():
+  from scripts.comparison import report
+  per_system = {'ad': {0: 3.0, 1: 3.1, 2: 2.9}, 'sc': {0: 3.5, 1: 3.6, 2: 3.5},
+                'ca': {0: 2.5, 1: 2.6, 2: 2.4}, 'no': {0: 3.1, 1: 2.9, 2: 3.0}}
+  effects = (('lower than scratch', 'ad', 'sc', -1), ('lower than causal', 'ad', 'ca', -1),
+             ('noise', 'ad', 'no', -1), ('no prediction', 'sc', 'ad', 0),
+             ('missing system', 'ad', 'absent', -1))
+  got = {e['name']: e for e in report.paired_effects(per_system, effects)}
+  assert 'missing system' not in got
+  # a - b per seed: -0.5, -0.5, -0.6 -> mean -0.5333, interval excludes 0 below: reproduced.
+  assert got['lower than scratch']['diffs'] == pytest.approx([-0.5, -0.5, -0.6])
+  assert got['lower than scratch']['mean'] == pytest.approx(-1.6 / 3)
+  assert got['lower than scratch']['verdict'] == 'reproduced'
+  assert got['lower than causal']['verdict'] == 'opposite'
+  assert got['noise']['verdict'] == 'not resolved'  # diffs -0.1, +0.2, -0.1
+  assert got['no prediction']['verdict'] == 'a - b > 0'
+  one_seed = report.paired_effects({'a': {0: 1.0}, 'b': {0: 2.0}}, (('x', 'a', 'b', -1),))
+  assert one_seed[0]['verdict'] == 'not resolved'
 
 
 def test_bow_learns_word_polarity():
