@@ -130,33 +130,40 @@ def read_tfrecord_range(path: str, start: int,
         yield f'{path}:{index}', read_tfrecord_at(f, path, offset - 12, length)
 
 
+def read_varint(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
+  """`(value, position after it)` of the protobuf base-128 varint at `buf[pos:end]`; ValueError
+  when it runs past `end` or past 10 bytes.
+
+  >>> read_varint(bytes([0xAC, 0x02, 0x07]), 0, 3)   # 300, then the next byte at 2
+  (300, 2)
+  """
+  value = shift = 0
+  while True:
+    if pos >= end or shift > 63:
+      raise ValueError('bad varint')
+    byte = buf[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    if not byte & 0x80:
+      return value, pos
+    shift += 7
+
+
 def _wire_fields(buf: bytes) -> Iterator[Tuple[int, int, Union[int, bytes]]]:
   """Yields `(field_number, wire_type, value)` of a protobuf message; raises ValueError if bad."""
   pos, n = 0, len(buf)
 
-  def varint():
-    nonlocal pos
-    shift = result = 0
-    while True:
-      if pos >= n or shift > 63:
-        raise ValueError('bad varint')
-      b = buf[pos]
-      pos += 1
-      result |= (b & 0x7F) << shift
-      if not b & 0x80:
-        return result
-      shift += 7
-
   while pos < n:
-    key = varint()
+    key, pos = read_varint(buf, pos, n)
     field, wire = key >> 3, key & 7
     if wire == 0:
-      yield field, wire, varint()
+      value, pos = read_varint(buf, pos, n)
+      yield field, wire, value
     elif wire == 1:
       pos += 8
       yield field, wire, 0
     elif wire == 2:
-      length = varint()
+      length, pos = read_varint(buf, pos, n)
       if pos + length > n:
         raise ValueError('length-delimited field past the end')
       yield field, wire, buf[pos:pos + length]

@@ -34,6 +34,8 @@ from pipelines.cache import layout
 from pipelines.cache import storage
 from tasks import record_formats
 
+_read_varint = record_formats.read_varint  # bound once: called per field on the hot path
+
 
 class CacheReadError(ValueError):
   """A cache that cannot be read by random access (the message says why and what to run)."""
@@ -139,28 +141,15 @@ def _fields(buf: bytes, pos: int, end: int):
     key = buf[pos]
     pos += 1
     if key & 0x80:  # Field numbers >= 16: a multi-byte key.
-      shift, key = 7, key & 0x7F
-      while True:
-        if pos >= end or shift > 63:
-          raise ValueError('bad varint')
-        byte = buf[pos]
-        pos += 1
-        key |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-          break
-        shift += 7
+      key, pos = _read_varint(buf, pos - 1, end)
     wire = key & 7
     if wire == 2:
-      length, shift = 0, 0
-      while True:
-        if pos >= end or shift > 63:
-          raise ValueError('bad varint')
-        byte = buf[pos]
+      # Lengths under 128 (one byte) are read inline: this loop is the Grain reader's hot path.
+      if pos < end and not buf[pos] & 0x80:
+        length = buf[pos]
         pos += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-          break
-        shift += 7
+      else:
+        length, pos = _read_varint(buf, pos, end)
       start, pos = pos, pos + length
     elif wire == 0:
       start = pos
