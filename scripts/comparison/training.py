@@ -2,9 +2,9 @@
 
 `train_lm` trains on a Beam-cached task (Grain loader) and records the held-out loss on the cached
 validation split every `eval_period` steps: a curve of (training tokens, held-out loss).
-`finetune` trains on SST-2 in rounds, scores the held-out slice of train after each round and
-the dev set too, and reports the dev accuracy of the round with the best held-out accuracy (early
-stopping: patience in rounds).
+`finetune` trains on SST-2 in rounds, scores the held-out slice of train after each round (and the
+dev set when the held-out accuracy improved), and reports the dev accuracy of the round with the
+best held-out accuracy (early stopping: patience in rounds).
 """
 import os
 import sys
@@ -113,11 +113,14 @@ def finetune(*, model, model_dir: str, task: str, lengths: Dict[str, int], round
         log_period=round_steps, stop_after_steps=round_steps, stream=sys.stdout)
     kw = dict(model=model, model_dir=model_dir, task=task, lengths=lengths, classifier=classifier)
     held = evaluate(split='heldout', max_examples=heldout_examples, **kw)
-    dev = evaluate(split='validation', max_examples=dev_examples, **kw)
+    improved = best is None or held > best['heldout_accuracy']
+    # Only the selected round's dev accuracy is reported: score dev when held-out improves.
+    dev = evaluate(split='validation', max_examples=dev_examples, **kw) if improved else None
     rounds.append({'step': r * round_steps, 'heldout_accuracy': held, 'dev_accuracy': dev,
                    'num_params': result.num_params})
-    print(f'  round {r}: step {r * round_steps} held-out {held:.2f} dev {dev:.2f}', flush=True)
-    if best is None or held > best['heldout_accuracy']:
+    print(f'  round {r}: step {r * round_steps} held-out {held:.2f} dev '
+          f'{"-" if dev is None else f"{dev:.2f}"}', flush=True)
+    if improved:
       best = rounds[-1]
     elif r - rounds.index(best) - 1 >= patience:
       break

@@ -123,6 +123,19 @@ def label_word_candidates(task, label_words: Optional[Sequence[str]]) -> List[Li
   return out
 
 
+def check_label_lengths(candidates: Sequence[Sequence[int]], *, task, targets_length: int) -> None:
+  """ValueError when a label word (EOS included) is longer than the targets length: training at
+  that length saw it cut short (e.g. 'negative' as 'negat' + EOS), so scoring the whole word would
+  rank it last on every example and the accuracy would be the other label's share."""
+  vocab = task.output_features['targets'].vocabulary
+  for ids in candidates:
+    if len(ids) > targets_length:
+      word = vocab.decode([i for i in ids if i != vocab.eos_id])
+      raise ValueError(f"TASK_FEATURE_LENGTHS['targets']={targets_length} is shorter than the "
+                       f"label word {word!r} ({len(ids)} tokens with EOS in {task.name}'s "
+                       f'vocabulary); use at least {max(map(len, candidates))}')
+
+
 def eval_generative(model, params, *, task_name: str, split: str,
                      task_feature_lengths: Mapping[str, int], batch_size: int, scoring_name: str,
                      label_words, max_decode_length: int, max_examples: Optional[int]):
@@ -143,6 +156,8 @@ def eval_generative(model, params, *, task_name: str, split: str,
   if scoring_name == 'label_words':
     for task in evaluator.eval_tasks:
       candidates[task.name] = label_word_candidates(task, label_words)
+      check_label_lengths(candidates[task.name], task=task,
+                          targets_length=task_feature_lengths['targets'])
   counted = []
 
   def predict_fn(dataset, model_feature_shapes=None):

@@ -259,6 +259,14 @@ def test_evaluate_label_words_through_seqio_evaluator_matches_direct_scoring(sst
   best = scoring.score_candidates(model, params, rows, cands).argmax(-1)
   truth = [cands.index([t for t in row if t]) for row in rows['decoder_target_tokens'].tolist()]
   assert result['metrics']['accuracy'] == pytest.approx(100.0 * np.mean(best == truth))
+  # A targets length that cuts a label word (training would have seen it cut) is a named error.
+  with pytest.raises(ValueError, match=r"TASK_FEATURE_LENGTHS\['targets'\]=2 is shorter than the "
+                                       r"label word 'negative'"):
+    eval_lib.evaluate(model=model, checkpoint_path=str(tmp_path / 'ckpt'),
+                      mixture_or_task_name='ftest_t2t',
+                      task_feature_lengths={'inputs': 48, 'targets': 2},
+                      scoring_method='label_words', label_words=['negative', 'positive'],
+                      batch_size=8, output_dir=str(tmp_path / 'eval2'))
 
 
 def test_evaluate_greedy_decoding_and_lm_mode(sst2, tmp_path):

@@ -74,7 +74,8 @@ def test_two_scorings_of_one_checkpoint_write_two_files(setup):
                        'decoder_input_tokens': np.ones((1, 8), np.int32),
                        'decoder_target_tokens': np.ones((1, 8), np.int32),
                        'decoder_loss_weights': np.ones((1, 8), np.int32)}, root / 'encdec')
-  lengths = {'inputs': 64, 'targets': 8}
+  # 'not_entailment' is 15 tokens with EOS in this small vocabulary: targets must hold it.
+  lengths = {'inputs': 64, 'targets': 16}
   common = dict(model=model, checkpoint_path=ckpt, mixture_or_task_name='glue_rte_text_to_text',
                 task_feature_lengths=lengths, batch_size=5, stream=io.StringIO())
   # No LABEL_WORDS: the task's declared label list is used.
