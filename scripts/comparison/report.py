@@ -73,16 +73,17 @@ def paired_effects(per_system, effects):
   return out
 
 
-def _flops(comparison, kind, s, key=''):
-  """Inference FLOPs of one SST-2 example at the truncation lengths (forward = training / 3)."""
+def _flops(comparison, kind, s, factory):
+  """Inference FLOPs of one SST-2 example at the truncation lengths (forward = training / 3);
+  an encoder-decoder's from the config of the model `factory` builds (a causal encoder counts
+  half its attention scores)."""
   from trainer.training import encoder_models  # pylint: disable=g-import-not-at-top
   from trainer.training import flops  # pylint: disable=g-import-not-at-top
   li, lt = s.sst2_inputs_length, s.sst2_targets_length
   if kind == 'decoder_only':
     return flops.decoder_only_training_flops(comparison.config(), li + lt) / 3.0
   if kind == 'encoder_decoder':
-    return flops.encoder_decoder_training_flops(
-        comparison.ed_config(causal_encoder=key == 'encdec_causal'), li, lt) / 3.0
+    return flops.encoder_decoder_training_flops(factory().config, li, lt) / 3.0
   return encoder_models.EncoderClassifierModel(
       config=comparison.config()).inference_flops_per_example(li)
 
@@ -110,10 +111,10 @@ def summarize(comparison, *, wall_seconds: float) -> Dict[str, Any]:
   systems = comparison.ft_systems()
   ft = {}
   for (key, seed), run in comparison.ft.items():
-    label, kind = systems[key][0], systems[key][1]
+    label, kind, factory = systems[key][0], systems[key][1], systems[key][4]
     row = ft.setdefault(key, {'label': label, 'kind': kind, 'accuracy': {}, 'stopped_at': {},
                               'num_params': run['result']['num_params'],
-                              'inference_flops': _flops(comparison, kind, s, key)})
+                              'inference_flops': _flops(comparison, kind, s, factory)})
     row['accuracy'][seed] = run['result']['accuracy']
     row['stopped_at'][seed] = run['result']['best']['step']
   return {'settings': dataclasses.asdict(s), 'seeds': comparison.seeds,
@@ -179,9 +180,8 @@ def markdown(summary, *, argv, plot_name) -> str:
     for measure, rows in (('held-out loss', effects.get('heldout_loss', [])),
                           ('dev accuracy (points)', effects.get('accuracy', []))):
       for e in rows:
-        per_seed = ', '.join(f'{d:+.3f}' if 'loss' in measure else f'{d:+.2f}'
-                             for d in e['diffs'])
         digits = 3 if 'loss' in measure else 2
+        per_seed = ', '.join(f'{d:+.{digits}f}' for d in e['diffs'])
         lines.append(f"| {e['name']} | {measure} | {e['a']} | {e['b']} | "
                      f"{stats.format_ci(e['diffs'], digits)} | "
                      f"{per_seed} | {e['verdict']} |")
