@@ -31,7 +31,10 @@ import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+# The Beam cache jobs' worker processes import `scripts.comparison.sst2_tasks` too.
+os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [_REPO, os.environ.get('PYTHONPATH')]))
 
 from scripts.comparison import corpus as corpus_lib  # noqa: E402
 from scripts.comparison import report as report_lib  # noqa: E402
@@ -93,8 +96,8 @@ DEFAULT = Settings(corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed
                    num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
                    sliding_window=64, pretrain_steps=900, pretrain_length=128, batch_size=16,
                    pretrain_lr=3e-3, lm_steps=60, lm_lengths=(64, 64), lm_lr=1e-3,
-                   eval_points=4, eval_batches=8, ft_round_steps=50, ft_max_rounds=4,
-                   ft_patience=2, ft_batch_size=16, ft_lr=1e-3, ft_train_examples=0,
+                   eval_points=4, eval_batches=8, ft_round_steps=50, ft_max_rounds=10,
+                   ft_patience=3, ft_batch_size=16, ft_lr=1e-3, ft_train_examples=0,
                    ft_heldout_examples=500, dev_examples=0, sst2_inputs_length=64,
                    sst2_targets_length=8, encoder_dropout=0.1, bow_train_examples=0,
                    cache_running_mode='multi_processing')
@@ -168,9 +171,10 @@ class Comparison:
       # One shared cache directory (the trainer registers every cached task in it); the stage
       # record is keyed by corpus, vocabulary and lengths.
       self.store.run(name, {**cache_set, 'lengths': lengths}, lambda d, o=objectives, l=lengths:
-                     corpus_lib.cache_tasks(cache_dir=self.cache_dir, objectives=o,
-                                            feature_lengths=l, num_workers=2,
-                                            running_mode=s.cache_running_mode))
+                     corpus_lib.cache_tasks(
+                         cache_dir=self.cache_dir,
+                         task_names=[f'{corpus_lib.TASK_PREFIX}_{x}' for x in o],
+                         feature_lengths=l, num_workers=2, running_mode=s.cache_running_mode))
     self.ft_data = self.store.run('sst2_splits', {
         'data_dir': self.data_dir, 'heldout': s.ft_heldout_examples,
         'train': s.ft_train_examples}, lambda d: corpus_lib.sst2_splits(
@@ -178,7 +182,23 @@ class Comparison:
             train_examples=s.ft_train_examples))
     self.sst2 = corpus_lib.register_sst2(glue_dir=self.ft_data['dir'],
                                          vocab_model=self.vocab_model)
+    # SST-2 is read through the Beam cache too (train, held-out slice and dev; both task forms).
+    def cache_sst2(d):
+      del d
+      return {form: corpus_lib.cache_tasks(
+          cache_dir=self.cache_dir, task_names=[self.sst2[form]],
+          feature_lengths=self.sst2_feature_lengths(form), num_workers=2,
+          running_mode=s.cache_running_mode, module_import=(corpus_lib.SST2_TASKS_MODULE,))
+              for form in ('text_to_text', 'classification')}
+    self.store.run('cache_sst2', {'data': self.ft_data['dir'], 'vocab': self.vocab_model,
+                                  'inputs': s.sst2_inputs_length,
+                                  'targets': s.sst2_targets_length}, cache_sst2)
     self.base = {**cache_set, **self.model_settings()}
+
+  def sst2_feature_lengths(self, form):
+    s = self.s
+    return ({'inputs': s.sst2_inputs_length} if form == 'classification' else
+            {'inputs': s.sst2_inputs_length, 'targets': s.sst2_targets_length})
 
   # -- pretraining and adaptation -------------------------------------------------------------
 
@@ -303,13 +323,13 @@ class Comparison:
     for key, (label, kind, lm_key, classifier, factory) in self.ft_systems().items():
       if not self.wanted(key):
         continue
-      task = self.sst2['classification' if classifier else 'text_to_text']
-      lengths = ({'inputs': s.sst2_inputs_length} if classifier else
-                 {'inputs': s.sst2_inputs_length, 'targets': s.sst2_targets_length})
+      form = 'classification' if classifier else 'text_to_text'
+      task, lengths = self.sst2[form], self.sst2_feature_lengths(form)
       for seed in self.seeds:
         init = self.lm[(lm_key, seed)]['dir'] if lm_key else None
         settings = {**self.base, 'system': key, 'init': init or self.pretrained['dir'],
                     'seed': seed, 'data': self.ft_data['dir'], 'lengths': lengths,
+                    'data_source': 'beam_cache',
                     **{k: getattr(s, k) for k in (
                         'ft_round_steps', 'ft_max_rounds', 'ft_patience', 'ft_batch_size',
                         'ft_lr', 'dev_examples', 'ft_heldout_examples', 'encoder_dropout')}}
@@ -321,7 +341,8 @@ class Comparison:
                               patience=s.ft_patience, batch_size=s.ft_batch_size, lr=s.ft_lr,
                               seed=sd, init_checkpoint=i, classifier=c,
                               dev_examples=s.dev_examples,
-                              heldout_examples=s.ft_heldout_examples))
+                              heldout_examples=s.ft_heldout_examples,
+                              cache_dir=self.cache_dir))
 
   def bow(self):
     from scripts.comparison import bow as bow_lib

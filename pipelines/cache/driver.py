@@ -20,6 +20,8 @@ import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from pipelines.cache import layout  # noqa: E402
@@ -68,10 +70,13 @@ def check_writable(output_cache_dir: str) -> None:
         f"--output_cache_dir: cannot write to {output_cache_dir!r}: {error_line(e)}") from None
 
 
-def _synthetic_docs(keys: Sequence[str], lengths) -> list[dict]:
+def _synthetic_docs(keys: Sequence[str], lengths, scalars=None) -> list[dict]:
+  """Four documents: long text in every string field `keys`, zero in each numeric scalar field
+  (`scalars`: name -> numpy dtype, e.g. a GLUE source's int 'label')."""
   words = max(64, 3 * sum(lengths.values()))
   text = " ".join(_SYNTHETIC_WORDS[i % len(_SYNTHETIC_WORDS)] for i in range(words))
-  return [{k: text.encode() for k in keys} for _ in range(4)]
+  numbers = {k: np.zeros((), dtype) for k, dtype in (scalars or {}).items()}
+  return [{**{k: text.encode() for k in keys}, **numbers} for _ in range(4)]
 
 
 def probe_task(processor, task_name: str, split: str, log: Callable[[str], None]) -> None:
@@ -90,9 +95,11 @@ def probe_task(processor, task_name: str, split: str, log: Callable[[str], None]
       raise CacheJobError(f"task {task_name!r}: the vocabulary of feature {key!r} cannot be "
                           f"loaded: {error_line(e)}") from None
   keys = [k for k, s in element_spec.items() if s.dtype == tf.string and s.shape.rank == 0]
+  scalars = {k: s.dtype.as_numpy_dtype for k, s in element_spec.items()
+             if (s.dtype.is_integer or s.dtype.is_floating) and s.shape.rank == 0}
   given = ",".join(f"{k}:{v}" for k, v in sorted(lengths.items()))
   try:
-    examples, _ = program.run(_synthetic_docs(keys or ["text"], lengths), seed=1)
+    examples, _ = program.run(_synthetic_docs(keys or ["text"], lengths, scalars), seed=1)
     sample = [ex for _, ex in zip(range(16), examples)]
   except Exception as e:  # pylint: disable=broad-except
     raise CacheJobError(f"task {task_name!r}: its preprocessing fails at --feature_lengths="

@@ -106,14 +106,15 @@ def _mode_ids(vocab) -> dict[int, str]:
 
 
 def _to_dataset(docs: list[dict]) -> tf.data.Dataset:
-  """A list of feature dicts (strings or 1-D int sequences) -> tf.data.Dataset of the same."""
+  """A list of feature dicts (strings, numeric scalars such as a GLUE 'label', or 1-D int
+  sequences) -> tf.data.Dataset of the same."""
   columns = {}
   for key in docs[0]:
     values = [d[key] for d in docs]
     first = values[0]
     if isinstance(first, (bytes, str)):
       columns[key] = tf.constant(values, dtype=tf.string)
-    elif isinstance(first, np.ndarray) and first.ndim == 0:
+    elif np.ndim(first) == 0:
       columns[key] = tf.constant(np.stack(values))
     else:
       arrays = [np.asarray(v) for v in values]
@@ -152,8 +153,9 @@ class TaskProgram:
     self.feature_lengths = dict(feature_lengths)
     self.objective_impl = objective_impl
     self.output_features = dict(task.output_features)
+    # A scalar feature (rank 0, e.g. a classification task's 'label') has no length.
     missing = [k for k, f in self.output_features.items()
-               if k not in self.feature_lengths and f.required]
+               if k not in self.feature_lengths and f.required and getattr(f, "rank", 1) > 0]
     if missing:
       raise cache_plan.CacheJobError(
           f"--feature_lengths: task {task.name!r} needs a length for {', '.join(missing)} "
@@ -278,9 +280,17 @@ class UnitResult:
   stats: dict
 
 
+def _feature(v: np.ndarray) -> tf.train.Feature:
+  """Token ids and integer scalars (a class 'label') as int64s, float scalars ('score') as floats
+  (seqio's cached reader parses each by the dtype in info.<split>.json)."""
+  values = np.asarray(v).reshape(-1).tolist()
+  if np.asarray(v).dtype.kind == "f":
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
 def serialize_example(ex: Mapping[str, np.ndarray]) -> bytes:
-  feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v.tolist()))
-             for k, v in sorted(ex.items())}
+  feature = {k: _feature(v) for k, v in sorted(ex.items())}
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
       deterministic=True)
 
@@ -380,6 +390,9 @@ class UnitProcessor:
         if k not in ex:
           continue
         v = np.asarray(ex[k])
+        if v.ndim == 0:  # a scalar feature (label, score): no length, no token statistics
+          out[k] = v
+          continue
         length = self.feature_lengths.get(k)
         if length is not None and v.shape[0] > length:
           stats[f"{k}_truncated_tokens"] += int(v.shape[0] - length)

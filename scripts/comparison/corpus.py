@@ -14,6 +14,7 @@ import re
 from typing import Dict, Sequence
 
 CORPUS_TASKS_MODULE = 'pipelines.demo_tasks'
+SST2_TASKS_MODULE = 'scripts.comparison.sst2_tasks'
 TASK_PREFIX = 'demo'
 
 
@@ -77,15 +78,16 @@ def use_corpus(*, corpus_dir: str, vocab_model: str) -> None:
     importlib.import_module(CORPUS_TASKS_MODULE)
 
 
-def cache_tasks(*, cache_dir: str, objectives: Sequence[str], feature_lengths: Dict[str, int],
-                num_workers: int, running_mode: str) -> Dict:
-  """Runs the Beam cache job for `demo_<objective>` at `feature_lengths` (train + validation)."""
+def cache_tasks(*, cache_dir: str, task_names: Sequence[str], feature_lengths: Dict[str, int],
+                num_workers: int, running_mode: str,
+                module_import: Sequence[str] = (CORPUS_TASKS_MODULE,)) -> Dict:
+  """Runs the Beam cache job for `task_names` at `feature_lengths` (every split of each)."""
   from pipelines.cache import driver  # pylint: disable=g-import-not-at-top
   from pipelines.cache import plan  # pylint: disable=g-import-not-at-top
   config = plan.CacheJobConfig(
-      tasks=tuple(f'{TASK_PREFIX}_{o}' for o in objectives), output_cache_dir=cache_dir,
+      tasks=tuple(task_names), output_cache_dir=cache_dir,
       feature_lengths=tuple(sorted(feature_lengths.items())),
-      module_import=(CORPUS_TASKS_MODULE,), min_shards=2)
+      module_import=tuple(module_import), min_shards=2)
   out = driver.run_cache_job(config, num_workers=num_workers, running_mode=running_mode,
                              log=lambda m: print(f'  cache: {m}', flush=True))
   return {'summary': out.get('summary', {}), 'wall_time_s': out.get('wall_time_s')}
@@ -121,8 +123,16 @@ def sst2_splits(*, out_dir: str, data_dir: str, heldout_examples: int, train_exa
 
 def register_sst2(*, glue_dir: str, vocab_model: str) -> Dict[str, str]:
   """Registers `glue_sst2cmp_{text_to_text,classification}` with splits train / heldout /
-  validation over `sst2_splits`' files; returns {'text_to_text': name, 'classification': name}."""
+  validation over `sst2_splits`' files; returns {'text_to_text': name, 'classification': name}.
+
+  Also sets the environment `scripts.comparison.sst2_tasks` registers them from, so the Beam cache
+  job's workers (`module_import=(SST2_TASKS_MODULE,)`) see the same tasks.
+  """
+  from scripts.comparison import sst2_tasks  # pylint: disable=g-import-not-at-top
+  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   from tasks.downstream import glue  # pylint: disable=g-import-not-at-top
+  os.environ[sst2_tasks.SST2_DIR_ENV] = glue_dir
+  os.environ[vocab_lib.VOCAB_ENV] = vocab_model
   bench = dataclasses.replace(glue.SST2, name='sst2cmp', split_files={
       'train': 'train_fit.tsv', 'heldout': 'train_heldout.tsv', 'validation': 'dev.tsv'})
   glue.register_glue_tasks(data_dir=glue_dir, vocabulary=vocab_model, benchmarks=(bench,))

@@ -84,45 +84,43 @@ def train_lm(*, model, model_dir: str, task: str, lengths: Dict[str, int], steps
           'final_heldout_loss': curve[-1][1] if curve else None}
 
 
-def evaluate(*, model, model_dir, task, lengths, split, classifier, max_examples=None):
-  from trainer.evaluation import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-  out = eval_lib.evaluate(model=model, checkpoint_path=model_dir, mixture_or_task_name=task,
-                          task_feature_lengths=lengths, split=split,
-                          scoring_method='label_words', label_words=LABEL_WORDS, batch_size=64,
-                          max_examples=max_examples or None,
-                          output_dir=os.path.join(model_dir, 'eval', split))
-  del classifier  # the classifier head is scored by its own head whatever scoring_method says
-  return float(out['metrics']['accuracy'])
-
-
 def finetune(*, model, model_dir: str, task: str, lengths: Dict[str, int], round_steps: int,
              max_rounds: int, patience: int, batch_size: int, lr: float, seed: int,
              init_checkpoint: Optional[str], classifier: bool, dev_examples: int,
-             heldout_examples: int) -> Dict[str, Any]:
-  """Fine-tunes in rounds with early stopping on the held-out slice of train."""
+             heldout_examples: int, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+  """Fine-tunes with early stopping on the held-out slice of train, scored every `round_steps`.
+
+  One training run; the held-out split is scored on the params in memory every round and the dev
+  set only when the held-out accuracy improved (`trainer.evaluation.in_loop.EarlyStopping`).
+  The reported accuracy is the dev accuracy of the best held-out round. `cache_dir`: read the
+  task's Beam cache (train, held-out and dev) instead of preprocessing SST-2 on the fly.
+  """
+  from trainer.evaluation import in_loop  # pylint: disable=g-import-not-at-top
   from trainer.training import loop  # pylint: disable=g-import-not-at-top
   total = round_steps * max_rounds
   tx, schedule = _optimizer(lr=lr, steps=total, warmup=max(1, round_steps // 5))
-  rounds, best = [], None
-  for r in range(1, max_rounds + 1):
-    result = loop.train(
-        model=model, model_dir=model_dir, total_steps=total, optimizer=tx,
-        learning_rate_fn=schedule,
-        train_dataset_cfg=_dataset(task, lengths, batch_size, seed),
-        checkpoint_cfg=_checkpoint_cfg(), init_checkpoint=init_checkpoint, seed=seed,
-        log_period=round_steps, stop_after_steps=round_steps, stream=sys.stdout)
-    kw = dict(model=model, model_dir=model_dir, task=task, lengths=lengths, classifier=classifier)
-    held = evaluate(split='heldout', max_examples=heldout_examples, **kw)
-    improved = best is None or held > best['heldout_accuracy']
-    # Only the selected round's dev accuracy is reported: score dev when held-out improves.
-    dev = evaluate(split='validation', max_examples=dev_examples, **kw) if improved else None
-    rounds.append({'step': r * round_steps, 'heldout_accuracy': held, 'dev_accuracy': dev,
-                   'num_params': result.num_params})
-    print(f'  round {r}: step {r * round_steps} held-out {held:.2f} dev '
-          f'{"-" if dev is None else f"{dev:.2f}"}', flush=True)
-    if improved:
-      best = rounds[-1]
-    elif r - rounds.index(best) - 1 >= patience:
-      break
+  kw = dict(model=model, mixture_or_task_name=task, task_feature_lengths=lengths,
+            label_words=None if classifier else LABEL_WORDS, cache_dir=cache_dir)
+  stopper = in_loop.EarlyStopping(
+      monitor=in_loop.TaskScorer(split='heldout', max_examples=heldout_examples or None, **kw),
+      metric='accuracy', patience=patience,
+      on_improvement={'validation': in_loop.TaskScorer(split='validation',
+                                                        max_examples=dev_examples or None, **kw)},
+      log=lambda line: print(f'  {line}', flush=True))
+  train_cfg = _dataset(task, lengths, batch_size, seed)
+  if cache_dir:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    # Unpacked rows through seqio's cached reader (see _dataset on Grain and chunk size 1).
+    train_cfg = dataclasses.replace(train_cfg, use_cached=True, cache_dir=cache_dir)
+  result = loop.train(
+      model=model, model_dir=model_dir, total_steps=total, optimizer=tx,
+      learning_rate_fn=schedule, train_dataset_cfg=train_cfg, checkpoint_cfg=_checkpoint_cfg(),
+      init_checkpoint=init_checkpoint, seed=seed, log_period=round_steps,
+      eval_period=round_steps, eval_callback=stopper, stream=sys.stdout)
+  _check(result, model_dir)
+  rounds = [{'step': h['step'], 'heldout_accuracy': h['heldout/accuracy'],
+             'dev_accuracy': h.get('validation/accuracy'), 'num_params': result.num_params}
+            for h in stopper.history]
+  best = rounds[stopper.history.index(stopper.best)]
   return {'rounds': rounds, 'best': best, 'accuracy': best['dev_accuracy'],
-          'num_params': rounds[-1]['num_params']}
+          'num_params': result.num_params}

@@ -79,14 +79,19 @@ def test_quick_chain_then_rerun_reuses_stages(tmp_path, shared_data):
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
   names = [s['name'] for s in summary['stages']]
-  for stage in ('corpus', 'vocab', 'cache_causal_lm', 'cache_prefix_lm_ul2', 'pretrain',
-                'ft_encoder_mean_nodropout_s0', 'bow'):
+  for stage in ('corpus', 'vocab', 'cache_causal_lm', 'cache_prefix_lm_ul2', 'cache_sst2',
+                'pretrain', 'ft_encoder_mean_nodropout_s0', 'bow'):
     assert stage in names
-  # The LM data came from the Beam caches (seqio layout, COMPLETED).
+  # The LM and SST-2 data came from the Beam caches (seqio layout, COMPLETED); SST-2 in both forms
+  # (the classifier's scalar 'label' included) and all three splits.
   cached = os.listdir(os.path.join(workdir, 'cache'))
-  assert any(n.startswith('demo_causal_lm.') for n in cached), cached
-  assert os.path.isfile(os.path.join(workdir, 'cache', next(
-      n for n in cached if n.startswith('demo_causal_lm.')), 'COMPLETED'))
+  for prefix in ('demo_causal_lm.', 'glue_sst2cmp_text_to_text.in48_tg8',
+                 'glue_sst2cmp_classification.in48'):
+    name = next((n for n in cached if n.startswith(prefix)), None)
+    assert name and os.path.isfile(os.path.join(workdir, 'cache', name, 'COMPLETED')), cached
+  sst2_cache = os.listdir(os.path.join(workdir, 'cache', 'glue_sst2cmp_classification.in48'))
+  for split in ('train', 'heldout', 'validation'):
+    assert f'info.{split}.json' in sst2_cache, sst2_cache
   row = summary['finetune']['encoder_mean_nodropout']
   acc = row['accuracy']['0']
   assert 0.0 <= acc <= 100.0 and row['inference_flops'] > 0

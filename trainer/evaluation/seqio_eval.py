@@ -88,13 +88,19 @@ def suite_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def task_dataset(task_name: str, *, split: str, task_feature_lengths: Mapping[str, int],
-                 feature_converter, max_examples: Optional[int] = None):
-  """The unshuffled, single-epoch, converted dataset of a registered task (unbatched)."""
+                 feature_converter, max_examples: Optional[int] = None,
+                 use_cached: bool = False):
+  """The unshuffled, single-epoch, converted dataset of a registered task (unbatched).
+
+  `use_cached`: read the task's cache (seqio's layout, e.g. written by `pipelines.cache_tasks`;
+  the directory given to `seqio.add_global_cache_dirs`) instead of preprocessing on the fly.
+  """
   import seqio  # pylint: disable=g-import-not-at-top
   check_task(task_name)
   ds = seqio.get_dataset(task_name, task_feature_lengths=dict(task_feature_lengths),
                          feature_converter=feature_converter, dataset_split=split,
-                         shuffle=False, num_epochs=1, verbose=False, seed=0)
+                         shuffle=False, num_epochs=1, verbose=False, seed=0,
+                         use_cached=use_cached)
   return ds.take(max_examples) if max_examples else ds
 
 

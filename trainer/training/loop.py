@@ -64,6 +64,8 @@ class TrainResult:
   last_metrics: Dict[str, float]
   eval_metrics: Dict[int, Dict[str, float]]
   interrupted: bool = False
+  stopped_early: bool = False           # the eval callback asked to stop (early stopping)
+  callback_metrics: Dict[int, Dict[str, Any]] = dataclasses.field(default_factory=dict)
   resumed_from: Optional[int] = None
   num_params: int = 0
 
@@ -189,6 +191,7 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
           seed: int = 0, micro_batches: int = 1, log_period: int = 10,
           peak_flops: Optional[float] = None,
           stop_after_steps: Optional[int] = None,
+          eval_callback: Optional[Callable[[int, Any], Optional[Mapping[str, Any]]]] = None,
           stream=None, gin_config: Optional[str] = None) -> TrainResult:
   """Trains `model` for `total_steps` steps (resuming from MODEL_DIR/checkpoints if present).
 
@@ -197,6 +200,11 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
   written to MODEL_DIR/config.gin (with model_config.json) once the run has started, never by a
   run that fails to start or to resume. A damaged newest checkpoint: see
   `CheckpointConfig.fallback_on_corrupt`.
+
+  `eval_callback(step, params)`: called every `eval_period` steps (and at the last step) with the
+  params in memory, as T5X's in-loop `infer_eval`; e.g. `trainer.evaluation.in_loop.EarlyStopping`.
+  Its scalar results are logged (split 'callback') and kept in `TrainResult.callback_metrics`; a
+  true `'stop'` in them ends the run there with a checkpoint (`TrainResult.stopped_early`).
   """
   if not isinstance(model_dir, str) or not model_dir:
     raise ValueError(f'train.model_dir (MODEL_DIR) must be a non-empty path, got {model_dir!r}')
@@ -208,6 +216,8 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
   _check_positive_int('eval_steps', eval_steps)
   _check_positive_int('micro_batches', micro_batches)
   _check_positive_int('log_period', log_period)
+  if eval_callback is not None and not eval_period:
+    raise ValueError('train.eval_callback needs train.eval_period > 0 (how often to call it)')
   _check_positive_int('seed', seed, allow_zero=True)
   if (train_dataset_cfg is None) == (train_dataset_fn is None):
     raise ValueError('train: give exactly one of train_dataset_cfg and train_dataset_fn')
@@ -366,17 +376,27 @@ def train(*, model: ModelWrapper, model_dir: str, optimizer: Union[optax.Gradien
           writer.write(step, eval_scalars, split='eval')
           result.eval_metrics[step] = eval_scalars
           window_start = time.perf_counter()
+        stop_early = False
+        if eval_callback is not None and (step % eval_period == 0 or step == total_steps):
+          with partitioner.activate():
+            out = dict(eval_callback(step, state.params) or {})
+          stop_early = bool(out.pop('stop', False))
+          result.callback_metrics[step] = out
+          writer.write(step, {k: v for k, v in out.items() if isinstance(v, (int, float))},
+                       split='callback')
+          window_start = time.perf_counter()
         if checkpoint_cfg.period and step % checkpoint_cfg.period == 0:
           save()
         stop_reason = signals.received or (
             'stop_after_steps' if stop_after_steps and steps_this_run >= stop_after_steps else None)
-        if stop_reason and step < total_steps:
+        if (stop_reason or stop_early) and step < total_steps:
           save(force=True)
           ckpt.wait()
           if writer.enabled:
-            print(f'stopping at step {step} ({stop_reason}); checkpoint saved in '
-                  f'{ckpt.directory}', file=writer.stream, flush=True)
-          result.interrupted = True
+            print(f'stopping at step {step} ({stop_reason or "eval_callback: early stop"}); '
+                  f'checkpoint saved in {ckpt.directory}', file=writer.stream, flush=True)
+          result.interrupted = bool(stop_reason)
+          result.stopped_early = not stop_reason
           break
       else:
         save(force=True)
