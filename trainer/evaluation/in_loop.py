@@ -82,6 +82,14 @@ class TaskScorer:
     else:
       self.labels = np.concatenate([self._label_ids(b['decoder_target_tokens'])
                                     for b in self.batches])
+      # As seqio's Evaluator: the task's postprocessor on the label words, its metric functions.
+      self.task = seqio.get_mixture_or_task(mixture_or_task_name)
+      vocab = self.task.output_features['targets'].vocabulary
+      words = [vocab.decode([i for i in c if i != vocab.eos_id]) for c in self.candidates]
+      self.targets_post = [self.task.postprocess_fn(w, example=None, is_target=True)
+                           for w in words]
+      self.predictions_post = [self.task.postprocess_fn(w, example=None, is_target=False)
+                               for w in words]
     self.num_examples = sum(len(next(iter(b.values()))) for b in self.batches)
 
   def _label_ids(self, targets: np.ndarray) -> np.ndarray:
@@ -112,9 +120,15 @@ class TaskScorer:
     preds = np.concatenate([
         scoring.score_candidates(self.model, params, b, self.candidates).argmax(-1)
         for b in self.batches])
-    return seqio_eval.head_metrics('classification', labels=self.labels.tolist(),
-                                   predictions=preds.tolist(),
-                                   num_classes=max(2, len(self.candidates)))
+    targets = [self.targets_post[i] for i in self.labels]
+    predictions = [self.predictions_post[i] for i in preds]
+    metrics = {}
+    for fn in self.task.predict_metric_fns:
+      for name, value in fn(targets, predictions).items():
+        metrics[name] = float(getattr(value, 'value', value))
+    if not metrics:
+      raise ValueError(f'task {self.name!r} has no metric functions of (targets, predictions)')
+    return metrics
 
 
 class EarlyStopping:

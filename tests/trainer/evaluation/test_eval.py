@@ -340,3 +340,75 @@ def test_command_line(sst2, tmp_path):
                         cwd=eval_lib.__file__.rsplit('/trainer/', 1)[0])
   assert proc.returncode == 2
   assert "mode='bogus'" in proc.stderr and 'Traceback' not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# In-loop evaluation (trainer.evaluation.in_loop).
+
+@pytest.mark.parametrize('kind', ['classifier', 'decoder_only', 'encoder_decoder'])
+def test_in_loop_scorer_equals_evaluate_of_the_checkpoint(kind, sst2, tmp_path):
+  """TaskScorer on params in memory gives evaluate()'s metrics for the same params, saved."""
+  from trainer.evaluation import in_loop
+  vs = sst2['vocab_size']
+  if kind == 'classifier':
+    model = encoder_models.EncoderClassifierModel(config=_cfg(vs), pooler='mean')
+    task, lengths, words = 'ftest_cls', {'inputs': 48}, None
+    batch = {'encoder_input_tokens': np.ones((1, 48), np.int32),
+             'label': np.zeros((1, 1), np.int32)}
+  else:
+    model = _model(kind, vs)
+    task, lengths, words = 'ftest_t2t', {'inputs': 48, 'targets': 8}, ['negative', 'positive']
+    batch = {'encoder_input_tokens': np.ones((1, 48), np.int32),
+             'decoder_input_tokens': np.ones((1, 8), np.int32),
+             'decoder_target_tokens': np.ones((1, 8), np.int32),
+             'decoder_loss_weights': np.ones((1, 8), np.int32)}
+    if kind == 'decoder_only':
+      batch = {k: np.ones((1, 56), np.int32) for k in (
+          'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights',
+          'decoder_causal_attention')}
+  params = _saved(model, batch, tmp_path / 'ckpt', seed=3)
+  scorer = in_loop.TaskScorer(model=model, mixture_or_task_name=task, task_feature_lengths=lengths,
+                              split='validation', label_words=words, batch_size=10)
+  assert scorer.num_examples == N_DEV
+  got = scorer(params)
+  want = eval_lib.evaluate(model=model, checkpoint_path=str(tmp_path / 'ckpt'),
+                           mixture_or_task_name=task, task_feature_lengths=lengths,
+                           label_words=words, batch_size=8, output_dir=str(tmp_path / 'eval'))
+  assert got == pytest.approx(want['metrics'])  # the task's metrics (ftest_t2t: accuracy only)
+  assert 'accuracy' in got
+  assert scorer(params) == got  # batches are kept, not consumed
+  if kind != 'classifier':  # as evaluate: a label word cut by the targets length is an error
+    with pytest.raises(ValueError, match=r"TASK_FEATURE_LENGTHS\['targets'\]=2"):
+      in_loop.TaskScorer(model=model, mixture_or_task_name=task, split='validation',
+                         task_feature_lengths={'inputs': 48, 'targets': 2}, label_words=words)
+
+
+class _FakeScorer:
+  def __init__(self, split, values):
+    self.split, self.name, self.values, self.calls = split, f'fake_{split}', list(values), []
+
+  def __call__(self, params):
+    self.calls.append(params)
+    return {'accuracy': self.values[len(self.calls) - 1]}
+
+
+def test_early_stopping_patience_and_scoring_on_improvement_only():
+  from trainer.evaluation import in_loop
+  held = _FakeScorer('heldout', [50.0, 60.0, 55.0, 60.0, 70.0])
+  dev = _FakeScorer('validation', [1.0, 2.0, 3.0])
+  lines = []
+  stopper = in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=2,
+                                  on_improvement={'validation': dev}, log=lines.append)
+  outs = [stopper(step, f'p{step}') for step in (10, 20, 30, 40)]
+  # 50 (best) -> 60 (best) -> 55 -> 60 (a tie is no improvement): 2 without improvement: stop.
+  assert [o['stop'] for o in outs] == [False, False, False, True]
+  assert dev.calls == ['p10', 'p20']  # the dev set only where held-out improved
+  assert stopper.best == {'step': 20, 'improved': True, 'heldout/accuracy': 60.0,
+                          'validation/accuracy': 2.0}
+  assert [h['step'] for h in stopper.history] == [10, 20, 30, 40]
+  assert 'validation/accuracy' not in outs[2] and outs[1]['validation/accuracy'] == 2.0
+  assert lines[-1].endswith('-> early stop') and '(best)' in lines[1]
+  with pytest.raises(ValueError, match="EarlyStopping.metric='f1' is not among the metrics"):
+    in_loop.EarlyStopping(monitor=_FakeScorer('heldout', [1.0]), metric='f1', patience=1)(1, None)
+  with pytest.raises(ValueError, match='EarlyStopping.patience must be a positive int'):
+    in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=0)

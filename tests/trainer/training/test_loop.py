@@ -209,3 +209,35 @@ def test_url_model_dir_is_rejected_in_one_line():
                                        r'gcsfuse'):
     trainer.train(model=tiny_model(), model_dir='gs://b/run', total_steps=1,
                   optimizer=optax.sgd(0.1), train_dataset_fn=dataset_fn)
+
+
+def test_eval_callback_sees_live_params_and_stops_early_with_a_checkpoint(tmp_path):
+  """`eval_callback(step, params)` runs every eval_period on the params in memory; a true 'stop'
+  ends the run there (checkpointed, not 'interrupted'), and a rerun resumes from that step."""
+  sched = optimizers.create_schedule(base_learning_rate=3e-2, warmup_steps=2, decay='constant')
+  model = tiny_model()
+  batch = make_batch(0)
+  seen = []
+
+  def callback(step, params):
+    loss = float(jax.jit(model.eval_fn)(params, batch)['loss'][0])
+    seen.append((step, loss))
+    return {'batch0_loss': loss, 'stop': step >= 6}
+
+  kw = dict(model=model, model_dir=str(tmp_path), total_steps=12,
+            optimizer=optimizers.create_optimizer(name='adamw', learning_rate=sched),
+            learning_rate_fn=sched, train_dataset_fn=dataset_fn, log_period=3)
+  result = trainer.train(eval_period=3, eval_callback=callback, **kw)
+  assert result.step == 6 and result.stopped_early and not result.interrupted
+  assert [s for s, _ in seen] == [3, 6]
+  assert seen[1][1] < seen[0][1]  # the params it saw are the ones being trained
+  assert result.callback_metrics == {3: {'batch0_loss': seen[0][1]},
+                                     6: {'batch0_loss': seen[1][1]}}
+  records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in records if r['split'] == 'callback'] == [3, 6]
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['6']
+  # Without a callback the run resumes at the early-stopping step and finishes.
+  again = trainer.train(**kw)
+  assert again.resumed_from == 6 and again.step == 12 and not again.stopped_early
+  with pytest.raises(ValueError, match=r'train.eval_callback needs train.eval_period > 0'):
+    trainer.train(eval_callback=callback, **dict(kw, model_dir=str(tmp_path / 'other')))
