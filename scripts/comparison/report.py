@@ -113,10 +113,14 @@ def summarize(comparison, *, wall_seconds: float) -> Dict[str, Any]:
   for (key, seed), run in comparison.ft.items():
     label, kind, factory = systems[key][0], systems[key][1], systems[key][4]
     row = ft.setdefault(key, {'label': label, 'kind': kind, 'accuracy': {}, 'stopped_at': {},
+                              'last_step': {}, 'heldout_curve': {},
                               'num_params': run['result']['num_params'],
                               'inference_flops': _flops(comparison, kind, s, factory)})
+    rounds = run['result']['rounds']
     row['accuracy'][seed] = run['result']['accuracy']
-    row['stopped_at'][seed] = run['result']['best']['step']
+    row['stopped_at'][seed] = run['result']['best']['step']  # the selected (best) round
+    row['last_step'][seed] = rounds[-1]['step']  # < the cap: ended by early stopping
+    row['heldout_curve'][seed] = [(r['step'], r['heldout_accuracy']) for r in rounds]
   return {'settings': dataclasses.asdict(s), 'seeds': comparison.seeds,
           'corpus': comparison.corpus['result'], 'sst2': comparison.ft_data['result'],
           'pretrain': {k: comparison.pretrained['result'][k]
@@ -159,16 +163,29 @@ def markdown(summary, *, argv, plot_name) -> str:
         return f'<= {t:,.0f}' if t == first else f'{t:,.0f}'
       lines.append(f"- seed {seed}: target {r['target_loss']:.3f}; adapted "
                    f"{fmt(r['adapted_tokens'])}, from scratch {fmt(r['scratch_tokens'])}")
+  cap = s['ft_round_steps'] * s['ft_max_rounds']
   lines += ['', '## SST-2 after fine-tuning (early stopping on a held-out slice of train)', '',
-            '| system | dev accuracy (%) | seeds | stopped at step | parameters | '
+            f"Held-out accuracy every {s['ft_round_steps']} steps; a run ends after "
+            f"{s['ft_patience']} evaluations without improvement or at the cap of {cap} steps. "
+            '"Best step (last step)": the selected step, and where the run ended (= the cap: '
+            'not ended by early stopping).', '',
+            '| system | dev accuracy (%) | seeds | best step (last step) | parameters | '
             'inference FLOPs / example |', '|---|---|---|---|---|---|']
+  early = total_runs = 0
   for row in summary['finetune'].values():
-    stops = ', '.join(str(v) for v in row['stopped_at'].values())
+    last = row.get('last_step', {})
+    stops = ', '.join(f'{v} ({last[k]})' if k in last else str(v)
+                      for k, v in row['stopped_at'].items())
+    early += sum(1 for v in last.values() if v < cap)
+    total_runs += len(last)
     lines.append(f"| {row['label']} | {_ci(row['accuracy'].values())} | {len(row['accuracy'])} "
                  f"| {stops} | {row['num_params']:,} | {row['inference_flops']:.3g} |")
   b = summary['bow']
   lines.append(f"| bag-of-words logistic regression (reference) | {b['accuracy']:.2f} | "
                f"deterministic | - | - | - |")
+  if total_runs:
+    lines += ['', f'{early} of {total_runs} fine-tuning runs ended by early stopping; the others '
+              f'reached the cap of {cap} steps.']
   effects = summary.get('effects', {})
   if any(effects.values()):
     lines += ['', '## The papers\' effects, as paired differences (a - b, same seeds)', '',
@@ -202,7 +219,7 @@ def plot(summary, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+  fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(19, 5))
   for i, entry in enumerate(summary['lm'].values()):
     color = f'C{i}'
     for j, curve in enumerate(entry['curves'].values()):
@@ -214,6 +231,18 @@ def plot(summary, path: str) -> None:
   ax1.set_ylabel('held-out PrefixLM loss')
   ax1.legend(fontsize=7)
   rows = list(summary['finetune'].values())
+  for i, r in enumerate(rows):  # held-out accuracy against fine-tuning steps, mean over seeds
+    by_step = {}
+    for curve in r.get('heldout_curve', {}).values():
+      for step, acc in curve:
+        by_step.setdefault(step, []).append(acc)
+    if by_step:
+      steps = sorted(by_step)
+      ax3.plot(steps, [sum(by_step[t]) / len(by_step[t]) for t in steps], marker='.',
+               color=f'C{i % 10}', linestyle='-' if i < 10 else '--', label=r['label'])
+  ax3.set_xlabel('fine-tuning steps')
+  ax3.set_ylabel('SST-2 held-out accuracy (%), mean over the seeds still running')
+  ax3.legend(fontsize=6)
   labels = [r['label'] for r in rows] + ['bag of words']
   means, errs = [], []
   for r in rows:

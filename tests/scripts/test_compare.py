@@ -105,6 +105,10 @@ def test_quick_chain_then_rerun_reuses_stages(tmp_path, shared_data):
   page = open(md).read()
   assert f'| {row["label"]} | {acc:.2f} (1 seed, no CI) | 1 |' in page
   assert f"| bag-of-words logistic regression (reference) | {summary['bow']['accuracy']:.2f} |" in page
+  last = rounds[-1]['step']
+  assert row['last_step']['0'] == last and last <= 20  # QUICK: 2 rounds of 10 steps
+  assert f"{row['stopped_at']['0']} ({last})" in page
+  assert 'fine-tuning runs ended by early stopping' in page
   for stage in names:
     assert f'| {stage} |' in page
   assert os.path.getsize(os.path.join(workdir, 'comparison.png')) > 1000
