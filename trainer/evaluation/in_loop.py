@@ -41,7 +41,6 @@ class TaskScorer:
                max_examples: Optional[int] = None, cache_dir: Optional[str] = None):
     """`cache_dir`: read the task's Beam cache there (`python -m pipelines.cache_tasks` at
     `task_feature_lengths`, as a run with USE_CACHED_TASKS) instead of preprocessing on the fly."""
-    import seqio  # pylint: disable=g-import-not-at-top
     from trainer.training import encoder_models  # pylint: disable=g-import-not-at-top
     from trainer.training import feature_converters  # pylint: disable=g-import-not-at-top
     self.model = model
@@ -50,23 +49,16 @@ class TaskScorer:
     self.classifier = isinstance(model, encoder_models.EncoderClassifierModel)
     lengths = dict(task_feature_lengths)
     if cache_dir:
-      from trainer.training import data  # pylint: disable=g-import-not-at-top
-      from pipelines.cache import layout  # pylint: disable=g-import-not-at-top
-      cached = layout.cached_task_name(mixture_or_task_name, lengths)
-      if cached not in data.register_cache_dir(cache_dir):
-        raise ValueError(f'{cache_dir!r} has no completed cache of {mixture_or_task_name!r} at '
-                         f'{lengths} (looked for {cached!r})')
-      mixture_or_task_name = self.name = cached
+      mixture_or_task_name = self.name = seqio_eval.cached_task_name(
+          mixture_or_task_name, task_feature_lengths=lengths, cache_dir=cache_dir)
     if self.classifier:
       converter = feature_converters.for_model(model, pack=False)
     else:
       if 'inputs' not in lengths or 'targets' not in lengths:
         raise ValueError(f"TASK_FEATURE_LENGTHS must have 'inputs' and 'targets' for a text-to-"
                          f'text task, got {lengths}')
-      # Keeps inputs and targets apart for both model kinds (as evaluate's seqio.Evaluator);
-      # scoring.prompt_layout lays them out per model.
-      converter = seqio.EncDecFeatureConverter(pack=False)
-      task = seqio.get_mixture_or_task(mixture_or_task_name)
+      converter = seqio_eval.text_to_text_converter()
+      task = seqio_eval.get_task(mixture_or_task_name)
       self.candidates = seqio_eval.label_word_candidates(task, label_words)
       seqio_eval.check_label_lengths(self.candidates, task=task,
                                      targets_length=lengths['targets'])
@@ -83,13 +75,9 @@ class TaskScorer:
       self.labels = np.concatenate([self._label_ids(b['decoder_target_tokens'])
                                     for b in self.batches])
       # As seqio's Evaluator: the task's postprocessor on the label words, its metric functions.
-      self.task = seqio.get_mixture_or_task(mixture_or_task_name)
-      vocab = self.task.output_features['targets'].vocabulary
-      words = [vocab.decode([i for i in c if i != vocab.eos_id]) for c in self.candidates]
-      self.targets_post = [self.task.postprocess_fn(w, example=None, is_target=True)
-                           for w in words]
-      self.predictions_post = [self.task.postprocess_fn(w, example=None, is_target=False)
-                               for w in words]
+      self.task = task
+      self.targets_post, self.predictions_post = seqio_eval.postprocessed_label_words(
+          task, self.candidates)
     self.num_examples = sum(len(next(iter(b.values()))) for b in self.batches)
 
   def _label_ids(self, targets: np.ndarray) -> np.ndarray:
@@ -122,13 +110,7 @@ class TaskScorer:
         for b in self.batches])
     targets = [self.targets_post[i] for i in self.labels]
     predictions = [self.predictions_post[i] for i in preds]
-    metrics = {}
-    for fn in self.task.predict_metric_fns:
-      for name, value in fn(targets, predictions).items():
-        metrics[name] = float(getattr(value, 'value', value))
-    if not metrics:
-      raise ValueError(f'task {self.name!r} has no metric functions of (targets, predictions)')
-    return metrics
+    return seqio_eval.predict_metrics(self.task, targets=targets, predictions=predictions)
 
 
 class EarlyStopping:

@@ -104,6 +104,52 @@ def task_dataset(task_name: str, *, split: str, task_feature_lengths: Mapping[st
   return ds.take(max_examples) if max_examples else ds
 
 
+def get_task(name: str):
+  """The registered seqio task or mixture `name` (a one-line error naming close names if none)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  check_task(name)
+  return seqio.get_mixture_or_task(name)
+
+
+def text_to_text_converter():
+  """Unpacked inputs and targets kept apart, for both model kinds (as `eval_generative`);
+  `scoring.prompt_layout` lays them out per model."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  return seqio.EncDecFeatureConverter(pack=False)
+
+
+def cached_task_name(task_name: str, *, task_feature_lengths: Mapping[str, int],
+                     cache_dir: str) -> str:
+  """The name of `task_name`'s Beam cache at these lengths in `cache_dir` (registered here)."""
+  from pipelines.cache import layout  # pylint: disable=g-import-not-at-top
+  from trainer.training import data  # pylint: disable=g-import-not-at-top
+  cached = layout.cached_task_name(task_name, dict(task_feature_lengths))
+  if cached not in data.register_cache_dir(cache_dir):
+    raise ValueError(f'{cache_dir!r} has no completed cache of {task_name!r} at '
+                     f'{dict(task_feature_lengths)} (looked for {cached!r})')
+  return cached
+
+
+def postprocessed_label_words(task, candidates: Sequence[Sequence[int]]):
+  """(as targets, as predictions): each label word through the task's postprocessor, as seqio's
+  Evaluator passes targets and predictions to the metric functions."""
+  vocab = task.output_features['targets'].vocabulary
+  words = [vocab.decode([i for i in c if i != vocab.eos_id]) for c in candidates]
+  return ([task.postprocess_fn(w, example=None, is_target=True) for w in words],
+          [task.postprocess_fn(w, example=None, is_target=False) for w in words])
+
+
+def predict_metrics(task, *, targets, predictions) -> Dict[str, float]:
+  """The task's (targets, predictions) metric functions, as floats."""
+  metrics = {}
+  for fn in task.predict_metric_fns:
+    for name, value in fn(targets, predictions).items():
+      metrics[name] = float(getattr(value, 'value', value))
+  if not metrics:
+    raise ValueError(f'task {task.name!r} has no metric functions of (targets, predictions)')
+  return metrics
+
+
 def check_task(name: str) -> None:
   import seqio  # pylint: disable=g-import-not-at-top
   if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
