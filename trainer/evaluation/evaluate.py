@@ -72,8 +72,9 @@ def load_params(model, checkpoint_path: str, example_batch: Mapping[str, np.ndar
   return loader.restore_params(checkpoint_path, abstract)
 
 
-def _eval_classifier(model, params, batches, task_name: str) -> Dict[str, Any]:
-  predict = jax.jit(model.predict_fn)
+def _eval_classifier(model, params, batches, task_name: str, predict=None) -> Dict[str, Any]:
+  """`predict`: a jitted `model.predict_fn` to reuse (`in_loop.TaskScorer` calls this often)."""
+  predict = predict or jax.jit(model.predict_fn)
   kind = model.head.kind
   labels, preds, qids = [], [], []
   for batch in batches:

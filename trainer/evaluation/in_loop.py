@@ -26,7 +26,6 @@ the inputs, the inputs prefilled once). Splits are small held-out slices; every 
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from trainer.evaluation import scoring
@@ -69,7 +68,6 @@ class TaskScorer:
     if not self.batches:
       raise ValueError(f'task {mixture_or_task_name!r} split {split!r} has no examples')
     if self.classifier:
-      self.kind = model.head.kind
       self._predict = jax.jit(model.predict_fn)
     else:
       self.labels = np.concatenate([self._label_ids(b['decoder_target_tokens'])
@@ -93,18 +91,10 @@ class TaskScorer:
     return np.asarray(out, np.int64)
 
   def __call__(self, params) -> Dict[str, float]:
-    if self.classifier:
-      labels, preds = [], []
-      key = 'score' if self.kind == 'regression' else 'label'
-      for batch in self.batches:
-        pred, mask = self._predict(params, {k: jnp.asarray(v) for k, v in batch.items()})
-        mask = np.asarray(mask)
-        preds.extend(np.asarray(pred)[mask].tolist())
-        labels.extend(np.asarray(batch[key])[mask].tolist())
-      metrics = seqio_eval.head_metrics(self.kind, labels=labels, predictions=preds,
-                                        scores=preds, num_classes=self.model.head.num_classes)
-      metrics.update(seqio_eval.task_metrics(self.name, labels=labels, predictions=preds))
-      return metrics
+    if self.classifier:  # evaluate's own classifier scoring, with the jitted predict kept
+      from trainer.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+      return evaluate._eval_classifier(  # pylint: disable=protected-access
+          self.model, params, self.batches, self.name, predict=self._predict)['metrics']
     preds = np.concatenate([
         scoring.score_candidates(self.model, params, b, self.candidates).argmax(-1)
         for b in self.batches])
