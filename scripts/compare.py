@@ -19,8 +19,8 @@ on rerun; the log says which were reused):
               architecture, random init), ed_ul2 (adapted, UL2), ed_distill (adapted, PrefixLM +
               distillation from the source), dec_bidir / dec_causal (decoder-only PrefixLM with a
               bidirectional / causal prefix)
-  ft_<sys>_s<seed>   SST-2 fine-tuning in rounds, early stopping on a held-out slice of train,
-              accuracy on the dev set at the selected round
+  ft_<sys>_s<seed>   SST-2 fine-tuning on packed rows, scored every round on a held-out slice of
+              train (early stopping), accuracy on the dev set of the best round's params
   bow         bag-of-words logistic regression on SST-2 (the sanity reference)
 and a report: summary.json, a markdown table (mean +- 95% t-interval over seeds), a PNG.
 """
@@ -70,6 +70,8 @@ class Settings:
   ft_round_steps: int
   ft_max_rounds: int
   ft_patience: int
+  ft_patience_start_round: int  # rounds up to this one are scored but use up no patience
+  ft_max_segments: int        # 1 = unpacked; > 1: training rows packed (an encoder's hold <= this)
   ft_batch_size: int
   ft_lr: float
   ft_train_examples: int      # 0 = all of GLUE train minus the held-out slice
@@ -87,6 +89,7 @@ QUICK = Settings(corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, e
                  sliding_window=32, pretrain_steps=40, pretrain_length=64, batch_size=8,
                  pretrain_lr=3e-3, lm_steps=20, lm_lengths=(32, 32), lm_lr=1e-3, eval_points=2,
                  eval_batches=2, ft_round_steps=10, ft_max_rounds=2, ft_patience=1,
+                 ft_patience_start_round=0, ft_max_segments=4,
                  ft_batch_size=8, ft_lr=1e-3, ft_train_examples=2000, ft_heldout_examples=64,
                  dev_examples=64, sst2_inputs_length=48, sst2_targets_length=8,
                  encoder_dropout=0.1, bow_train_examples=5000, cache_running_mode='in_memory')
@@ -96,10 +99,11 @@ DEFAULT = Settings(corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed
                    num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
                    sliding_window=64, pretrain_steps=900, pretrain_length=128, batch_size=16,
                    pretrain_lr=3e-3, lm_steps=60, lm_lengths=(64, 64), lm_lr=1e-3,
-                   eval_points=4, eval_batches=8, ft_round_steps=50, ft_max_rounds=10,
-                   ft_patience=3, ft_batch_size=16, ft_lr=1e-3, ft_train_examples=0,
+                   eval_points=4, eval_batches=8, ft_round_steps=50, ft_max_rounds=14,
+                   ft_patience=3, ft_patience_start_round=3, ft_max_segments=8,
+                   ft_batch_size=16, ft_lr=1e-3, ft_train_examples=0,
                    ft_heldout_examples=500, dev_examples=0, sst2_inputs_length=64,
-                   sst2_targets_length=8, encoder_dropout=0.1, bow_train_examples=0,
+                   sst2_targets_length=16, encoder_dropout=0.1, bow_train_examples=0,
                    cache_running_mode='multi_processing')
 
 
@@ -306,12 +310,13 @@ class Comparison:
           f'encoder, {pooler} pooling, dropout {s.encoder_dropout}', 'encoder', None, True,
           lambda p=pooler: encoder_models.EncoderClassifierModel(
               config=self.config(dropout=s.encoder_dropout), pooler=p,
-              pooled_dropout_rate=s.encoder_dropout,
+              pooled_dropout_rate=s.encoder_dropout, max_segments=s.ft_max_segments,
               pretrained_checkpoint=self.pretrained['dir']))
     out['encoder_mean_nodropout'] = (
         'encoder, mean pooling, no dropout', 'encoder', None, True,
         lambda: encoder_models.EncoderClassifierModel(
-            config=self.config(), pooler='mean', pretrained_checkpoint=self.pretrained['dir']))
+            config=self.config(), pooler='mean', max_segments=s.ft_max_segments,
+            pretrained_checkpoint=self.pretrained['dir']))
     return out
 
   def ft_needing(self, lm_key):
@@ -331,7 +336,8 @@ class Comparison:
                     'seed': seed, 'data': self.ft_data['dir'], 'lengths': lengths,
                     'data_source': 'beam_cache',
                     **{k: getattr(s, k) for k in (
-                        'ft_round_steps', 'ft_max_rounds', 'ft_patience', 'ft_batch_size',
+                        'ft_round_steps', 'ft_max_rounds', 'ft_patience',
+                        'ft_patience_start_round', 'ft_max_segments', 'ft_batch_size',
                         'ft_lr', 'dev_examples', 'ft_heldout_examples', 'encoder_dropout')}}
         self.ft[(key, seed)] = self.store.run(
             f'ft_{key}_s{seed}', settings,
@@ -342,7 +348,8 @@ class Comparison:
                               seed=sd, init_checkpoint=i, classifier=c,
                               dev_examples=s.dev_examples,
                               heldout_examples=s.ft_heldout_examples,
-                              cache_dir=self.cache_dir))
+                              cache_dir=self.cache_dir, pack=s.ft_max_segments > 1,
+                              patience_start_round=s.ft_patience_start_round))
 
   def bow(self):
     from scripts.comparison import bow as bow_lib

@@ -165,8 +165,11 @@ def markdown(summary, *, argv, plot_name) -> str:
                    f"{fmt(r['adapted_tokens'])}, from scratch {fmt(r['scratch_tokens'])}")
   cap = s['ft_round_steps'] * s['ft_max_rounds']
   lines += ['', '## SST-2 after fine-tuning (early stopping on a held-out slice of train)', '',
-            f"Held-out accuracy every {s['ft_round_steps']} steps; a run ends after "
-            f"{s['ft_patience']} evaluations without improvement or at the cap of {cap} steps. "
+            f"Training rows packed (up to {s.get('ft_max_segments', 1)} examples per row for "
+            f"an encoder; 1 = unpacked). Held-out accuracy every {s['ft_round_steps']} steps; a "
+            f"run ends after {s['ft_patience']} evaluations without improvement (counted after "
+            f"step {s.get('ft_patience_start_round', 0) * s['ft_round_steps']}) or at the cap "
+            f"of {cap} steps; the dev set is scored on the params of the best held-out round. "
             '"Best step (last step)": the selected step, and where the run ended (= the cap: '
             'not ended by early stopping).', '',
             '| system | dev accuracy (%) | seeds | best step (last step) | parameters | '

@@ -2,9 +2,9 @@
 
 `train_lm` trains on a Beam-cached task (Grain loader) and records the held-out loss on the cached
 validation split every `eval_period` steps: a curve of (training tokens, held-out loss).
-`finetune` trains on SST-2 in rounds, scores the held-out slice of train after each round (and the
-dev set when the held-out accuracy improved), and reports the dev accuracy of the round with the
-best held-out accuracy (early stopping: patience in rounds).
+`finetune` trains on SST-2 (packed rows), scores the held-out slice of train after each round,
+keeps the params of the best round and reports their dev accuracy (early stopping: patience in
+rounds).
 """
 import os
 import sys
@@ -87,13 +87,18 @@ def train_lm(*, model, model_dir: str, task: str, lengths: Dict[str, int], steps
 def finetune(*, model, model_dir: str, task: str, lengths: Dict[str, int], round_steps: int,
              max_rounds: int, patience: int, batch_size: int, lr: float, seed: int,
              init_checkpoint: Optional[str], classifier: bool, dev_examples: int,
-             heldout_examples: int, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+             heldout_examples: int, cache_dir: Optional[str] = None, pack: bool = False,
+             patience_start_round: int = 0) -> Dict[str, Any]:
   """Fine-tunes with early stopping on the held-out slice of train, scored every `round_steps`.
 
-  One training run; the held-out split is scored on the params in memory every round and the dev
-  set only when the held-out accuracy improved (`trainer.evaluation.in_loop.EarlyStopping`).
-  The reported accuracy is the dev accuracy of the best held-out round. `cache_dir`: read the
+  One training run; the held-out split is scored on the params in memory every round, a copy of
+  the params of the best held-out round is kept, and the dev set is scored once on those after
+  training (`trainer.evaluation.in_loop.EarlyStopping(keep_best_params=True)`). The reported
+  accuracy is the dev accuracy of the best held-out round. `cache_dir`: read the
   task's Beam cache (train, held-out and dev) instead of preprocessing SST-2 on the fly.
+  `pack`: pack several training examples per row (SST-2 train sentences fill about a third of a
+  64-token row; an encoder classifier's rows hold up to its `max_segments`); scoring stays
+  unpacked. Rounds up to `patience_start_round` are scored but do not count towards `patience`.
   """
   from trainer.evaluation import in_loop  # pylint: disable=g-import-not-at-top
   from trainer.training import loop  # pylint: disable=g-import-not-at-top
@@ -103,21 +108,22 @@ def finetune(*, model, model_dir: str, task: str, lengths: Dict[str, int], round
             label_words=None if classifier else LABEL_WORDS, cache_dir=cache_dir)
   stopper = in_loop.EarlyStopping(
       monitor=in_loop.TaskScorer(split='heldout', max_examples=heldout_examples or None, **kw),
-      metric='accuracy', patience=patience,
+      metric='accuracy', patience=patience, start_step=patience_start_round * round_steps,
+      keep_best_params=True,  # the dev set scored once, on the best round's params
       on_improvement={'validation': in_loop.TaskScorer(split='validation',
                                                         max_examples=dev_examples or None, **kw)},
       log=lambda line: print(f'  {line}', flush=True))
-  train_cfg = _dataset(task, lengths, batch_size, seed)
-  if cache_dir:
-    import dataclasses  # pylint: disable=g-import-not-at-top
-    # Unpacked rows through seqio's cached reader (see _dataset on Grain and chunk size 1).
-    train_cfg = dataclasses.replace(train_cfg, use_cached=True, cache_dir=cache_dir)
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  # Through seqio's cached reader (see _dataset on Grain and chunk size 1).
+  train_cfg = dataclasses.replace(_dataset(task, lengths, batch_size, seed), pack=pack,
+                                  use_cached=bool(cache_dir), cache_dir=cache_dir)
   result = loop.train(
       model=model, model_dir=model_dir, total_steps=total, optimizer=tx,
       learning_rate_fn=schedule, train_dataset_cfg=train_cfg, checkpoint_cfg=_checkpoint_cfg(),
       init_checkpoint=init_checkpoint, seed=seed, log_period=round_steps,
       eval_period=round_steps, eval_callback=stopper, stream=sys.stdout)
   _check(result, model_dir)
+  stopper.score_best()
   rounds = [{'step': h['step'], 'heldout_accuracy': h['heldout/accuracy'],
              'dev_accuracy': h.get('validation/accuracy'), 'num_params': result.num_params}
             for h in stopper.history]

@@ -76,7 +76,15 @@ class TaskScorer:
       self.task = task
       self.targets_post, self.predictions_post = seqio_eval.postprocessed_label_words(
           task, self.candidates)
-    self.num_examples = sum(len(next(iter(b.values()))) for b in self.batches)
+    self.rows = [len(next(iter(b.values()))) for b in self.batches]
+    self.num_examples = sum(self.rows)
+    if len(self.batches) > 1 and self.rows[-1] < batch_size:
+      # The last batch padded with empty rows: one compiled shape per scorer, not two (each
+      # costs a compile, ~2 s on CPU at d=128). Empty rows are masked out (classifier: segment
+      # ids 0) or their predictions dropped (label-word scoring).
+      self.batches[-1] = {k: np.concatenate([v, np.zeros((batch_size - len(v),) + v.shape[1:],
+                                                         v.dtype)])
+                          for k, v in self.batches[-1].items()}
 
   def _label_ids(self, targets: np.ndarray) -> np.ndarray:
     """The index of each example's label word among the candidates (targets = word + EOS)."""
@@ -96,8 +104,8 @@ class TaskScorer:
       return evaluate._eval_classifier(  # pylint: disable=protected-access
           self.model, params, self.batches, self.name, predict=self._predict)['metrics']
     preds = np.concatenate([
-        scoring.score_candidates(self.model, params, b, self.candidates).argmax(-1)
-        for b in self.batches])
+        scoring.score_candidates(self.model, params, b, self.candidates).argmax(-1)[:rows]
+        for b, rows in zip(self.batches, self.rows)])
     targets = [self.targets_post[i] for i in self.labels]
     predictions = [self.predictions_post[i] for i in preds]
     return seqio_eval.predict_metrics(self.task, targets=targets, predictions=predictions)
@@ -106,7 +114,20 @@ class TaskScorer:
 class EarlyStopping:
   """A `loop.train` eval callback: scores `monitor` every eval period, scores `on_improvement`
   only when the monitored metric improved (the numbers reported for the selected step), and stops
-  the run after `patience` evaluations without improvement.
+  the run after `patience` evaluations without improvement. Evaluations at or before `start_step`
+  are scored and can be the best, but do not count towards `patience` (Keras's `start_from_epoch`):
+  a fine-tune whose first rounds are noisy is not stopped before it has settled.
+
+  `keep_best_params=True` (Keras's `restore_best_weights`): instead of scoring `on_improvement`
+  at every improvement, keep a host copy of the best params (`best_params`; the train step
+  donates its buffers, so a reference would not do) and score them once after training with
+  `score_best()`. Same numbers as scoring at the improvement; one dev pass instead of one per
+  improvement, for one extra copy of the params in host memory:
+
+    stopper = in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=3,
+                                    on_improvement={'validation': dev}, keep_best_params=True)
+    loop.train(..., eval_callback=stopper)
+    stopper.score_best()  # -> {'step': 300, 'heldout/accuracy': 83.0, 'validation/accuracy': ...}
 
   Each call returns the flat metrics it computed ({'heldout/accuracy': ..., 'stop': bool});
   `history` has one record per evaluation and `best` the record of the best one.
@@ -114,14 +135,20 @@ class EarlyStopping:
 
   def __init__(self, *, monitor: TaskScorer, metric: str, patience: int,
                on_improvement: Optional[Mapping[str, TaskScorer]] = None,
-               higher_is_better: bool = True, log=None):
+               higher_is_better: bool = True, start_step: int = 0,
+               keep_best_params: bool = False, log=None):
     if not isinstance(patience, int) or patience < 1:
       raise ValueError(f'EarlyStopping.patience must be a positive int, got {patience!r}')
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+      raise ValueError(f'EarlyStopping.start_step must be an int >= 0, got {start_step!r}')
     self.monitor = monitor
     self.metric = metric
     self.patience = patience
     self.on_improvement = dict(on_improvement or {})
     self.sign = 1.0 if higher_is_better else -1.0
+    self.start_step = start_step
+    self.keep_best_params = keep_best_params
+    self.best_params = None
     self.log = log
     self.history: List[Dict[str, Any]] = []
     self.best: Optional[Dict[str, Any]] = None
@@ -135,14 +162,16 @@ class EarlyStopping:
                        f'{self.monitor.name}: {sorted(metrics)}')
     improved = (self.best is None or
                 self.sign * metrics[key] > self.sign * self.best[key])
-    if improved:
+    if improved and self.keep_best_params:
+      self.best_params = jax.device_get(params)  # a numpy copy: survives buffer donation
+    elif improved:
       for name, scorer in self.on_improvement.items():
         metrics.update({f'{name}/{k}': v for k, v in scorer(params).items()})
     record = {'step': int(step), 'improved': improved, **metrics}
     self.history.append(record)
     if improved:
       self.best, self._since_best = record, 0
-    else:
+    elif step > self.start_step:
       self._since_best += 1
     stop = self._since_best >= self.patience
     if self.log:
@@ -150,3 +179,19 @@ class EarlyStopping:
       self.log(f'eval step {step}: {shown}{" (best)" if improved else ""}'
                f'{" -> early stop" if stop else ""}')
     return {**metrics, 'stop': stop}
+
+  def score_best(self) -> Dict[str, Any]:
+    """With `keep_best_params`: scores `on_improvement` on the kept best params, adds the
+    metrics to `best` (and its `history` record) and returns it."""
+    if not self.keep_best_params:
+      raise ValueError('EarlyStopping.score_best needs keep_best_params=True (otherwise '
+                       '`on_improvement` is scored during training)')
+    if self.best is None:
+      raise ValueError('EarlyStopping.score_best: no evaluation has run yet')
+    for name, scorer in self.on_improvement.items():
+      self.best.update({f'{name}/{k}': v for k, v in scorer(self.best_params).items()})
+    if self.log:
+      shown = ' '.join(f'{k} {v:.2f}' for k, v in self.best.items()
+                       if isinstance(k, str) and k.endswith(self.metric))
+      self.log(f'best step {self.best["step"]}: {shown}')
+    return self.best

@@ -370,6 +370,8 @@ def test_in_loop_scorer_equals_evaluate_of_the_checkpoint(kind, sst2, tmp_path):
   scorer = in_loop.TaskScorer(model=model, mixture_or_task_name=task, task_feature_lengths=lengths,
                               split='validation', label_words=words, batch_size=10)
   assert scorer.num_examples == N_DEV
+  # 24 examples in batches of 10: the last batch padded with empty rows (one compiled shape).
+  assert [len(b[next(iter(b))]) for b in scorer.batches] == [10, 10, 10]
   got = scorer(params)
   want = eval_lib.evaluate(model=model, checkpoint_path=str(tmp_path / 'ckpt'),
                            mixture_or_task_name=task, task_feature_lengths=lengths,
@@ -412,3 +414,19 @@ def test_early_stopping_patience_and_scoring_on_improvement_only():
     in_loop.EarlyStopping(monitor=_FakeScorer('heldout', [1.0]), metric='f1', patience=1)(1, None)
   with pytest.raises(ValueError, match='EarlyStopping.patience must be a positive int'):
     in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=0)
+  with pytest.raises(ValueError, match='EarlyStopping.start_step must be an int >= 0'):
+    in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=1, start_step=-1)
+
+
+def test_early_stopping_start_step_scores_early_rounds_without_counting_them():
+  from trainer.evaluation import in_loop
+  # The best is the first evaluation; the next ones up to start_step=30 do not use up patience.
+  held = _FakeScorer('heldout', [60.0, 50.0, 52.0, 55.0, 58.0, 70.0])
+  stopper = in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=2, start_step=30)
+  outs = [stopper(step, None) for step in (10, 20, 30, 40, 50)]
+  assert [o['stop'] for o in outs] == [False, False, False, False, True]
+  assert stopper.best['step'] == 10
+  # Without start_step the same run stops at step 30.
+  held = _FakeScorer('heldout', [60.0, 50.0, 52.0])
+  stopper = in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=2)
+  assert [stopper(step, None)['stop'] for step in (10, 20, 30)] == [False, False, True]

@@ -241,3 +241,48 @@ def test_eval_callback_sees_live_params_and_stops_early_with_a_checkpoint(tmp_pa
   assert again.resumed_from == 6 and again.step == 12 and not again.stopped_early
   with pytest.raises(ValueError, match=r'train.eval_callback needs train.eval_period > 0'):
     trainer.train(eval_callback=callback, **dict(kw, model_dir=str(tmp_path / 'other')))
+
+
+def test_early_stopping_keeps_the_best_params_through_donated_train_steps(tmp_path):
+  """`EarlyStopping(keep_best_params=True)`: the kept copy of the best params survives the train
+  step's buffer donation, and `score_best()` scores the dev split once, on exactly those params."""
+  from trainer.evaluation import in_loop
+  sched = optimizers.create_schedule(base_learning_rate=3e-2, warmup_steps=2, decay='constant')
+  model = tiny_model()
+  eval_loss = jax.jit(model.eval_fn)
+
+  class LossScorer:  # a scorer: -loss on one fixed batch ('accuracy' rises as the loss falls)
+    def __init__(self, split, seed):
+      self.split, self.name, self.batch, self.calls = split, f'batch{seed}', make_batch(seed), 0
+
+    def __call__(self, params):
+      self.calls += 1
+      m = eval_loss(params, self.batch)['loss']
+      return {'accuracy': -float(m[0] / m[1])}
+
+  held, dev = LossScorer('heldout', 0), LossScorer('validation', 1)
+  # A held-out 'accuracy' that peaks at step 6 whatever the params do: the best is not the last.
+  bump = {3: 0.0, 6: 100.0, 9: 0.0, 12: 0.0}
+  monitor = type('Bumped', (), {'split': 'heldout', 'name': 'bumped',
+                                '__call__': lambda self, p: {
+                                    'accuracy': held(p)['accuracy'] + bump[len(steps) * 3]}})()
+  steps = []
+  stopper = in_loop.EarlyStopping(monitor=monitor, metric='accuracy', patience=5,
+                                  on_improvement={'validation': dev}, keep_best_params=True)
+
+  def callback(step, params):
+    steps.append(step)
+    return stopper(step, params)
+
+  trainer.train(model=model, model_dir=str(tmp_path), total_steps=12,
+                optimizer=optimizers.create_optimizer(name='adamw', learning_rate=sched),
+                learning_rate_fn=sched, train_dataset_fn=dataset_fn, log_period=3, eval_period=3,
+                eval_callback=callback)
+  assert steps == [3, 6, 9, 12] and dev.calls == 0  # nothing scored on dev during training
+  best = stopper.score_best()
+  assert best['step'] == 6 and dev.calls == 1 and stopper.history[1] is best
+  # The kept params are step 6's: they reproduce its held-out score (the run went on to 12).
+  assert -best['heldout/accuracy'] + 100.0 == pytest.approx(-held(stopper.best_params)['accuracy'])
+  assert best['validation/accuracy'] == dev(stopper.best_params)['accuracy']
+  with pytest.raises(ValueError, match='needs keep_best_params=True'):
+    in_loop.EarlyStopping(monitor=held, metric='accuracy', patience=1).score_best()
