@@ -72,3 +72,51 @@ def test_scalar_label_and_score_are_cached_and_read_back(glue_env):
     example = next(seqio.get_mixture_or_task(cached).get_dataset(
         lengths, split="validation", shuffle=False, use_cached=True).as_numpy_iterator())
     assert example[feature].shape == () and isinstance(example[feature].item(), kind)
+
+
+def test_grain_reads_cached_labels_and_scores_as_seqios_converter_packs_them(glue_env):
+  """The TF-free Grain loader on the same caches: its examples are seqio's cached examples, and
+  its packed classifier rows (up to 3 examples per row, each label/score in its slot) equal
+  seqio's `EncoderClassificationFeatureConverter` packing the same examples."""
+  import numpy as np
+  import tensorflow as tf
+  from trainer.training import feature_converters
+  from trainer.training import grain_loader
+  from trainer.training import numpy_converters
+  lengths = {"inputs": 96}  # room for several examples per row
+  out = glue_env / "cache"
+  config = cache_plan.CacheJobConfig(
+      tasks=("glue_cola_classification", "glue_stsb_regression"), output_cache_dir=str(out),
+      feature_lengths=lengths, module_import=("cache_glue_tasks",), min_shards=2)
+  driver.run_cache_job(config, runner="local", num_workers=1, running_mode="in_memory",
+                       quiet=True, log=lambda line: None)
+  cache_registry.register_cached_tasks(str(out))
+  for source, feature, dtype in (("glue_cola_classification", "label", tf.int32),
+                                 ("glue_stsb_regression", "score", tf.float32)):
+    cached = layout.cached_task_name(source, lengths)
+    conv = numpy_converters.make("EncoderClassificationFeatureConverter", pack=True,
+                                 task_feature_lengths=lengths, target_features=(feature,),
+                                 max_segments=3)
+    ld = grain_loader.GrainLoader(cache_dir=str(out), name=cached, task_feature_lengths=lengths,
+                                  converter=conv, batch_size=1, shuffle=False, num_epochs=1)
+    examples = [ld.examples()[i] for i in range(12)]
+    assert {e[feature].dtype for e in examples} == {np.dtype(dtype.as_numpy_dtype)}
+    want = seqio.get_mixture_or_task(cached).get_dataset(lengths, split="train", shuffle=False,
+                                                         use_cached=True)
+    as_rows = lambda exs: sorted(json.dumps({"inputs": e["inputs"].tolist(),  # noqa: E731
+                                             feature: np.asarray(e[feature]).item()})
+                                 for e in exs)
+    assert as_rows(examples) == as_rows(want.as_numpy_iterator())
+    spec = {"inputs": tf.TensorSpec([None], tf.int32), feature: tf.TensorSpec([], dtype)}
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter({"inputs": e["inputs"], feature: e[feature].reshape(())} for e in examples),
+        output_signature=spec)
+    expected = list(feature_converters.EncoderClassificationFeatureConverter(
+        pack=True, max_segments=3, target_features=(feature,))(ds, lengths).as_numpy_iterator())
+    ours = [{k: v[0] for k, v in b.items()} for b in ld.iterator()]
+    assert len(ours) == len(expected) < 12  # packed
+    for x, y in zip(expected, ours):
+      assert sorted(x) == sorted(y)
+      for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    assert max(row["encoder_segment_ids"].max() for row in ours) > 1  # several examples a row
