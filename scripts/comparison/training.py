@@ -114,7 +114,7 @@ def finetune(*, model, model_dir: str, task: str, lengths: Dict[str, int], round
                                                         max_examples=dev_examples or None, **kw)},
       log=lambda line: print(f'  {line}', flush=True))
   import dataclasses  # pylint: disable=g-import-not-at-top
-  # Through seqio's cached reader (see _dataset on Grain and chunk size 1).
+  # seqio's reader of the Beam cache, as the held-out and dev scorers use.
   train_cfg = dataclasses.replace(_dataset(task, lengths, batch_size, seed), pack=pack,
                                   use_cached=bool(cache_dir), cache_dir=cache_dir)
   result = loop.train(
