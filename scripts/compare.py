@@ -93,8 +93,8 @@ QUICK = Settings(corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, e
                  ft_batch_size=8, ft_lr=1e-3, ft_train_examples=2000, ft_heldout_examples=64,
                  dev_examples=64, sst2_inputs_length=48, sst2_targets_length=8,
                  encoder_dropout=0.1, bow_train_examples=5000, cache_running_mode='in_memory')
-# Measured at 72.9 min of stage time on the 2-core CPU (3 seeds; per-stage times in
-# docs/comparison_results.md, the summary in docs/comparison.md "Wall time").
+# Measured at 70.9 min wall, one process from an empty work directory, on the 2-core CPU (3 seeds;
+# per-stage times in docs/comparison_results.md, the summary in docs/comparison.md "Wall time").
 DEFAULT = Settings(corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed_dim=128,
                    num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
                    sliding_window=64, pretrain_steps=900, pretrain_length=128, batch_size=16,
