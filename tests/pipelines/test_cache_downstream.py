@@ -46,14 +46,20 @@ def _rows(ds, keys):
                 for ex in ds.as_numpy_iterator())
 
 
-def test_scalar_label_and_score_are_cached_and_read_back(glue_env):
-  lengths = {"inputs": 24}
+def _cache_glue(glue_env, lengths):
+  """Runs the cache job on CoLA and STS-B (encoder forms) at `lengths`; -> the cache dir."""
   out = glue_env / "cache"
   config = cache_plan.CacheJobConfig(
       tasks=("glue_cola_classification", "glue_stsb_regression"), output_cache_dir=str(out),
       feature_lengths=lengths, module_import=("cache_glue_tasks",), min_shards=2)
   driver.run_cache_job(config, runner="local", num_workers=1, running_mode="in_memory",
                        quiet=True, log=lambda line: None)
+  return out
+
+
+def test_scalar_label_and_score_are_cached_and_read_back(glue_env):
+  lengths = {"inputs": 24}
+  out = _cache_glue(glue_env, lengths)
   names = cache_registry.register_cached_tasks(str(out))
   assert names == ["glue_cola_classification.in24", "glue_stsb_regression.in24"]
   for source, feature, kind in (("glue_cola_classification", "label", int),
@@ -84,12 +90,7 @@ def test_grain_reads_cached_labels_and_scores_as_seqios_converter_packs_them(glu
   from trainer.training import grain_loader
   from trainer.training import numpy_converters
   lengths = {"inputs": 96}  # room for several examples per row
-  out = glue_env / "cache"
-  config = cache_plan.CacheJobConfig(
-      tasks=("glue_cola_classification", "glue_stsb_regression"), output_cache_dir=str(out),
-      feature_lengths=lengths, module_import=("cache_glue_tasks",), min_shards=2)
-  driver.run_cache_job(config, runner="local", num_workers=1, running_mode="in_memory",
-                       quiet=True, log=lambda line: None)
+  out = _cache_glue(glue_env, lengths)
   cache_registry.register_cached_tasks(str(out))
   for source, feature, dtype in (("glue_cola_classification", "label", tf.int32),
                                  ("glue_stsb_regression", "score", tf.float32)):
