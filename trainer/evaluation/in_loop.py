@@ -53,9 +53,7 @@ class TaskScorer:
     if self.classifier:
       converter = feature_converters.for_model(model, pack=False)
     else:
-      if 'inputs' not in lengths or 'targets' not in lengths:
-        raise ValueError(f"TASK_FEATURE_LENGTHS must have 'inputs' and 'targets' for a text-to-"
-                         f'text task, got {lengths}')
+      seqio_eval.check_text_to_text_lengths(lengths)
       converter = seqio_eval.text_to_text_converter()
       task = seqio_eval.get_task(mixture_or_task_name)
       self.candidates = seqio_eval.label_word_candidates(task, label_words)
@@ -175,8 +173,7 @@ class EarlyStopping:
       self._since_best += 1
     stop = self._since_best >= self.patience
     if self.log:
-      shown = ' '.join(f'{k} {v:.2f}' for k, v in metrics.items() if k.endswith(self.metric))
-      self.log(f'eval step {step}: {shown}{" (best)" if improved else ""}'
+      self.log(f'eval step {step}: {self._shown(metrics)}{" (best)" if improved else ""}'
                f'{" -> early stop" if stop else ""}')
     return {**metrics, 'stop': stop}
 
@@ -191,7 +188,9 @@ class EarlyStopping:
     for name, scorer in self.on_improvement.items():
       self.best.update({f'{name}/{k}': v for k, v in scorer(self.best_params).items()})
     if self.log:
-      shown = ' '.join(f'{k} {v:.2f}' for k, v in self.best.items()
-                       if isinstance(k, str) and k.endswith(self.metric))
-      self.log(f'best step {self.best["step"]}: {shown}')
+      self.log(f'best step {self.best["step"]}: {self._shown(self.best)}')
     return self.best
+
+  def _shown(self, metrics: Mapping[str, Any]) -> str:
+    """'heldout/accuracy 81.20 validation/accuracy 76.15': the monitored metric per split."""
+    return ' '.join(f'{k} {v:.2f}' for k, v in metrics.items() if k.endswith(self.metric))

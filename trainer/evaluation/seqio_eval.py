@@ -111,9 +111,15 @@ def get_task(name: str):
   return seqio.get_mixture_or_task(name)
 
 
+def check_text_to_text_lengths(task_feature_lengths: Mapping[str, int]) -> None:
+  if 'inputs' not in task_feature_lengths or 'targets' not in task_feature_lengths:
+    raise ValueError(f"TASK_FEATURE_LENGTHS must have 'inputs' and 'targets' for a text-to-text "
+                     f'task, got {dict(task_feature_lengths)}')
+
+
 def text_to_text_converter():
-  """Unpacked inputs and targets kept apart, for both model kinds (as `eval_generative`);
-  `scoring.prompt_layout` lays them out per model."""
+  """Unpacked inputs and targets kept apart, for both model kinds (`eval_generative`,
+  `in_loop.TaskScorer`); `scoring.prompt_layout` lays them out per model."""
   import seqio  # pylint: disable=g-import-not-at-top
   return seqio.EncDecFeatureConverter(pack=False)
 
@@ -193,13 +199,9 @@ def eval_generative(model, params, *, task_name: str, split: str,
                      label_words, max_decode_length: int, max_examples: Optional[int]):
   import seqio  # pylint: disable=g-import-not-at-top
   check_task(task_name)
-  if 'inputs' not in task_feature_lengths or 'targets' not in task_feature_lengths:
-    raise ValueError(f"TASK_FEATURE_LENGTHS must have 'inputs' and 'targets' for a text-to-text "
-                     f'task, got {dict(task_feature_lengths)}')
+  check_text_to_text_lengths(task_feature_lengths)
   evaluator = seqio.Evaluator(
-      mixture_or_task_name=task_name,
-      # Keeps inputs and targets apart for both model kinds; trainer/evaluation/scoring.py lays them out.
-      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      mixture_or_task_name=task_name, feature_converter=text_to_text_converter(),
       eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=max_examples,
       shuffle=False, use_memory_cache=True, async_compute_metrics=False)
   if not evaluator.eval_tasks:
