@@ -36,6 +36,10 @@ sys.path.insert(0, _REPO)
 # The Beam cache jobs' worker processes import `scripts.comparison.sst2_tasks` too.
 os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [_REPO, os.environ.get('PYTHONPATH')]))
 
+# Before TensorFlow and JAX start their threads: freed step buffers are reused, not unmapped.
+from trainer import host_malloc  # noqa: E402
+host_malloc.tune_for_cpu()
+
 from scripts.comparison import corpus as corpus_lib  # noqa: E402
 from scripts.comparison import report as report_lib  # noqa: E402
 from scripts.comparison import stages as stages_lib  # noqa: E402
@@ -93,13 +97,13 @@ QUICK = Settings(corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, e
                  ft_batch_size=8, ft_lr=1e-3, ft_train_examples=2000, ft_heldout_examples=64,
                  dev_examples=64, sst2_inputs_length=48, sst2_targets_length=8,
                  encoder_dropout=0.1, bow_train_examples=5000, cache_running_mode='in_memory')
-# Measured at 70.9 min wall, one process from an empty work directory, on the 2-core CPU (3 seeds;
-# per-stage times in docs/comparison_results.md, the summary in docs/comparison.md "Wall time").
+# Its measured wall time (one process from an empty work directory, the 2-core CPU, 3 seeds) is in
+# docs/comparison.md ("Wall time"); per-stage times in docs/comparison_results.md.
 DEFAULT = Settings(corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed_dim=128,
                    num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
                    sliding_window=64, pretrain_steps=900, pretrain_length=128, batch_size=16,
                    pretrain_lr=3e-3, lm_steps=60, lm_lengths=(64, 64), lm_lr=1e-3,
-                   eval_points=4, eval_batches=8, ft_round_steps=50, ft_max_rounds=14,
+                   eval_points=4, eval_batches=8, ft_round_steps=50, ft_max_rounds=20,
                    ft_patience=3, ft_patience_start_round=3, ft_max_segments=8,
                    ft_batch_size=16, ft_lr=1e-3, ft_train_examples=0,
                    ft_heldout_examples=500, dev_examples=0, sst2_inputs_length=64,

@@ -23,7 +23,9 @@ system: median and min wall seconds per step, process CPU seconds per step (all 
 less sensitive to other processes than wall time), and speed relative to torch (torch median /
 ours median). `--forward` adds a forward-only row per system (loss, no gradients).
 
-XLA flags are the process's (`XLA_FLAGS`); run the script once per flag set to compare them.
+XLA flags are the process's (`XLA_FLAGS`); run the script once per flag set to compare them. glibc
+malloc is tuned as the trainer's entry points tune it (`trainer/host_malloc.py`; it applies to
+torch's allocations too); `GEMMA_ADAPT_HOST_MALLOC=0` runs with glibc's defaults.
 """
 import argparse
 import os
@@ -35,6 +37,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from trainer import host_malloc  # pylint: disable=g-import-not-at-top
+_MALLOC_TUNED = host_malloc.tune_for_cpu()  # as the entry points; GEMMA_ADAPT_HOST_MALLOC=0: off
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -182,7 +187,7 @@ def main(argv=None):
         f'{config.decoder.num_layers} layers, d {enc.embed_dim}, vocab {args.vocab_size}), batch '
         f'{args.batch}, {args.length}+{args.length} tokens, AdamW, fp32; {os.cpu_count()} CPU '
         f'cores; jax {jax.__version__}, {torch_text}; '
-        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; median of {args.steps} interleaved '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; host malloc tuned: {_MALLOC_TUNED}; median of {args.steps} interleaved '
         f'steps after {args.warmup} warmup; 1-min load average at the end '
         f'{os.getloadavg()[0]:.1f}')
   ref = (None if args.skip_torch else

@@ -31,6 +31,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 from tasks import cli  # pylint: disable=g-import-not-at-top
 from trainer import gin_flags  # pylint: disable=g-import-not-at-top
+from trainer import host_malloc  # pylint: disable=g-import-not-at-top
 from trainer.adaptation import adapt as adapt_lib  # pylint: disable=g-import-not-at-top
 from trainer.model import config_io  # pylint: disable=g-import-not-at-top
 from trainer.model.config import TransformerConfig  # pylint: disable=g-import-not-at-top
@@ -108,6 +109,7 @@ def main(argv) -> int:
 
 def run(argv=None) -> int:
   """`argv`: the arguments without the program name (default: sys.argv[1:])."""
+  host_malloc.tune_for_cpu()  # before TF/JAX start threads (trainer/host_malloc.py)
   args = gin_flags.rewrite_gin_args(sys.argv[1:] if argv is None else argv)
   flags.FLAGS.unparse_flags()
   return cli.run(main, program='adapt', argv=['adapt'] + args)

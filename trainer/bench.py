@@ -24,6 +24,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from trainer import gin_flags  # pylint: disable=g-import-not-at-top
+from trainer import host_malloc  # pylint: disable=g-import-not-at-top
 
 flags.adopt_module_key_flags(gin_flags)
 # The benchmark's own arguments are bound as `benchmark.NAME` (the function, registered here).
@@ -45,6 +46,7 @@ def _benchmark_bindings(args):
 
 def run_cli(argv=None) -> int:
   """`argv`: the arguments without the program name (default: sys.argv[1:])."""
+  host_malloc.tune_for_cpu()  # before TF/JAX start threads (trainer/host_malloc.py)
   return gin_flags.run(main, argv=argv, program='bench', prelude=PRELUDE,
                        rewrite_args=_benchmark_bindings)
 

@@ -19,6 +19,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from trainer import gin_flags  # pylint: disable=g-import-not-at-top
+from trainer import host_malloc  # pylint: disable=g-import-not-at-top
 
 flags.adopt_module_key_flags(gin_flags)
 
@@ -37,6 +38,7 @@ def main(argv) -> int:
 
 def run(argv=None) -> int:
   """`argv`: the arguments without the program name (default: sys.argv[1:])."""
+  host_malloc.tune_for_cpu()  # before TF/JAX start threads (trainer/host_malloc.py)
   # TensorFlow (seqio) first, with its native start-up noise silenced (as trainer.train does).
   from trainer.training import data  # pylint: disable=g-import-not-at-top
   data.preload_tf()

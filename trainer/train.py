@@ -22,6 +22,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 
 from trainer import gin_flags  # pylint: disable=g-import-not-at-top
+from trainer import host_malloc  # pylint: disable=g-import-not-at-top
 
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     'coordinator_address', None, 'Multi-host JAX: the coordinator HOST:PORT.', allow_override=True)
@@ -56,6 +57,7 @@ def main(argv) -> int:
 
 def run(argv=None) -> int:
   """`argv`: the arguments without the program name (default: sys.argv[1:])."""
+  host_malloc.tune_for_cpu()  # before TF/JAX start threads (trainer/host_malloc.py)
   # TensorFlow (seqio) first, with its native start-up noise silenced, before tasks modules load;
   # where it is not installed (GPU images), the Grain loader reads cached tasks without it.
   from trainer.training import data  # pylint: disable=g-import-not-at-top
