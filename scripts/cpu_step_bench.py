@@ -10,6 +10,8 @@ Same model (the gin file's T5Gemma shapes, random weights exported with
 * ours: the trainer's real train step (`trainer.training.loop.make_train_step`: loss with z-loss,
   gradients, global grad norm, clipping, AdamW), jitted, once per variant:
   `cpu` = the default on CPU (contractions as 2-D matmuls, `trainer.model.matmul`),
+  `cpu_einsum_attention` = the same with the reference attention in its einsum form
+  (`reference_attention.heads_major(False)`, what CPU ran before session 8),
   `plain` = the same step traced with `matmul.flat_dots(False)` (the `dot_general` form the model
   had before; what GPU/TPU run).
 * torch: `T5GemmaForConditionalGeneration` (eager attention, train mode, dropout 0) forward with
@@ -49,6 +51,7 @@ from flax.core import meta  # pylint: disable=g-import-not-at-top
 from trainer import gin_flags  # pylint: disable=g-import-not-at-top
 from trainer.checkpoint import hf_t5gemma  # pylint: disable=g-import-not-at-top
 from trainer.model import matmul  # pylint: disable=g-import-not-at-top
+from trainer.model import reference_attention  # pylint: disable=g-import-not-at-top
 from trainer.model.config import EncoderDecoderConfig  # pylint: disable=g-import-not-at-top
 from trainer.training import loop  # pylint: disable=g-import-not-at-top
 from trainer.training import models  # pylint: disable=g-import-not-at-top
@@ -56,7 +59,8 @@ from trainer.training import optimizers  # pylint: disable=g-import-not-at-top
 from trainer.training.benchmark import synthetic_batch  # pylint: disable=g-import-not-at-top
 from trainer.training.train_state import TrainState  # pylint: disable=g-import-not-at-top
 
-VARIANTS = {'cpu': None, 'plain': False}  # name -> matmul.flat_dots argument
+# name -> (matmul.flat_dots, reference_attention.heads_major) arguments
+VARIANTS = {'cpu': (None, None), 'cpu_einsum_attention': (None, False), 'plain': (False, None)}
 
 
 def _timed(fn):
@@ -74,7 +78,8 @@ class _Ours:
     params = jax.tree_util.tree_map(jnp.array, params)  # own copy: the step donates its state
     self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                             opt_state=jax.jit(self.tx.init)(params), rng=jax.random.PRNGKey(0))
-    with matmul.flat_dots(VARIANTS[variant]):
+    flat, heads_major = VARIANTS[variant]
+    with matmul.flat_dots(flat), reference_attention.heads_major(heads_major):
       self.step_fn = jax.jit(loop.make_train_step(model, self.tx), donate_argnums=(0,)).lower(
           self.state, self.batch).compile()
       self.loss_fn = jax.jit(lambda p, b: model.loss_fn(p, b, None)[0]).lower(

@@ -11,13 +11,15 @@ Kernel interface (every kernel, dispatched by `trainer.model.attention.dot_produ
 Logits are `soft_cap(q . k * scale)`; masked entries get the fp32 minimum (finite, so rows that
 see nothing, e.g. padding queries, give a uniform average instead of NaN); softmax in fp32.
 """
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from trainer.model import layers
+from trainer.model import matmul
 
 
 @flax.struct.dataclass
@@ -94,19 +96,59 @@ class AttentionMask:
     return mask
 
 
+_HEADS_MAJOR: list = [None]  # None: as `matmul.flat_dots_enabled()`; True / False: forced
+
+
+@contextlib.contextmanager
+def heads_major(enabled: Optional[bool]) -> Iterator[None]:
+  """Within the block, `reference_attention` traced runs heads-major (True), in the einsum form
+  (False), or as the contractions do (None: heads-major where `matmul.flat_dots_enabled()`, i.e.
+  on CPU). Benchmarks and tests compare the two forms with it."""
+  previous = _HEADS_MAJOR[0]
+  _HEADS_MAJOR[0] = enabled
+  try:
+    yield
+  finally:
+    _HEADS_MAJOR[0] = previous
+
+
+def heads_major_enabled() -> bool:
+  if _HEADS_MAJOR[0] is not None:
+    return bool(_HEADS_MAJOR[0])
+  return matmul.flat_dots_enabled()
+
+
 def reference_attention(query, key, value, *, mask: Optional[AttentionMask], scale: float,
                         soft_cap: Optional[float]) -> jax.Array:
-  """Einsum attention; any backend, every feature. See the module docstring for the contract."""
+  """Einsum attention; any backend, every feature. See the module docstring for the contract.
+
+  On CPU (`heads_major_enabled()`) q, k, v and the probabilities are laid out heads-major
+  (`[B, K, G * L, Dh]`, `[B, K, S, Dh]`): both products are batched matmuls over (B, K) whose
+  backward passes XLA CPU runs without transposed copies of the `[B, K, G, L, S]` arrays.
+  """
   batch, q_len, num_heads, head_dim = query.shape
   kv_len, num_kv_heads = key.shape[1], key.shape[2]
   groups = num_heads // num_kv_heads
-  q = query.reshape(batch, q_len, num_kv_heads, groups, head_dim)
-  logits = jnp.einsum('blkgd,bskd->bkgls', q, key, preferred_element_type=jnp.float32)
+  heads_major = heads_major_enabled()
+  if heads_major:
+    q = query.reshape(batch, q_len, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(batch, num_kv_heads, groups * q_len, head_dim)
+    key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)  # [B, K, S, Dh]
+    logits = jnp.einsum('bkqd,bksd->bkqs', q, key, preferred_element_type=jnp.float32)
+    logits = logits.reshape(batch, num_kv_heads, groups, q_len, kv_len)
+  else:
+    q = query.reshape(batch, q_len, num_kv_heads, groups, head_dim)
+    logits = jnp.einsum('blkgd,bskd->bkgls', q, key, preferred_element_type=jnp.float32)
   logits = layers.soft_cap(logits * scale, soft_cap)
   if mask is not None:
     bool_mask = mask.materialize(q_len, kv_len)
     if bool_mask is not None:
       logits = jnp.where(bool_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  out = jnp.einsum('bkgls,bskd->blkgd', probs, value)
+  if heads_major:
+    probs = probs.reshape(batch, num_kv_heads, groups * q_len, kv_len)
+    out = jnp.einsum('bkqs,bksd->bkqd', probs, value)
+    out = out.reshape(batch, num_kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
+  else:
+    out = jnp.einsum('bkgls,bskd->blkgd', probs, value)
   return out.reshape(batch, q_len, num_heads, head_dim)

@@ -141,3 +141,31 @@ def test_bfloat16_inputs_keep_dtype():
   want = _numpy_attention(*(np.asarray(x, np.float32) for x in (q, k, v)),
                           np.tril(np.ones((1, 4, 4), bool)), 0.5, 50.0)
   np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=0.05)
+
+
+@pytest.mark.parametrize('q_len,kv_len,causal', [(10, 10, True), (6, 10, False)])  # self, cross
+def test_heads_major_cpu_layout_agrees_with_the_einsum_form_with_gradients(q_len, kv_len, causal):
+  """`reference_attention` on CPU lays q, k, v out heads-major; same values and gradients."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from trainer.model import reference_attention  # pylint: disable=g-import-not-at-top
+  rs = np.random.RandomState(3)
+  q = jnp.asarray(rs.normal(size=(2, q_len, 6, 8)).astype(np.float32))
+  k = jnp.asarray(rs.normal(size=(2, kv_len, 2, 8)).astype(np.float32))
+  v = jnp.asarray(rs.normal(size=(2, kv_len, 2, 8)).astype(np.float32))
+  seg = jnp.asarray(np.stack([SEG, np.array([1] * 10)]))
+  mask = AttentionMask(q_segment_ids=seg[:, :q_len], kv_segment_ids=seg, causal=causal,
+                       sliding_window=3 if causal else None)
+
+  def loss(q, k, v):
+    out = attention.dot_product_attention(q, k, v, mask=mask, scale=0.3, soft_cap=2.0)
+    return jnp.sum(jnp.tanh(out) ** 2), out
+
+  results = {}
+  for heads_major in (True, False):
+    with reference_attention.heads_major(heads_major):
+      results[heads_major] = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+  (grads_hm, out_hm), (grads, out) = results[True], results[False]
+  np.testing.assert_allclose(np.asarray(out_hm), np.asarray(out), atol=1e-6)
+  for a, b in zip(grads_hm, grads):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  assert float(jnp.abs(grads[1]).sum()) > 0
