@@ -29,15 +29,20 @@ _FORCED: list = [None]  # None: decide by backend; True / False: forced by `flat
 
 
 @contextlib.contextmanager
-def flat_dots(enabled: Optional[bool]) -> Iterator[None]:
-  """Within the block, functions traced use 2-D matmuls (True), the plain `dot_general` (False),
-  or the backend default (None: 2-D on CPU). Affects tracing only, not already-compiled code."""
-  previous = _FORCED[0]
-  _FORCED[0] = enabled
+def forced(cell: list, enabled: Optional[bool]) -> Iterator[None]:
+  """A tracing-time switch: `cell[0]` is `enabled` within the block, then what it was."""
+  previous = cell[0]
+  cell[0] = enabled
   try:
     yield
   finally:
-    _FORCED[0] = previous
+    cell[0] = previous
+
+
+def flat_dots(enabled: Optional[bool]):
+  """Within the block, functions traced use 2-D matmuls (True), the plain `dot_general` (False),
+  or the backend default (None: 2-D on CPU). Affects tracing only, not already-compiled code."""
+  return forced(_FORCED, enabled)
 
 
 def flat_dots_enabled() -> bool:

@@ -11,8 +11,7 @@ Kernel interface (every kernel, dispatched by `trainer.model.attention.dot_produ
 Logits are `soft_cap(q . k * scale)`; masked entries get the fp32 minimum (finite, so rows that
 see nothing, e.g. padding queries, give a uniform average instead of NaN); softmax in fp32.
 """
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import flax.struct
 import jax
@@ -99,17 +98,11 @@ class AttentionMask:
 _HEADS_MAJOR: list = [None]  # None: as `matmul.flat_dots_enabled()`; True / False: forced
 
 
-@contextlib.contextmanager
-def heads_major(enabled: Optional[bool]) -> Iterator[None]:
+def heads_major(enabled: Optional[bool]):
   """Within the block, `reference_attention` traced runs heads-major (True), in the einsum form
   (False), or as the contractions do (None: heads-major where `matmul.flat_dots_enabled()`, i.e.
   on CPU). Benchmarks and tests compare the two forms with it."""
-  previous = _HEADS_MAJOR[0]
-  _HEADS_MAJOR[0] = enabled
-  try:
-    yield
-  finally:
-    _HEADS_MAJOR[0] = previous
+  return matmul.forced(_HEADS_MAJOR, enabled)
 
 
 def heads_major_enabled() -> bool:
