@@ -192,8 +192,9 @@ def main(argv=None):
         f'{config.decoder.num_layers} layers, d {enc.embed_dim}, vocab {args.vocab_size}), batch '
         f'{args.batch}, {args.length}+{args.length} tokens, AdamW, fp32; {os.cpu_count()} CPU '
         f'cores; jax {jax.__version__}, {torch_text}; '
-        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; host malloc tuned: {_MALLOC_TUNED}; median of {args.steps} interleaved '
-        f'steps after {args.warmup} warmup; 1-min load average at the end '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; host malloc tuned: {_MALLOC_TUNED}; '
+        f'median of {args.steps} interleaved steps after {args.warmup} warmup; 1-min load '
+        f'average at the end '
         f'{os.getloadavg()[0]:.1f}')
   ref = (None if args.skip_torch else
          statistics.median(w for w, _ in times['torch (transformers)']))

@@ -1,10 +1,10 @@
-"""glibc malloc settings for a CPU-only training process: freed step buffers are reused, not unmapped.
+"""glibc malloc for a CPU-only training process: freed step buffers are reused, not unmapped.
 
 Why (measured on the 2-core machine, issue 16): XLA CPU allocates each executable's buffers with
-plain `malloc` at every call and frees them after it. glibc serves a block above its mmap threshold
-(at most 32 MiB) with a fresh `mmap` and returns it with `munmap`, and a thread's own arena (XLA runs
-on its worker threads) cannot hold a block bigger than its 64 MiB heap at all, so every train step
-maps its temporaries anew and the kernel faults in and zeroes every page on first touch. One SST-2
+plain `malloc` at every call and frees them after it. glibc serves a block above its mmap
+threshold (at most 32 MiB) with a fresh `mmap` and returns it with `munmap`, and a thread's own
+arena (XLA runs on its worker threads) cannot hold a block bigger than its 64 MiB heap at all, so
+every train step maps its temporaries anew and the kernel faults in and zeroes every page on first touch. One SST-2
 fine-tune of `scripts/compare.py` (250 steps + evaluation) made 250 maps of 64-128 MiB, 7.8M page
 faults and 16.7 s of system time in 43 s of wall time; the default comparison run spent 1,910 s of
 its 7,117 CPU seconds in the kernel (968M page faults).

@@ -1,4 +1,5 @@
-"""`trainer.host_malloc`: a freed large block is reused by the next thread's allocation, not re-faulted.
+"""`trainer.host_malloc`: a freed large block is reused by the next thread's allocation, not faulted
+in again.
 
 Each case runs in a fresh interpreter: malloc settings are process-wide and an arena is chosen once
 per thread.
