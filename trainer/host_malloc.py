@@ -4,10 +4,10 @@ Why (measured on the 2-core machine, issue 16): XLA CPU allocates each executabl
 plain `malloc` at every call and frees them after it. glibc serves a block above its mmap
 threshold (at most 32 MiB) with a fresh `mmap` and returns it with `munmap`, and a thread's own
 arena (XLA runs on its worker threads) cannot hold a block bigger than its 64 MiB heap at all, so
-every train step maps its temporaries anew and the kernel faults in and zeroes every page on first touch. One SST-2
-fine-tune of `scripts/compare.py` (250 steps + evaluation) made 250 maps of 64-128 MiB, 7.8M page
-faults and 16.7 s of system time in 43 s of wall time; the default comparison run spent 1,910 s of
-its 7,117 CPU seconds in the kernel (968M page faults).
+every train step maps its temporaries anew and the kernel faults in and zeroes every page on
+first touch. One SST-2 fine-tune of `scripts/compare.py` (250 steps + evaluation) made 250 maps of
+64-128 MiB, 7.8M page faults and 16.7 s of system time in 43 s of wall time; the default
+comparison run spent 1,910 s of its 7,117 CPU seconds in the kernel (968M page faults).
 
 With one arena (`M_ARENA_MAX=1`, so the worker threads allocate from the main heap, which can grow
 past 64 MiB), no mmap for large blocks (`M_MMAP_MAX=0`) and no trimming of the heap's free top
