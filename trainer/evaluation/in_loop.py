@@ -23,6 +23,7 @@ classifiers by their head (`predict_fn`), generative models by label words
 the inputs, the inputs prefilled once). Splits are small held-out slices; every example is scored
 (no batch is dropped).
 """
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import jax
@@ -153,6 +154,7 @@ class EarlyStopping:
     self._since_best = 0
 
   def __call__(self, step: int, params) -> Dict[str, Any]:
+    start = time.perf_counter()
     metrics = {f'{self.monitor.split}/{k}': v for k, v in self.monitor(params).items()}
     key = f'{self.monitor.split}/{self.metric}'
     if key not in metrics:
@@ -172,9 +174,9 @@ class EarlyStopping:
     elif step > self.start_step:
       self._since_best += 1
     stop = self._since_best >= self.patience
-    if self.log:
+    if self.log:  # with the evaluation's wall time: what a round's scoring costs beside training
       self.log(f'eval step {step}: {self._shown(metrics)}{" (best)" if improved else ""}'
-               f'{" -> early stop" if stop else ""}')
+               f'{" -> early stop" if stop else ""} [{time.perf_counter() - start:.1f} s]')
     return {**metrics, 'stop': stop}
 
   def score_best(self) -> Dict[str, Any]:
@@ -185,10 +187,12 @@ class EarlyStopping:
                        '`on_improvement` is scored during training)')
     if self.best is None:
       raise ValueError('EarlyStopping.score_best: no evaluation has run yet')
+    start = time.perf_counter()
     for name, scorer in self.on_improvement.items():
       self.best.update({f'{name}/{k}': v for k, v in scorer(self.best_params).items()})
     if self.log:
-      self.log(f'best step {self.best["step"]}: {self._shown(self.best)}')
+      self.log(f'best step {self.best["step"]}: {self._shown(self.best)}'
+               f' [{time.perf_counter() - start:.1f} s]')
     return self.best
 
   def _shown(self, metrics: Mapping[str, Any]) -> str:

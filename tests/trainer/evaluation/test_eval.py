@@ -4,6 +4,7 @@ JSON + TensorBoard outputs, and the command line."""
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -409,7 +410,9 @@ def test_early_stopping_patience_and_scoring_on_improvement_only():
                           'validation/accuracy': 2.0}
   assert [h['step'] for h in stopper.history] == [10, 20, 30, 40]
   assert 'validation/accuracy' not in outs[2] and outs[1]['validation/accuracy'] == 2.0
-  assert lines[-1].endswith('-> early stop') and '(best)' in lines[1]
+  assert re.fullmatch(r'eval step 40: heldout/accuracy 60\.00 -> early stop \[\d+\.\d s\]',
+                      lines[-1]), lines[-1]
+  assert '(best)' in lines[1]
   with pytest.raises(ValueError, match="EarlyStopping.metric='f1' is not among the metrics"):
     in_loop.EarlyStopping(monitor=_FakeScorer('heldout', [1.0]), metric='f1', patience=1)(1, None)
   with pytest.raises(ValueError, match='EarlyStopping.patience must be a positive int'):
