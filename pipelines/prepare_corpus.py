@@ -1,8 +1,9 @@
 r"""Writes a built-in corpus as plain-text files, for stages that read files (e.g. train_vocab).
 
   python -m pipelines.prepare_corpus --corpus=pydoc --output_dir=/tmp/corpora
+  python -m pipelines.prepare_corpus --corpus=docstrings --output_dir=/tmp/corpora
 
-writes OUTPUT_DIR/pydoc/{train,validation}.txt (blank-line-separated paragraphs; see
+writes OUTPUT_DIR/<corpus>/{train,validation}.txt (blank-line-separated paragraphs; see
 `tasks.builtin`) and prints their paths and sizes. Idempotent: existing files are kept.
 """
 import os
@@ -13,7 +14,9 @@ from absl import flags
 from tasks import builtin
 from tasks import cli
 
-CORPORA = ('pydoc',)
+_PREPARE = {'pydoc': builtin.prepare_pydoc_corpus,
+            'docstrings': builtin.prepare_docstrings_corpus}
+CORPORA = tuple(_PREPARE)
 
 _CORPUS = flags.DEFINE_string('corpus', 'pydoc', f'one of {CORPORA}')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', builtin.data_dir(),
@@ -25,7 +28,7 @@ def prepare(*, corpus: str, output_dir: str) -> dict:
   if corpus not in CORPORA:
     raise cli.UserError(f'--corpus must be one of {CORPORA}, got {corpus!r}')
   out = os.path.join(os.path.abspath(os.path.expanduser(output_dir)), corpus)
-  builtin.prepare_pydoc_corpus(out)
+  _PREPARE[corpus](out)
   return {split: os.path.join(out, f'{split}.txt') for split in ('train', 'validation')}
 
 

@@ -150,6 +150,36 @@ def test_builtin_pydoc_corpus(tmp_path, vocab_path):
   pretraining.register_corpus_tasks(corpus=builtin.pydoc_corpus())
 
 
+def test_builtin_docstrings_corpus(tmp_path):
+  # A small standard library: one file per kind of docstring, a test package left out, a file
+  # that does not parse, and ten files so the 10th goes to validation.
+  lib = tmp_path / "lib"
+  (lib / "test").mkdir(parents=True)
+  (lib / "test" / "test_x.py").write_text('"""Not documentation."""\n')
+  (lib / "broken.py").write_text('"""Never read."""\ndef (:\n')
+  (lib / "a.py").write_text('"""Module a.\n\n  Second paragraph."""\n'
+                            'class C:\n  """Class C."""\n  def f(self):\n    """Method f."""\n'
+                            'async def g():\n  """Coroutine g."""\n')
+  (lib / "b.py").write_text("x = 1\n")  # no docstrings: does not count towards every 10th
+  for i in range(9):
+    (lib / f"m{i}.py").write_text(f'def f{i}():\n  """Function f{i}."""\n')
+  assert [os.path.basename(p) for p in builtin.stdlib_files(str(lib))] == (
+      ["a.py", "b.py", "broken.py"] + [f"m{i}.py" for i in range(9)])
+  texts = builtin.docstrings_split_texts(str(lib))
+  assert texts["train"] == ("Module a.\nSecond paragraph.\n\nClass C.\n\nMethod f.\n\n"
+                            "Coroutine g.\n\n" + "".join(f"Function f{i}.\n\n" for i in range(8))
+                            ).rstrip("\n") + "\n"
+  assert texts["validation"] == "Function f8.\n"
+  # The interpreter's own library: real text on both sides, written on first use.
+  corpus = builtin.docstrings_corpus(str(tmp_path / "docstrings"))
+  assert not (tmp_path / "docstrings").exists()
+  assert corpus.files("train") == [str(tmp_path / "docstrings" / "train.txt")]
+  train = (tmp_path / "docstrings" / "train.txt").read_text(encoding="utf-8")
+  assert len(train) > 500_000 and "Return" in train and "Not documentation" not in train
+  docs = list(corpus.iter_documents("validation"))
+  assert len(docs) > 500 and all(d.strip() for d in docs)
+
+
 def test_sst2_text_to_text_and_classification(shared_data, vocab_path):
   names = downstream.register_glue_tasks(data_dir=str(shared_data / "glue"),
                                          vocabulary=vocab_path)
