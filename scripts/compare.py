@@ -6,7 +6,10 @@ distillation and fine-tuned SST-2 quality at equal inference cost, each over sev
 
 Stages (each a library call into the toolkit, stored in --workdir keyed by its settings and reused
 on rerun; the log says which were reused):
-  corpus      tinyshakespeare + wikitext-2 (--data_dir) + the built-in pydoc text, train/held-out
+  sst2_splits SST-2 train minus a held-out slice (early stopping), dev
+  corpus      tinyshakespeare + wikitext-2 (--data_dir) + the built-in pydoc topics, train/held-out;
+              `--set corpus_sources=...` adds SST-2's training sentences without labels and the
+              standard library's docstrings (tasks.builtin)
   vocab       SentencePiece (tasks.vocab.train_vocabulary)
   cache_*     the Beam cache job (pipelines.cache.driver.run_cache_job = pipelines.cache_tasks) for
               causal LM, PrefixLM and UL2 at the run's lengths; every LM stage reads these caches
@@ -52,7 +55,8 @@ LM_SYSTEMS = ('ed_adapted', 'ed_causal', 'ed_scratch', 'ed_ul2', 'ed_distill', '
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  corpus_chars: int           # 0 = every paragraph of the three sources
+  corpus_sources: tuple       # names from corpus.SOURCES
+  corpus_chars: int           # 0 = every paragraph of the sources
   heldout_fraction: float
   vocab_size: int
   embed_dim: int
@@ -88,7 +92,11 @@ class Settings:
   cache_running_mode: str
 
 
-QUICK = Settings(corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, embed_dim=64,
+# The measured default's corpus. `--set corpus_sources=tinyshakespeare,wikitext-2,
+# sst2-train-sentences,pydoc,docstrings` takes every source (about 2.8x the tokens; see
+# docs/comparison.md, "A larger corpus").
+THREE_SOURCES = ('tinyshakespeare', 'wikitext-2', 'pydoc')
+QUICK = Settings(corpus_sources=THREE_SOURCES, corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, embed_dim=64,
                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256,
                  sliding_window=32, pretrain_steps=40, pretrain_length=64, batch_size=8,
                  pretrain_lr=3e-3, lm_steps=20, lm_lengths=(32, 32), lm_lr=1e-3, eval_points=2,
@@ -99,7 +107,7 @@ QUICK = Settings(corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, e
                  encoder_dropout=0.1, bow_train_examples=5000, cache_running_mode='in_memory')
 # Its measured wall time (one process from an empty work directory, the 2-core CPU, 3 seeds) is in
 # docs/comparison.md ("Wall time"); per-stage times in docs/comparison_results.md.
-DEFAULT = Settings(corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed_dim=128,
+DEFAULT = Settings(corpus_sources=THREE_SOURCES, corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed_dim=128,
                    num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
                    sliding_window=64, pretrain_steps=900, pretrain_length=128, batch_size=16,
                    pretrain_lr=3e-3, lm_steps=60, lm_lengths=(64, 64), lm_lr=1e-3,
@@ -153,11 +161,20 @@ class Comparison:
 
   def data_stages(self):
     s = self.s
+    # First the SST-2 splits: the corpus takes fine-tuning's training sentences (no labels).
+    self.ft_data = self.store.run('sst2_splits', {
+        'data_dir': self.data_dir, 'heldout': s.ft_heldout_examples,
+        'train': s.ft_train_examples}, lambda d: corpus_lib.sst2_splits(
+            out_dir=d, data_dir=self.data_dir, heldout_examples=s.ft_heldout_examples,
+            train_examples=s.ft_train_examples))
     corpus_set = {'data_dir': self.data_dir, 'chars': s.corpus_chars,
                   'heldout': s.heldout_fraction}
+    if s.corpus_sources != THREE_SOURCES:  # (the key of the corpus the default run measured)
+      corpus_set.update(sources=sorted(s.corpus_sources), sst2=self.ft_data['dir'])
     self.corpus = self.store.run('corpus', corpus_set, lambda d: corpus_lib.build_corpus(
-        out_dir=d, data_dir=self.data_dir, max_chars=s.corpus_chars,
-        heldout_fraction=s.heldout_fraction))
+        out_dir=d, data_dir=self.data_dir, sources=s.corpus_sources,
+        sst2_train=os.path.join(self.ft_data['dir'], 'SST-2', 'train_fit.tsv'),
+        max_chars=s.corpus_chars, heldout_fraction=s.heldout_fraction))
 
     def vocab(d):
       from tasks import vocab as vocab_lib
@@ -183,11 +200,6 @@ class Comparison:
                          cache_dir=self.cache_dir,
                          task_names=[f'{corpus_lib.TASK_PREFIX}_{x}' for x in o],
                          feature_lengths=l, num_workers=2, running_mode=s.cache_running_mode))
-    self.ft_data = self.store.run('sst2_splits', {
-        'data_dir': self.data_dir, 'heldout': s.ft_heldout_examples,
-        'train': s.ft_train_examples}, lambda d: corpus_lib.sst2_splits(
-            out_dir=d, data_dir=self.data_dir, heldout_examples=s.ft_heldout_examples,
-            train_examples=s.ft_train_examples))
     self.sst2 = corpus_lib.register_sst2(glue_dir=self.ft_data['dir'],
                                          vocab_model=self.vocab_model)
     # SST-2 is read through the Beam cache too (train, held-out slice and dev; both task forms).
@@ -399,7 +411,8 @@ def override(settings: Settings, items) -> Settings:
     current = getattr(settings, name)
     try:
       if isinstance(current, tuple):
-        changes[name] = tuple(int(v) for v in value.split(','))
+        kind = type(current[0]) if current else str
+        changes[name] = tuple(kind(v) for v in value.split(','))
       else:
         changes[name] = type(current)(value)
     except ValueError:

@@ -1,17 +1,20 @@
 """The comparison's data stages: corpus files, SentencePiece vocabulary, Beam caches, SST-2 splits.
 
-Corpus: tinyshakespeare + wikitext-2 (the shared data directory) + the toolkit's built-in pydoc
-text (`tasks.builtin.prepare_pydoc_corpus`, the demo's corpus), as blank-line-separated paragraphs
-in `train.txt` / `validation.txt` (the last `heldout_fraction` of each source's paragraphs is held
-out). Tasks are `pipelines.demo_tasks` (`demo_causal_lm`, `demo_prefix_lm`, `demo_ul2`, ...), named
-by the GEMMA_ADAPT_DEMO_* variables, so the Beam cache job (`pipelines.cache.driver.run_cache_job`,
-the library form of `python -m pipelines.cache_tasks`) and the trainer see the same tasks.
+Corpus: tinyshakespeare + wikitext-2 + the SST-2 training sentences without their labels (the
+shared data directory; only the sentences fine-tuning trains on, never its held-out slice or the
+dev set) + the toolkit's built-in text: the pydoc topics (`tasks.builtin.prepare_pydoc_corpus`,
+the demo's corpus) and the standard library's docstrings
+(`tasks.builtin.prepare_docstrings_corpus`), as blank-line-separated paragraphs in `train.txt` /
+`validation.txt` (the last `heldout_fraction` of each source's paragraphs is held out). Tasks
+are `pipelines.demo_tasks` (`demo_causal_lm`, `demo_prefix_lm`, `demo_ul2`, ...), named by the
+GEMMA_ADAPT_DEMO_* variables, so the Beam cache job (`pipelines.cache.driver.run_cache_job`, the
+library form of `python -m pipelines.cache_tasks`) and the trainer see the same tasks.
 """
 import dataclasses
 import os
 import random
 import re
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 CORPUS_TASKS_MODULE = 'pipelines.demo_tasks'
 SST2_TASKS_MODULE = 'scripts.comparison.sst2_tasks'
@@ -25,24 +28,53 @@ def _paragraphs(path: str):
   return [p.strip() for p in re.split(r'\n[ \t]*\n', text) if p.strip()]
 
 
-def build_corpus(*, out_dir: str, data_dir: str, max_chars: int, heldout_fraction: float) -> Dict:
-  """Writes out_dir/{train,validation}.txt; returns character and paragraph counts per source."""
+def _sentences(tsv_path: str):
+  """The sentence column of a GLUE SST-2 file (header line skipped): one paragraph each."""
+  with open(tsv_path, encoding='utf-8') as f:
+    rows = f.read().splitlines()[1:]
+  return [r.split('\t')[0].strip() for r in rows if r.split('\t')[0].strip()]
+
+
+# Every source the corpus can take, in the order they are cut and shuffled.
+SOURCES = ('tinyshakespeare', 'wikitext-2', 'sst2-train-sentences', 'pydoc', 'docstrings')
+BUILTIN_SOURCES = ('pydoc', 'docstrings')
+
+
+def build_corpus(*, out_dir: str, data_dir: str, sources: Sequence[str], max_chars: int,
+                 heldout_fraction: float, sst2_train: Optional[str] = None) -> Dict:
+  """Writes out_dir/{train,validation}.txt; returns character and paragraph counts per source.
+
+  `sources`: names from `SOURCES` (taken in that order, whatever the order given).
+  `sst2_train`: for 'sst2-train-sentences', the SST-2 file fine-tuning trains on (`sst2_splits`'
+  train_fit.tsv); its sentences, without labels, are a source (task-adaptive pretraining text;
+  never the held-out slice or the dev set).
+  """
   from tasks import builtin  # pylint: disable=g-import-not-at-top
-  pydoc_dir = os.path.join(out_dir, 'pydoc')
-  builtin.prepare_pydoc_corpus(pydoc_dir)
-  sources = {
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  unknown = sorted(set(sources) - set(SOURCES))
+  if unknown or not sources:
+    raise cli.UserError(f'compare: corpus_sources={",".join(sources)}: expected names from '
+                        f'{",".join(SOURCES)}' + (f' (unknown: {unknown})' if unknown else ''))
+  prepare = {'pydoc': builtin.prepare_pydoc_corpus,
+             'docstrings': builtin.prepare_docstrings_corpus}
+  files = {
       'tinyshakespeare': [os.path.join(data_dir, 'tinyshakespeare', 'input.txt')],
       'wikitext-2': [os.path.join(data_dir, 'wikitext-2', 'valid.txt')],
-      'pydoc': [os.path.join(pydoc_dir, 'train.txt'), os.path.join(pydoc_dir, 'validation.txt')],
+      'sst2-train-sentences': [sst2_train or '<sst2_train not given>'],
+      **{name: [os.path.join(out_dir, name, 'train.txt'),
+                os.path.join(out_dir, name, 'validation.txt')] for name in BUILTIN_SOURCES},
   }
+  sources = {name: files[name] for name in SOURCES if name in sources}
+  for name in BUILTIN_SOURCES:
+    if name in sources:
+      prepare[name](os.path.join(out_dir, name))
   missing = [f for files in sources.values() for f in files if not os.path.isfile(f)]
   if missing:
-    from tasks import cli  # pylint: disable=g-import-not-at-top
     raise cli.UserError(f'compare: --data_dir={data_dir}: missing {missing}')
   train, held, counts = [], [], {}
   per_source = max_chars // len(sources) if max_chars else 0
   for name, files in sources.items():
-    paras = [p for f in files for p in _paragraphs(f)]
+    paras = [p for f in files for p in (_sentences(f) if f.endswith('.tsv') else _paragraphs(f))]
     if per_source:
       kept, total = [], 0
       for p in paras:

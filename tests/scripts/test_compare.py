@@ -129,3 +129,32 @@ def test_bad_setting_is_one_line_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "compare: --set 'pretrain_steps=ten': 'ten' is not a int"]
+
+
+def test_corpus_with_every_source(tmp_path, shared_data):
+  from scripts import compare
+  from scripts.comparison import corpus
+  from tasks import cli
+  splits = corpus.sst2_splits(out_dir=str(tmp_path / 'sst2'), data_dir=str(shared_data),
+                              heldout_examples=50, train_examples=0)
+  sst2 = tmp_path / 'sst2' / 'SST-2'
+  fit = [r.split('\t')[0] for r in (sst2 / 'train_fit.tsv').read_text().splitlines()[1:]]
+  held = [r.split('\t')[0] for r in (sst2 / 'train_heldout.tsv').read_text().splitlines()[1:]]
+  settings = compare.override(compare.DEFAULT, [f'corpus_sources={",".join(corpus.SOURCES)}'])
+  assert settings.corpus_sources == corpus.SOURCES
+  out = corpus.build_corpus(out_dir=str(tmp_path / 'corpus'), data_dir=str(shared_data),
+                            sources=settings.corpus_sources[::-1], max_chars=0,
+                            heldout_fraction=0.02, sst2_train=str(sst2 / 'train_fit.tsv'))
+  assert list(out['sources']) == list(corpus.SOURCES)  # SOURCES' order, whatever the order given
+  assert out['sources']['sst2-train-sentences']['paragraphs'] == len(fit)
+  assert out['sources']['docstrings']['chars'] > 500_000
+  paragraphs = set((tmp_path / 'corpus' / 'train.txt').read_text().split('\n\n')) | set(
+      (tmp_path / 'corpus' / 'validation.txt').read_text().split('\n\n'))
+  # Fine-tuning's training sentences are in, without their labels; its held-out slice is not.
+  assert {s.strip() for s in fit} <= {p.strip() for p in paragraphs}
+  assert not {s.strip() for s in held if s.strip() not in set(fit)} & paragraphs
+  assert not any(p.endswith(('\t0', '\t1')) for p in paragraphs)
+  assert splits['train_fit'] == len(fit)
+  with pytest.raises(cli.UserError, match=r"corpus_sources=pydoc,news: .*unknown: \['news'\]"):
+    corpus.build_corpus(out_dir=str(tmp_path / 'bad'), data_dir=str(shared_data),
+                        sources=('pydoc', 'news'), max_chars=0, heldout_fraction=0.02)
