@@ -187,8 +187,8 @@ def markdown(summary, *, argv, plot_name) -> str:
   lines.append(f"| bag-of-words logistic regression (reference) | {b['accuracy']:.2f} | "
                f"deterministic | - | - | - |")
   if total_runs:
-    lines += ['', f'{early} of {total_runs} fine-tuning runs ended by early stopping; the others '
-              f'reached the cap of {cap} steps.']
+    lines += ['', f'{early} of {total_runs} fine-tuning runs ended by early stopping' + (
+        f'; the others reached the cap of {cap} steps.' if early < total_runs else '.')]
   effects = summary.get('effects', {})
   if any(effects.values()):
     lines += ['', '## The papers\' effects, as paired differences (a - b, same seeds)', '',
