@@ -14,9 +14,7 @@ from absl import flags
 from tasks import builtin
 from tasks import cli
 
-_PREPARE = {'pydoc': builtin.prepare_pydoc_corpus,
-            'docstrings': builtin.prepare_docstrings_corpus}
-CORPORA = tuple(_PREPARE)
+CORPORA = tuple(builtin.PREPARE)
 
 _CORPUS = flags.DEFINE_string('corpus', 'pydoc', f'one of {CORPORA}')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', builtin.data_dir(),
@@ -28,7 +26,7 @@ def prepare(*, corpus: str, output_dir: str) -> dict:
   if corpus not in CORPORA:
     raise cli.UserError(f'--corpus must be one of {CORPORA}, got {corpus!r}')
   out = os.path.join(os.path.abspath(os.path.expanduser(output_dir)), corpus)
-  _PREPARE[corpus](out)
+  builtin.PREPARE[corpus](out)
   return {split: os.path.join(out, f'{split}.txt') for split in ('train', 'validation')}
 
 

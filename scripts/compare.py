@@ -96,7 +96,8 @@ class Settings:
 # sst2-train-sentences,pydoc,docstrings` takes every source (about 2.8x the tokens; see
 # docs/comparison.md, "A larger corpus").
 THREE_SOURCES = ('tinyshakespeare', 'wikitext-2', 'pydoc')
-QUICK = Settings(corpus_sources=THREE_SOURCES, corpus_chars=200_000, heldout_fraction=0.05, vocab_size=1024, embed_dim=64,
+QUICK = Settings(corpus_sources=THREE_SOURCES, corpus_chars=200_000, heldout_fraction=0.05,
+                 vocab_size=1024, embed_dim=64,
                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256,
                  sliding_window=32, pretrain_steps=40, pretrain_length=64, batch_size=8,
                  pretrain_lr=3e-3, lm_steps=20, lm_lengths=(32, 32), lm_lr=1e-3, eval_points=2,
@@ -107,7 +108,8 @@ QUICK = Settings(corpus_sources=THREE_SOURCES, corpus_chars=200_000, heldout_fra
                  encoder_dropout=0.1, bow_train_examples=5000, cache_running_mode='in_memory')
 # Its measured wall time (one process from an empty work directory, the 2-core CPU, 3 seeds) is in
 # docs/comparison.md ("Wall time"); per-stage times in docs/comparison_results.md.
-DEFAULT = Settings(corpus_sources=THREE_SOURCES, corpus_chars=0, heldout_fraction=0.02, vocab_size=4096, embed_dim=128,
+DEFAULT = Settings(corpus_sources=THREE_SOURCES, corpus_chars=0, heldout_fraction=0.02,
+                   vocab_size=4096, embed_dim=128,
                    num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512,
                    sliding_window=64, pretrain_steps=900, pretrain_length=128, batch_size=16,
                    pretrain_lr=3e-3, lm_steps=60, lm_lengths=(64, 64), lm_lr=1e-3,

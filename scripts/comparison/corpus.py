@@ -31,8 +31,8 @@ def _paragraphs(path: str):
 def _sentences(tsv_path: str):
   """The sentence column of a GLUE SST-2 file (header line skipped): one paragraph each."""
   with open(tsv_path, encoding='utf-8') as f:
-    rows = f.read().splitlines()[1:]
-  return [r.split('\t')[0].strip() for r in rows if r.split('\t')[0].strip()]
+    sentences = (row.split('\t')[0].strip() for row in f.read().splitlines()[1:])
+    return [s for s in sentences if s]
 
 
 # Every source the corpus can take, in the order they are cut and shuffled.
@@ -55,8 +55,6 @@ def build_corpus(*, out_dir: str, data_dir: str, sources: Sequence[str], max_cha
   if unknown or not sources:
     raise cli.UserError(f'compare: corpus_sources={",".join(sources)}: expected names from '
                         f'{",".join(SOURCES)}' + (f' (unknown: {unknown})' if unknown else ''))
-  prepare = {'pydoc': builtin.prepare_pydoc_corpus,
-             'docstrings': builtin.prepare_docstrings_corpus}
   files = {
       'tinyshakespeare': [os.path.join(data_dir, 'tinyshakespeare', 'input.txt')],
       'wikitext-2': [os.path.join(data_dir, 'wikitext-2', 'valid.txt')],
@@ -67,7 +65,7 @@ def build_corpus(*, out_dir: str, data_dir: str, sources: Sequence[str], max_cha
   sources = {name: files[name] for name in SOURCES if name in sources}
   for name in BUILTIN_SOURCES:
     if name in sources:
-      prepare[name](os.path.join(out_dir, name))
+      builtin.PREPARE[name](os.path.join(out_dir, name))
   missing = [f for files in sources.values() for f in files if not os.path.isfile(f)]
   if missing:
     raise cli.UserError(f'compare: --data_dir={data_dir}: missing {missing}')
