@@ -2,7 +2,7 @@ r"""The scaled-down comparison (issue 16 part 2): adaptation, encoder attention,
 distillation and fine-tuned SST-2 quality at equal inference cost, each over several seeds.
 
   python scripts/compare.py --workdir=/tmp/compare [--quick] [--seeds 0 1 2] [--only KEY ...] \
-      [--markdown=docs/comparison_results.md]
+      [--jobs N] [--markdown=docs/comparison_results.md]
 
 Stages (each a library call into the toolkit, stored in --workdir keyed by its settings and reused
 on rerun; the log says which were reused):
@@ -25,6 +25,8 @@ on rerun; the log says which were reused):
   ft_<sys>_s<seed>   SST-2 fine-tuning on packed rows, scored every round on a held-out slice of
               train (early stopping), accuracy on the dev set of the best round's params
   bow         bag-of-words logistic regression on SST-2 (the sanity reference)
+The lm_* and ft_* stages run --jobs at a time (default: one per core), each in a worker process
+pinned to one core: the same results for any --jobs >= 1 (scripts/comparison/workers.py).
 and a report: summary.json, a markdown table (mean +- 95% t-interval over seeds), a PNG.
 """
 import argparse
@@ -46,6 +48,7 @@ host_malloc.tune_for_cpu()
 from scripts.comparison import corpus as corpus_lib  # noqa: E402
 from scripts.comparison import report as report_lib  # noqa: E402
 from scripts.comparison import stages as stages_lib  # noqa: E402
+from scripts.comparison import workers as workers_lib  # noqa: E402
 from scripts.comparison import training  # noqa: E402
 
 POOLERS = ('first', 'last', 'mean', 'attention')
@@ -128,12 +131,16 @@ def log(msg):
 class Comparison:
   """Builds each stage through a `StageStore`; `run()` returns the summary dict."""
 
-  def __init__(self, *, workdir, data_dir, settings, seeds, only=None):
+  def __init__(self, *, workdir, data_dir, settings, seeds, only=None, jobs=0):
     self.s = settings
     self.seeds = list(seeds)
     self.only = only
+    self.jobs = jobs
     self.data_dir = os.path.abspath(data_dir)
     self.store = stages_lib.StageStore(workdir, log=log)
+    # lm_* and ft_* stages run in single-core workers (jobs >= 1) or here on every core (0):
+    # the round-off differs, so the stage settings say which.
+    self.cores = {workers_lib.CORES_KEY: 1} if jobs else {}
 
   def wanted(self, key):
     return not self.only or any(o in key for o in self.only)
@@ -272,24 +279,30 @@ class Comparison:
                                     bidirectional_prefix=bidir), 'prefix_lm',
             self.pretrained['dir'], False)
 
-  def lm_runs(self):
+  def lm_stages(self):
+    """{(system, seed): stages.Stage} of the lm_* stages the wanted systems need."""
     s = self.s
-    self.lm = {}
+    out = {}
     for key in LM_SYSTEMS:
       for seed in self.seeds:
         if not self.wanted(key) and not any(self.wanted(f) for f in self.ft_needing(key)):
           continue
         model, objective, init, freeze = self.lm_system(key, seed)
-        self.lm[(key, seed)] = self.store.run(f'lm_{key}_s{seed}', {
-            **self.base, 'system': key, 'init': init, 'objective': objective, 'steps': s.lm_steps,
-            'lengths': self.lm_lengths, 'batch': s.batch_size, 'lr': s.lm_lr, 'seed': seed,
-            'eval_points': s.eval_points, 'eval_batches': s.eval_batches},
+        out[(key, seed)] = stages_lib.Stage(f'lm_{key}_s{seed}', {
+            **self.base, **self.cores, 'system': key, 'init': init, 'objective': objective,
+            'steps': s.lm_steps, 'lengths': self.lm_lengths, 'batch': s.batch_size,
+            'lr': s.lm_lr, 'seed': seed, 'eval_points': s.eval_points,
+            'eval_batches': s.eval_batches},
             lambda d, m=model, o=objective, i=init, f=freeze, sd=seed: training.train_lm(
                 model=m, model_dir=d, task=f'demo_{o}', lengths=self.lm_lengths,
                 steps=s.lm_steps, batch_size=s.batch_size, lr=s.lm_lr, seed=sd,
                 cache_dir=self.cache_dir, eval_points=s.eval_points,
                 eval_batches=s.eval_batches, init_checkpoint=i, freeze_teacher=f,
                 eval_task='demo_prefix_lm'))  # held-out PrefixLM loss for every system
+    return out
+
+  def lm_runs(self):
+    self.lm = {k: self.store.run(*stage[:3]) for k, stage in self.lm_stages().items()}
 
   # -- fine-tuning ----------------------------------------------------------------------------
 
@@ -340,24 +353,28 @@ class Comparison:
   def ft_needing(self, lm_key):
     return [k for k, v in self.ft_systems().items() if v[2] == lm_key]
 
-  def finetunes(self):
+  def ft_stages(self):
+    """{(system, seed): stages.Stage} of the wanted ft_* stages (after their lm_* stage)."""
     s = self.s
-    self.ft = {}
+    lm = {k: (stage.name, self.store.path(stage.name, stage.settings))
+          for k, stage in self.lm_stages().items()}
+    out = {}
     for key, (label, kind, lm_key, classifier, factory) in self.ft_systems().items():
       if not self.wanted(key):
         continue
       form = 'classification' if classifier else 'text_to_text'
       task, lengths = self.sst2[form], self.sst2_feature_lengths(form)
       for seed in self.seeds:
-        init = self.lm[(lm_key, seed)]['dir'] if lm_key else None
-        settings = {**self.base, 'system': key, 'init': init or self.pretrained['dir'],
+        after, init = lm[(lm_key, seed)] if lm_key else ((), None)
+        settings = {**self.base, **self.cores, 'system': key,
+                    'init': init or self.pretrained['dir'],
                     'seed': seed, 'data': self.ft_data['dir'], 'lengths': lengths,
                     'data_source': 'beam_cache',
                     **{k: getattr(s, k) for k in (
                         'ft_round_steps', 'ft_max_rounds', 'ft_patience',
                         'ft_patience_start_round', 'ft_max_segments', 'ft_batch_size',
                         'ft_lr', 'dev_examples', 'ft_heldout_examples', 'encoder_dropout')}}
-        self.ft[(key, seed)] = self.store.run(
+        out[(key, seed)] = stages_lib.Stage(
             f'ft_{key}_s{seed}', settings,
             lambda d, f=factory, t=task, l=lengths, i=init, c=classifier, sd=seed:
             training.finetune(model=f(), model_dir=d, task=t, lengths=l,
@@ -367,7 +384,18 @@ class Comparison:
                               dev_examples=s.dev_examples,
                               heldout_examples=s.ft_heldout_examples,
                               cache_dir=self.cache_dir, pack=s.ft_max_segments > 1,
-                              patience_start_round=s.ft_patience_start_round))
+                              patience_start_round=s.ft_patience_start_round),
+            after=(after,) if after else ())
+    return out
+
+  def finetunes(self):
+    self.ft = {k: self.store.run(*stage[:3]) for k, stage in self.ft_stages().items()}
+
+  def fanout_stages(self):
+    """name -> Stage of every lm_* and ft_* stage, in the order workers take them: the LM stages
+    (short; each unlocks fine-tunes), the generative fine-tunes, then the encoders' (shortest)."""
+    ft = sorted(self.ft_stages().values(), key=lambda st: bool(not st.after))
+    return {st.name: st for st in [*self.lm_stages().values(), *ft]}
 
   def bow(self):
     from scripts.comparison import bow as bow_lib
@@ -390,7 +418,12 @@ class Comparison:
     start = time.time()
     self.data_stages()
     self.pretrain()
-    self.lm_runs()
+    if self.jobs:
+      self.store.ran_elsewhere.update(workers_lib.run_stages(
+          list(self.fanout_stages().values()), store=self.store, jobs=self.jobs,
+          module=__name__ if __name__ != '__main__' else 'scripts.compare',
+          kwargs=self.worker_kwargs(), log=log))
+    self.lm_runs()  # (what the workers ran is picked up from the work directory)
     self.finetunes()
     self.bow()
     summary = report_lib.summarize(self, wall_seconds=time.time() - start)
@@ -399,6 +432,24 @@ class Comparison:
     log(f'reused {len(reused)} stage(s): {", ".join(reused) or "none"}')
     log(f'ran {len(ran)} stage(s): {", ".join(ran) or "none"}')
     return summary
+
+
+  def worker_kwargs(self):
+    return {'workdir': self.store.workdir, 'data_dir': self.data_dir,
+            'settings': dataclasses.asdict(self.s), 'seeds': self.seeds, 'only': self.only,
+            'jobs': self.jobs}
+
+
+def worker_comparison(*, settings, **kwargs) -> Comparison:
+  """The comparison as a worker process (scripts/comparison/workers.py) builds it: the stages
+  before the fan-out are all done, so they are reused, not rerun."""
+  import jax
+  jax.config.update('jax_compilation_cache_dir', os.path.join(kwargs['workdir'], 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  comparison = Comparison(settings=Settings(**settings), **kwargs)
+  comparison.data_stages()
+  comparison.pretrain()
+  return comparison
 
 
 def override(settings: Settings, items) -> Settings:
@@ -435,6 +486,10 @@ def main(argv=None):
                            'stages they need)')
   parser.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE',
                       help='override Settings fields, e.g. --set pretrain_steps=10 dev_examples=0')
+  parser.add_argument('--jobs', type=int, default=workers_lib.default_jobs(),
+                      help='lm_* and ft_* stages at a time, each in a worker process pinned to '
+                           'one core (same results for any value >= 1; default: one per core, '
+                           'at most 8); 0: in this process on every core')
   parser.add_argument('--markdown', default=None, help='write the results page here')
   parser.add_argument('--plot', default=None, help='PNG path (default: WORKDIR/comparison.png)')
   args = parser.parse_args(argv)
@@ -447,10 +502,12 @@ def main(argv=None):
                                                               'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   try:
+    if args.jobs < 0:
+      raise cli.UserError(f'--jobs={args.jobs}: expected 0 (this process) or more workers')
     settings = override(QUICK if args.quick else DEFAULT, args.set)
     comparison = Comparison(workdir=args.workdir, data_dir=args.data_dir,
                             settings=settings, seeds=args.seeds,
-                            only=args.only)
+                            only=args.only, jobs=args.jobs)
     summary = comparison.run()
     report_lib.write_outputs(summary, workdir=comparison.store.workdir, markdown=args.markdown,
                              plot=args.plot, argv=sys.argv if argv is None else ['compare.py'] + list(argv))

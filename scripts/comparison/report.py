@@ -131,7 +131,8 @@ def summarize(comparison, *, wall_seconds: float) -> Dict[str, Any]:
                                              LOSS_EFFECTS),
               'accuracy': paired_effects({k: v['accuracy'] for k, v in ft.items()},
                                          ACCURACY_EFFECTS)},
-          'stages': comparison.store.log, 'wall_seconds': round(wall_seconds, 1)}
+          'stages': comparison.store.log, 'wall_seconds': round(wall_seconds, 1),
+          'jobs': comparison.jobs}
 
 
 def _ci(values):
@@ -212,9 +213,12 @@ def markdown(summary, *, argv, plot_name) -> str:
   for e in summary['stages']:
     lines.append(f"| {e['name']} | {e['seconds']} | {'yes' if e['reused'] else 'no'} |")
   total = sum(float(e['seconds']) for e in summary['stages'])
-  lines.append(f'\nSum of the stage times (what the run costs from an empty work directory, '
-               f'process start-up aside): {total:.0f} s ({total / 60:.1f} min). Wall time of '
+  jobs = summary.get('jobs', 0)
+  lines.append(f'\nSum of the stage times: {total:.0f} s ({total / 60:.1f} min). Wall time of '
                f'this invocation: {summary["wall_seconds"]} s.')
+  if jobs:
+    lines.append(f'The lm_* and ft_* stages ran {jobs} at a time, each in a worker process '
+                 'pinned to one core (`--jobs`), so their times overlap.')
   return '\n'.join(lines) + '\n'
 
 

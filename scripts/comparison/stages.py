@@ -9,7 +9,15 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple
+
+
+class Stage(NamedTuple):
+  """A stage to run or reuse: `fn(stage_dir)` returns its JSON-able result."""
+  name: str
+  settings: Mapping[str, Any]
+  fn: Callable[[str], Dict[str, Any]]
+  after: Tuple[str, ...] = ()  # names of the stages it reads (run those first)
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
@@ -32,9 +40,15 @@ class StageStore:
     os.makedirs(self.workdir, exist_ok=True)
     self.log = []
     self._print = log
+    # Stages this invocation ran in worker processes (`scripts/comparison/workers.py`): logged
+    # as run, not reused, when the main process picks up their records.
+    self.ran_elsewhere = set()
 
   def path(self, name: str, settings: Mapping[str, Any]) -> str:
     return os.path.join(self.workdir, f'{name}-{settings_key(settings)}')
+
+  def done(self, name: str, settings: Mapping[str, Any]) -> bool:
+    return os.path.isfile(os.path.join(self.path(name, settings), 'DONE.json'))
 
   def run(self, name: str, settings: Mapping[str, Any],
           fn: Callable[[str], Dict[str, Any]]) -> Dict[str, Any]:
@@ -44,8 +58,10 @@ class StageStore:
     if os.path.isfile(done):
       with open(done, encoding='utf-8') as f:
         record = json.load(f)
-      self._print(f'stage {name}: reused ({out})')
-      entry = {'name': name, 'dir': out, 'reused': True, 'seconds': record['seconds']}
+      reused = name not in self.ran_elsewhere
+      if reused:
+        self._print(f'stage {name}: reused ({out})')
+      entry = {'name': name, 'dir': out, 'reused': reused, 'seconds': record['seconds']}
     else:
       if os.path.isdir(out):
         shutil.rmtree(out)  # an interrupted stage restarts from scratch (deterministic)

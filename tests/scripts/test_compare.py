@@ -102,6 +102,13 @@ def test_quick_chain_then_rerun_reuses_stages(tmp_path, shared_data):
   best = max(rounds, key=lambda r: r['heldout_accuracy'])
   assert acc == best['dev_accuracy']
   assert summary['bow']['dev_examples'] == 32
+  # The fine-tune ran in a worker process pinned to one core (--jobs default: one per core); its
+  # output is in the stage's log file, and its settings record the single core.
+  assert 'stage ft_encoder_mean_nodropout_s0: running in a worker' in out
+  assert 'heldout/accuracy' in open(os.path.join(workdir, 'logs',
+                                                 'ft_encoder_mean_nodropout_s0.log')).read()
+  ft_dir, = [s['dir'] for s in summary['stages'] if s['name'] == 'ft_encoder_mean_nodropout_s0']
+  assert json.load(open(os.path.join(ft_dir, 'DONE.json')))['settings']['cores'] == 1
   page = open(md).read()
   assert f'| {row["label"]} | {acc:.2f} (1 seed, no CI) | 1 |' in page
   assert f"| bag-of-words logistic regression (reference) | {summary['bow']['accuracy']:.2f} |" in page
