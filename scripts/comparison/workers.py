@@ -2,20 +2,19 @@
 
 Why: at the comparison's shapes (d 128, rows of 64-128 tokens) one train step cannot keep two
 cores busy: its matmuls are too small to split well. Measured on the 2-core machine (session 11,
-the encoder-decoder fine-tuning step, batch 16 x (64 + 16) tokens, `/usr/bin/time`-style CPU
-seconds in brackets): 195-212 ms per step on both cores alone (1.6-1.8 cores busy); 262 ms on
-one pinned core alone; 267 and 276 ms for each of two processes pinned to one core each at once,
-i.e. two steps per ~270 ms, 1.5x the throughput. The decoder-only step at 16 x 128 gains less
-(358-372 ms on both cores; 611 and 696 ms as a pinned pair: 1.1x). After pretraining, the
-comparison is a fan-out of independent stages (21 LM stages, 36 fine-tunes), so
-`python scripts/compare.py --jobs N` runs them N at a time, each in a process pinned to one
-core.
+the encoder-decoder fine-tuning step, batch 16 x (64 + 16) tokens): 195-212 ms per step on both
+cores alone (1.4-1.7 cores busy); 262 ms on one pinned core alone; 267 and 276 ms for each of two
+processes pinned to one core each at once. After pretraining, the comparison is a fan-out of
+independent stages (21 LM stages, 36 fine-tunes), so `python scripts/compare.py --jobs N` runs
+them N at a time, each in a process pinned to one core: 3 LM stages + 6 fine-tunes took 502 s
+wall with --jobs 2 against 674 s in the main process (docs/comparison.md, "Stages in parallel").
 
 Same bytes for any N: each worker is pinned (`os.sched_setaffinity`) before JAX starts, and XLA
-CPU sizes its thread pool and its loop-fusion partitions from the affinity mask, so a stage
-computes on one thread whatever N and however many cores the machine has. `--jobs 0` runs them
-in the main process on every core instead (the layout before session 11; round-off differs,
-and the stage settings say which: `'cores': 1` in the workers' stages).
+CPU sizes its thread pool from the affinity mask (a pinned step's CPU time equals its wall time),
+so a stage computes on one thread whatever N is; on the --quick chain, --jobs 1 and --jobs 2 wrote
+identical results. `--jobs 0` runs them in the main process on every core instead (the layout
+before session 11; round-off differs, and the stage settings say which: `'cores': 1` in the
+workers' stages).
 
 Each worker builds the comparison once (every earlier stage is reused from the work directory),
 then runs stages by name; a stage's output goes to `<workdir>/logs/<stage>.log` and the main
