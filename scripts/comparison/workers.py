@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Sequence
 
+from tasks import cli
+
 CORES_KEY = 'cores'  # in the settings of a stage run by a worker: {'cores': 1}
 
 _WORKER: Dict[str, Any] = {}
@@ -131,6 +133,11 @@ def run_stages(stages: Sequence, *, store, jobs: int, module: str, kwargs: Dict[
           waiting.discard(stage.name)
           ran.append(stage.name)
           log(f'stage {stage.name}: done in {info["seconds"]} s (worker on core {info["cpu"]})')
+    except KeyboardInterrupt:
+      # The workers got the same SIGINT: their training loops stop at a step boundary.
+      pool.shutdown(wait=True, cancel_futures=True)
+      raise cli.UserError(f'interrupted; {len(ran)} stage(s) finished here are kept, rerun to '
+                          'continue') from None
     except BaseException:
       pool.shutdown(wait=True, cancel_futures=True)  # running stages finish and are kept
       raise
