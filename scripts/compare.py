@@ -489,7 +489,7 @@ def main(argv=None):
   parser.add_argument('--jobs', type=int, default=workers_lib.default_jobs(),
                       help='lm_* and ft_* stages at a time, each in a worker process pinned to '
                            'one core (same results for any value >= 1; default: one per core, '
-                           'at most 8); 0: in this process on every core')
+                           'at most 8; 0 where JAX has an accelerator); 0: in this process')
   parser.add_argument('--markdown', default=None, help='write the results page here')
   parser.add_argument('--plot', default=None, help='PNG path (default: WORKDIR/comparison.png)')
   args = parser.parse_args(argv)

@@ -38,7 +38,11 @@ _WORKER: Dict[str, Any] = {}
 
 
 def default_jobs() -> int:
-  """One worker per core this process may use (at most 8: each holds ~1.5-3 GB)."""
+  """One worker per core this process may use (at most 8: each holds ~1.5-3 GB); 0 (in-process)
+  where JAX would run on an accelerator: workers would each claim the same device's memory."""
+  from trainer import host_malloc  # pylint: disable=g-import-not-at-top
+  if not host_malloc.cpu_only():
+    return 0
   return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
