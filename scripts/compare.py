@@ -302,7 +302,8 @@ class Comparison:
     return out
 
   def lm_runs(self):
-    self.lm = {k: self.store.run(*stage[:3]) for k, stage in self.lm_stages().items()}
+    self.lm = {k: self.store.run(st.name, st.settings, st.fn)
+               for k, st in self.lm_stages().items()}
 
   # -- fine-tuning ----------------------------------------------------------------------------
 
@@ -365,7 +366,7 @@ class Comparison:
       form = 'classification' if classifier else 'text_to_text'
       task, lengths = self.sst2[form], self.sst2_feature_lengths(form)
       for seed in self.seeds:
-        after, init = lm[(lm_key, seed)] if lm_key else ((), None)
+        lm_name, init = lm[(lm_key, seed)] if lm_key else (None, None)
         settings = {**self.base, **self.cores, 'system': key,
                     'init': init or self.pretrained['dir'],
                     'seed': seed, 'data': self.ft_data['dir'], 'lengths': lengths,
@@ -385,16 +386,17 @@ class Comparison:
                               heldout_examples=s.ft_heldout_examples,
                               cache_dir=self.cache_dir, pack=s.ft_max_segments > 1,
                               patience_start_round=s.ft_patience_start_round),
-            after=(after,) if after else ())
+            after=(lm_name,) if lm_name else ())
     return out
 
   def finetunes(self):
-    self.ft = {k: self.store.run(*stage[:3]) for k, stage in self.ft_stages().items()}
+    self.ft = {k: self.store.run(st.name, st.settings, st.fn)
+               for k, st in self.ft_stages().items()}
 
   def fanout_stages(self):
     """name -> Stage of every lm_* and ft_* stage, in the order workers take them: the LM stages
     (short; each unlocks fine-tunes), the generative fine-tunes, then the encoders' (shortest)."""
-    ft = sorted(self.ft_stages().values(), key=lambda st: bool(not st.after))
+    ft = sorted(self.ft_stages().values(), key=lambda st: not st.after)
     return {st.name: st for st in [*self.lm_stages().values(), *ft]}
 
   def bow(self):
@@ -421,7 +423,7 @@ class Comparison:
     if self.jobs:
       self.store.ran_elsewhere.update(workers_lib.run_stages(
           list(self.fanout_stages().values()), store=self.store, jobs=self.jobs,
-          module=__name__ if __name__ != '__main__' else 'scripts.compare',
+          module='scripts.compare',  # (also when this file runs as __main__)
           kwargs=self.worker_kwargs(), log=log))
     self.lm_runs()  # (what the workers ran is picked up from the work directory)
     self.finetunes()
@@ -433,19 +435,24 @@ class Comparison:
     log(f'ran {len(ran)} stage(s): {", ".join(ran) or "none"}')
     return summary
 
-
   def worker_kwargs(self):
     return {'workdir': self.store.workdir, 'data_dir': self.data_dir,
             'settings': dataclasses.asdict(self.s), 'seeds': self.seeds, 'only': self.only,
             'jobs': self.jobs}
 
 
+def use_compilation_cache(workdir: str) -> None:
+  """Compiled steps are reused across fine-tuning rounds, systems with equal shapes and reruns."""
+  import jax
+  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir),
+                                                              'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
 def worker_comparison(*, settings, **kwargs) -> Comparison:
   """The comparison as a worker process (scripts/comparison/workers.py) builds it: the stages
   before the fan-out are all done, so they are reused, not rerun."""
-  import jax
-  jax.config.update('jax_compilation_cache_dir', os.path.join(kwargs['workdir'], 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  use_compilation_cache(kwargs['workdir'])
   comparison = Comparison(settings=Settings(**settings), **kwargs)
   comparison.data_stages()
   comparison.pretrain()
@@ -496,11 +503,7 @@ def main(argv=None):
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)
   from tasks import cli
-  # Compiled steps are reused across fine-tuning rounds, systems with equal shapes and reruns.
-  import jax
-  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(args.workdir),
-                                                              'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  use_compilation_cache(args.workdir)
   try:
     if args.jobs < 0:
       raise cli.UserError(f'--jobs={args.jobs}: expected 0 (this process) or more workers')

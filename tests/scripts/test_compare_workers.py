@@ -115,7 +115,6 @@ def test_stages_waiting_on_a_stage_that_never_runs_fail_clearly(tmp_path, fake_m
                        kwargs={'workdir': str(tmp_path / 'work')}, log=lambda line: None)
 
 
-
 def test_default_jobs_one_per_core_on_cpu_none_with_an_accelerator(monkeypatch):
   from trainer import host_malloc
   monkeypatch.setattr(host_malloc, 'cpu_only', lambda: True)
