@@ -137,6 +137,8 @@ class Comparison:
     self.only = only
     self.jobs = jobs
     self.data_dir = os.path.abspath(data_dir)
+    # Stage keys take the data's fingerprint, not its path (nor the work dir's: stages.py).
+    self.data_key = corpus_lib.data_fingerprint(self.data_dir)
     self.store = stages_lib.StageStore(workdir, log=log)
     # lm_* and ft_* stages run in single-core workers (jobs >= 1) or here on every core (0):
     # the round-off differs, so the stage settings say which.
@@ -172,11 +174,11 @@ class Comparison:
     s = self.s
     # First the SST-2 splits: the corpus takes fine-tuning's training sentences (no labels).
     self.ft_data = self.store.run('sst2_splits', {
-        'data_dir': self.data_dir, 'heldout': s.ft_heldout_examples,
+        'data_sha256': self.data_key, 'heldout': s.ft_heldout_examples,
         'train': s.ft_train_examples}, lambda d: corpus_lib.sst2_splits(
             out_dir=d, data_dir=self.data_dir, heldout_examples=s.ft_heldout_examples,
             train_examples=s.ft_train_examples))
-    corpus_set = {'data_dir': self.data_dir, 'chars': s.corpus_chars,
+    corpus_set = {'data_sha256': self.data_key, 'chars': s.corpus_chars,
                   'heldout': s.heldout_fraction}
     if s.corpus_sources != THREE_SOURCES:  # (the key of the corpus the default run measured)
       corpus_set.update(sources=sorted(s.corpus_sources), sst2=self.ft_data['dir'])

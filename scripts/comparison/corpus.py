@@ -11,6 +11,7 @@ GEMMA_ADAPT_DEMO_* variables, so the Beam cache job (`pipelines.cache.driver.run
 library form of `python -m pipelines.cache_tasks`) and the trainer see the same tasks.
 """
 import dataclasses
+import hashlib
 import os
 import random
 import re
@@ -35,6 +36,29 @@ def _sentences(tsv_path: str):
     return [s for s in sentences if s]
 
 
+# The files the comparison reads from --data_dir (../shared/data's layout).
+DATA_FILES = {'tinyshakespeare': 'tinyshakespeare/input.txt', 'wikitext-2': 'wikitext-2/valid.txt',
+              'sst2-train': 'glue/SST-2/train.tsv', 'sst2-dev': 'glue/SST-2/dev.tsv'}
+
+
+def data_fingerprint(data_dir: str) -> str:
+  """SHA-256 of the `DATA_FILES` under `data_dir` (names and bytes; absent ones as absent).
+
+  Stage keys take this, not the directory's path: the same data elsewhere reuses the stages, and
+  edited data reruns them (5.9 MB: a few tens of milliseconds).
+  """
+  digest = hashlib.sha256()
+  for name, rel in sorted(DATA_FILES.items()):
+    path = os.path.join(data_dir, rel)
+    digest.update(name.encode() + b'\0')
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        digest.update(hashlib.sha256(f.read()).digest())
+    else:
+      digest.update(b'absent')
+  return digest.hexdigest()[:16]
+
+
 # Every source the corpus can take, in the order they are cut and shuffled.
 SOURCES = ('tinyshakespeare', 'wikitext-2', 'sst2-train-sentences', 'pydoc', 'docstrings')
 BUILTIN_SOURCES = ('pydoc', 'docstrings')
@@ -56,8 +80,8 @@ def build_corpus(*, out_dir: str, data_dir: str, sources: Sequence[str], max_cha
     raise cli.UserError(f'compare: corpus_sources={",".join(sources)}: expected names from '
                         f'{",".join(SOURCES)}' + (f' (unknown: {unknown})' if unknown else ''))
   files = {
-      'tinyshakespeare': [os.path.join(data_dir, 'tinyshakespeare', 'input.txt')],
-      'wikitext-2': [os.path.join(data_dir, 'wikitext-2', 'valid.txt')],
+      **{name: [os.path.join(data_dir, DATA_FILES[name])]
+         for name in ('tinyshakespeare', 'wikitext-2')},
       'sst2-train-sentences': [sst2_train or '<sst2_train not given>'],
       **{name: [os.path.join(out_dir, name, 'train.txt'),
                 os.path.join(out_dir, name, 'validation.txt')] for name in BUILTIN_SOURCES},
@@ -130,8 +154,12 @@ def sst2_splits(*, out_dir: str, data_dir: str, heldout_examples: int, train_exa
   `train_heldout` is a seeded random slice of GLUE train (never trained on), `train_fit` the rest
   (first `train_examples` of a seeded shuffle when nonzero), `dev` the whole GLUE dev set.
   """
-  src = os.path.join(data_dir, 'glue', 'SST-2')
-  with open(os.path.join(src, 'train.tsv'), encoding='utf-8') as f:
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  missing = [os.path.join(data_dir, DATA_FILES[k]) for k in ('sst2-train', 'sst2-dev')
+             if not os.path.isfile(os.path.join(data_dir, DATA_FILES[k]))]
+  if missing:
+    raise cli.UserError(f'compare: --data_dir={data_dir}: missing {missing}')
+  with open(os.path.join(data_dir, DATA_FILES['sst2-train']), encoding='utf-8') as f:
     header, *rows = f.read().splitlines()
   rows = [r for r in rows if r]
   random.Random(seed).shuffle(rows)
@@ -143,7 +171,7 @@ def sst2_splits(*, out_dir: str, data_dir: str, heldout_examples: int, train_exa
   for name, part in (('train_fit.tsv', fit), ('train_heldout.tsv', held)):
     with open(os.path.join(dst, name), 'w', encoding='utf-8') as f:
       f.write('\n'.join([header] + part) + '\n')
-  with open(os.path.join(src, 'dev.tsv'), encoding='utf-8') as f:
+  with open(os.path.join(data_dir, DATA_FILES['sst2-dev']), encoding='utf-8') as f:
     dev = f.read()
   with open(os.path.join(dst, 'dev.tsv'), 'w', encoding='utf-8') as f:
     f.write(dev)

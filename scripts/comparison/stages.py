@@ -2,14 +2,16 @@
 
 A stage `name` with settings `s` lives in `<workdir>/<name>-<hash(s)>/`; it is done when its
 `DONE.json` exists (written last, atomically, with the settings, the result and the seconds taken).
-Changing a setting gives a new directory; deleting `DONE.json` redoes the stage.
+Changing a setting gives a new directory; deleting `DONE.json` redoes the stage. Paths inside
+the work directory (one stage's settings name another's directory) enter the key relative to it,
+so a moved or copied work directory reuses its stages.
 """
 import hashlib
 import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 
 class Stage(NamedTuple):
@@ -20,8 +22,26 @@ class Stage(NamedTuple):
   after: Tuple[str, ...] = ()  # names of the stages it reads (run those first)
 
 
-def settings_key(settings: Mapping[str, Any]) -> str:
-  text = json.dumps(settings, sort_keys=True, default=str)
+def _portable(value: Any, workdir: Optional[str]) -> Any:
+  """`value` with every string path inside `workdir` made relative to it ('$WORKDIR/...')."""
+  if isinstance(value, Mapping):
+    return {k: _portable(v, workdir) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_portable(v, workdir) for v in value]
+  if workdir and isinstance(value, str) and (
+      value == workdir or value.startswith(workdir + os.sep)):
+    return '$WORKDIR' + value[len(workdir):]
+  return value
+
+
+def settings_key(settings: Mapping[str, Any], workdir: Optional[str] = None) -> str:
+  """10 hex digits of SHA-256 of the settings (JSON, sorted keys; `workdir` paths relative).
+
+  >>> here = settings_key({'init': '/a/wd/pretrain-0123456789', 'steps': 60}, workdir='/a/wd')
+  >>> here == settings_key({'init': '/b/wd2/pretrain-0123456789', 'steps': 60}, workdir='/b/wd2')
+  True
+  """
+  text = json.dumps(_portable(settings, workdir), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -45,7 +65,7 @@ class StageStore:
     self.ran_elsewhere = set()
 
   def path(self, name: str, settings: Mapping[str, Any]) -> str:
-    return os.path.join(self.workdir, f'{name}-{settings_key(settings)}')
+    return os.path.join(self.workdir, f'{name}-{settings_key(settings, self.workdir)}')
 
   def done(self, name: str, settings: Mapping[str, Any]) -> bool:
     return os.path.isfile(os.path.join(self.path(name, settings), 'DONE.json'))

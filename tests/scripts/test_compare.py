@@ -4,6 +4,7 @@ stage."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +12,8 @@ import time
 import pytest
 
 from scripts.comparison import bow
+from scripts.comparison import corpus
+from scripts.comparison import stages
 from scripts.comparison import stats
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,6 +62,52 @@ def test_paired_effects_verdicts_on_known_numbers():
 def test_bow_learns_word_polarity():
   train = [('a good film', 1), ('good and fun', 1), ('a dull film', 0), ('dull and bad', 0)] * 5
   assert bow.bow_accuracy(train=train, dev=[('fun film', 1), ('bad film', 0)]) == 100.0
+
+
+def test_stage_keys_are_relative_to_the_work_dir(tmp_path):
+  calls = []
+
+  def chain(workdir):
+    store = stages.StageStore(str(workdir), log=lambda m: None)
+    pre = store.run('pre', {'steps': 3}, lambda d: calls.append('pre') or {'loss': 1.5})
+    ft = store.run('ft', {'init': pre['dir'], 'lengths': {'inputs': [pre['dir'], 8]}},
+                   lambda d: calls.append('ft') or {'acc': 80.0})
+    return store, pre, ft
+
+  _, pre, ft = chain(tmp_path / 'a')
+  assert calls == ['pre', 'ft'] and os.path.basename(pre['dir']).startswith('pre-')
+  shutil.move(str(tmp_path / 'a'), str(tmp_path / 'b'))
+  store, pre2, ft2 = chain(tmp_path / 'b')
+  assert calls == ['pre', 'ft'] and pre2['reused'] and ft2['reused']  # nothing ran again
+  assert os.path.basename(ft2['dir']) == os.path.basename(ft['dir'])
+  assert ft2['dir'].startswith(str(tmp_path / 'b'))
+  # A path outside the work dir stays in the key as it is; another setting gives another stage.
+  assert not store.done('ft', {'init': '/elsewhere/' + os.path.basename(pre2['dir'])})
+  assert not store.done('pre', {'steps': 4})
+
+
+def _copy_data(src, dst):
+  """The files the comparison reads from a --data_dir, copied to `dst` (returned)."""
+  for rel in corpus.DATA_FILES.values():
+    (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(os.path.join(src, rel), dst / rel)
+  return dst
+
+
+def test_data_fingerprint_follows_the_bytes_not_the_path(tmp_path, shared_data):
+  from tasks import cli
+  copy = _copy_data(shared_data, tmp_path / 'copy')
+  first = corpus.data_fingerprint(str(shared_data))
+  assert corpus.data_fingerprint(str(copy)) == first
+  dev = copy / corpus.DATA_FILES['sst2-dev']
+  dev.write_text(dev.read_text() + 'an added sentence\t1\n')
+  edited = corpus.data_fingerprint(str(copy))
+  assert edited != first
+  dev.unlink()
+  assert corpus.data_fingerprint(str(copy)) not in (first, edited)
+  with pytest.raises(cli.UserError, match=r'--data_dir=.*copy: missing \[.*dev.tsv'):
+    corpus.sst2_splits(out_dir=str(tmp_path / 'out'), data_dir=str(copy), heldout_examples=5,
+                       train_examples=0)
 
 
 def _run(workdir, shared_data):
@@ -120,7 +169,13 @@ def test_quick_chain_then_rerun_reuses_stages(tmp_path, shared_data):
     assert f'| {stage} |' in page
   assert os.path.getsize(os.path.join(workdir, 'comparison.png')) > 1000
 
-  out2, second, _ = _run(workdir, shared_data)
+  # The rerun reuses every stage, also from a moved work directory reading a copy of the data
+  # (stage keys hold neither absolute path: stages.py, corpus.data_fingerprint).
+  moved, data_copy = str(tmp_path / 'moved'), tmp_path / 'data_copy'
+  shutil.move(workdir, moved)
+  _copy_data(shared_data, data_copy)
+  workdir = moved
+  out2, second, _ = _run(workdir, data_copy)
   assert f'reused {len(names)} stage(s)' in out2 and 'ran 0 stage(s)' in out2, out2[-2000:]
   with open(os.path.join(workdir, 'summary.json')) as f:
     again = json.load(f)
