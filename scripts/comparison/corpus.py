@@ -59,6 +59,14 @@ def data_fingerprint(data_dir: str) -> str:
   return digest.hexdigest()[:16]
 
 
+def _require_files(paths: Sequence[str], data_dir: str) -> None:
+  """One-line UserError naming the files of `paths` that do not exist."""
+  from tasks import cli  # pylint: disable=g-import-not-at-top
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise cli.UserError(f'compare: --data_dir={data_dir}: missing {missing}')
+
+
 # Every source the corpus can take, in the order they are cut and shuffled.
 SOURCES = ('tinyshakespeare', 'wikitext-2', 'sst2-train-sentences', 'pydoc', 'docstrings')
 BUILTIN_SOURCES = ('pydoc', 'docstrings')
@@ -90,9 +98,7 @@ def build_corpus(*, out_dir: str, data_dir: str, sources: Sequence[str], max_cha
   for name in BUILTIN_SOURCES:
     if name in sources:
       builtin.PREPARE[name](os.path.join(out_dir, name))
-  missing = [f for files in sources.values() for f in files if not os.path.isfile(f)]
-  if missing:
-    raise cli.UserError(f'compare: --data_dir={data_dir}: missing {missing}')
+  _require_files([f for files in sources.values() for f in files], data_dir)
   train, held, counts = [], [], {}
   per_source = max_chars // len(sources) if max_chars else 0
   for name, files in sources.items():
@@ -154,12 +160,9 @@ def sst2_splits(*, out_dir: str, data_dir: str, heldout_examples: int, train_exa
   `train_heldout` is a seeded random slice of GLUE train (never trained on), `train_fit` the rest
   (first `train_examples` of a seeded shuffle when nonzero), `dev` the whole GLUE dev set.
   """
-  from tasks import cli  # pylint: disable=g-import-not-at-top
-  missing = [os.path.join(data_dir, DATA_FILES[k]) for k in ('sst2-train', 'sst2-dev')
-             if not os.path.isfile(os.path.join(data_dir, DATA_FILES[k]))]
-  if missing:
-    raise cli.UserError(f'compare: --data_dir={data_dir}: missing {missing}')
-  with open(os.path.join(data_dir, DATA_FILES['sst2-train']), encoding='utf-8') as f:
+  train_tsv, dev_tsv = (os.path.join(data_dir, DATA_FILES[k]) for k in ('sst2-train', 'sst2-dev'))
+  _require_files([train_tsv, dev_tsv], data_dir)
+  with open(train_tsv, encoding='utf-8') as f:
     header, *rows = f.read().splitlines()
   rows = [r for r in rows if r]
   random.Random(seed).shuffle(rows)
@@ -171,7 +174,7 @@ def sst2_splits(*, out_dir: str, data_dir: str, heldout_examples: int, train_exa
   for name, part in (('train_fit.tsv', fit), ('train_heldout.tsv', held)):
     with open(os.path.join(dst, name), 'w', encoding='utf-8') as f:
       f.write('\n'.join([header] + part) + '\n')
-  with open(os.path.join(data_dir, DATA_FILES['sst2-dev']), encoding='utf-8') as f:
+  with open(dev_tsv, encoding='utf-8') as f:
     dev = f.read()
   with open(os.path.join(dst, 'dev.tsv'), 'w', encoding='utf-8') as f:
     f.write(dev)
