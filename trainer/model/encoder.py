@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
+from trainer.model import dropout as dropout_lib
 from trainer.model import heads as heads_lib
 from trainer.model import poolers as poolers_lib
 from trainer.model import scan_layout
@@ -49,7 +50,7 @@ class EncoderClassifier(nn.Module):
         tokens, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
     pooled, mask = poolers_lib.Pooler(kind=self.pooler, max_segments=self.max_segments,
                                       name='pooler')(hidden, segment_ids)
-    pooled = nn.Dropout(rate=self.pooled_dropout_rate)(pooled, deterministic=deterministic)
+    pooled = dropout_lib.Dropout(rate=self.pooled_dropout_rate)(pooled, deterministic=deterministic)
     return heads_lib.Head(self.head, name='head')(pooled), mask
 
 

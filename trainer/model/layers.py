@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer.model import dropout as dropout_lib
 from trainer.model import matmul
 from trainer.model.config import TransformerConfig
 
@@ -124,7 +125,7 @@ class MLP(nn.Module):
     up = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up_proj')(x)
     hidden = jax.nn.gelu(gate, approximate=True) * up
     hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
-    hidden = nn.Dropout(rate=cfg.dropout_rate)(hidden, deterministic=deterministic)
+    hidden = dropout_lib.Dropout(rate=cfg.dropout_rate)(hidden, deterministic=deterministic)
     return dense(cfg.embed_dim, ('mlp', 'embed'), 'down_proj')(hidden)
 
 

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trainer.model import dropout as dropout_lib
 from trainer.model import layers
 from trainer.model import scan_layout
 from trainer.model.attention import Attention
@@ -55,7 +56,7 @@ class Block(nn.Module):
       return layers.RMSNorm(eps=cfg.rms_norm_eps, param_dtype=cfg.parameter_dtype, name=name)
 
     def dropout(h):
-      return nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=deterministic)
+      return dropout_lib.Dropout(rate=cfg.dropout_rate)(h, deterministic=deterministic)
 
     h = norm('pre_attention_norm')(x)
     if self.merged_attention:
@@ -153,7 +154,7 @@ class _Stack(nn.Module):
       setattr(self, f'layer_{i}', block_cls(cfg, cross_attention=self.cross_attention,
                                             merged_attention=self.merged_attention))
     self.final_norm = layers.RMSNorm(eps=cfg.rms_norm_eps, param_dtype=cfg.parameter_dtype)
-    self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+    self.dropout = dropout_lib.Dropout(rate=cfg.dropout_rate)
 
   def hidden(self, tokens, positions, self_mask, encoded, cross_mask, deterministic):
     x = self.embedder.encode(tokens)
