@@ -93,6 +93,8 @@ class Settings:
   encoder_dropout: float
   bow_train_examples: int     # 0 = all
   cache_running_mode: str
+  # System keys (lm_* and ft_*) this setting leaves out; `--set skip_systems=` runs them all.
+  skip_systems: tuple = ()
 
 
 # The measured default's corpus. `--set corpus_sources=tinyshakespeare,wikitext-2,
@@ -109,6 +111,13 @@ QUICK = Settings(corpus_sources=THREE_SOURCES, corpus_chars=200_000, heldout_fra
                  ft_batch_size=8, ft_lr=1e-3, ft_train_examples=2000, ft_heldout_examples=64,
                  dev_examples=64, sst2_inputs_length=48, sst2_targets_length=8,
                  encoder_dropout=0.1, bow_train_examples=5000, cache_running_mode='in_memory')
+# The extra comparisons the issue does not ask for, left out of the default to keep it within its
+# 90-minute budget on a slow day (session 13: 99.2 min with them; their stages summed 1,777 s of
+# the 10,925 s fan-out): the causal-prefix decoder-only (its LM stage and fine-tune; the
+# decoder-only baseline stays the bidirectional-prefix one) and the from-scratch encoder-decoder's
+# fine-tune (its LM stage stays: adaptation vs scratch is measured on held-out loss).
+# `--set skip_systems=` runs them (docs/comparison.md, "The default within its budget").
+DEFAULT_SKIPPED = ('dec_causal', 'decoder_only_causal', 'encdec_scratch')
 # Its measured wall time (one process from an empty work directory, the 2-core CPU, 3 seeds) is in
 # docs/comparison.md ("Wall time"); per-stage times in docs/comparison_results.md.
 DEFAULT = Settings(corpus_sources=THREE_SOURCES, corpus_chars=0, heldout_fraction=0.02,
@@ -121,7 +130,7 @@ DEFAULT = Settings(corpus_sources=THREE_SOURCES, corpus_chars=0, heldout_fractio
                    ft_batch_size=16, ft_lr=1e-3, ft_train_examples=0,
                    ft_heldout_examples=500, dev_examples=0, sst2_inputs_length=64,
                    sst2_targets_length=16, encoder_dropout=0.1, bow_train_examples=0,
-                   cache_running_mode='multi_processing')
+                   cache_running_mode='multi_processing', skip_systems=DEFAULT_SKIPPED)
 
 
 def log(msg):
@@ -143,8 +152,17 @@ class Comparison:
     # lm_* and ft_* stages run in single-core workers (jobs >= 1) or here on every core (0):
     # the round-off differs, so the stage settings say which.
     self.cores = {workers_lib.CORES_KEY: 1} if jobs else {}
+    known = set(LM_SYSTEMS) | set(self.ft_systems())
+    unknown = sorted(set(settings.skip_systems) - known)
+    if unknown:
+      from tasks import cli  # pylint: disable=g-import-not-at-top
+      raise cli.UserError(f'--set skip_systems={",".join(settings.skip_systems)}: unknown '
+                          f'system(s) {unknown}; known: {sorted(known)}')
 
   def wanted(self, key):
+    """Whether the system `key` (an lm_* or ft_* key) runs: not skipped, and selected."""
+    if key in self.s.skip_systems:
+      return False
     return not self.only or any(o in key for o in self.only)
 
   # -- configs --------------------------------------------------------------------------------
@@ -285,10 +303,8 @@ class Comparison:
     """{(system, seed): stages.Stage} of the lm_* stages the wanted systems need."""
     s = self.s
     out = {}
-    for key in LM_SYSTEMS:
+    for key in self.lm_keys():
       for seed in self.seeds:
-        if not self.wanted(key) and not any(self.wanted(f) for f in self.ft_needing(key)):
-          continue
         model, objective, init, freeze = self.lm_system(key, seed)
         out[(key, seed)] = stages_lib.Stage(f'lm_{key}_s{seed}', {
             **self.base, **self.cores, 'system': key, 'init': init, 'objective': objective,
@@ -356,15 +372,24 @@ class Comparison:
   def ft_needing(self, lm_key):
     return [k for k, v in self.ft_systems().items() if v[2] == lm_key]
 
+  def lm_keys(self):
+    """The lm_* systems that run: wanted, or needed by a wanted fine-tune."""
+    return [k for k in LM_SYSTEMS
+            if self.wanted(k) or any(self.wanted(f) for f in self.ft_needing(k))]
+
+  def ft_keys(self):
+    """The ft_* systems that run."""
+    return [k for k in self.ft_systems() if self.wanted(k)]
+
   def ft_stages(self):
     """{(system, seed): stages.Stage} of the wanted ft_* stages (after their lm_* stage)."""
     s = self.s
     lm = {k: (stage.name, self.store.path(stage.name, stage.settings))
           for k, stage in self.lm_stages().items()}
     out = {}
-    for key, (label, kind, lm_key, classifier, factory) in self.ft_systems().items():
-      if not self.wanted(key):
-        continue
+    systems = self.ft_systems()
+    for key in self.ft_keys():
+      label, kind, lm_key, classifier, factory = systems[key]
       form = 'classification' if classifier else 'text_to_text'
       task, lengths = self.sst2[form], self.sst2_feature_lengths(form)
       for seed in self.seeds:
@@ -377,6 +402,11 @@ class Comparison:
                         'ft_round_steps', 'ft_max_rounds', 'ft_patience',
                         'ft_patience_start_round', 'ft_max_segments', 'ft_batch_size',
                         'ft_lr', 'dev_examples', 'ft_heldout_examples', 'encoder_dropout')}}
+        if kind == 'encoder' and key != 'encoder_mean_nodropout' and s.encoder_dropout > 0:
+          # How the dropout masks are drawn (trainer.model.dropout, session 14): a stage trained
+          # with the earlier masks (flax's) is not reused as this one.
+          from trainer.model import dropout as dropout_lib
+          settings['dropout_mask'] = dropout_lib.MASK_KIND
         out[(key, seed)] = stages_lib.Stage(
             f'ft_{key}_s{seed}', settings,
             lambda d, f=factory, t=task, l=lengths, i=init, c=classifier, sd=seed:
@@ -474,7 +504,7 @@ def override(settings: Settings, items) -> Settings:
     try:
       if isinstance(current, tuple):
         kind = type(current[0]) if current else str
-        changes[name] = tuple(kind(v) for v in value.split(','))
+        changes[name] = tuple(kind(v) for v in value.split(',')) if value else ()
       else:
         changes[name] = type(current)(value)
     except ValueError:

@@ -220,3 +220,34 @@ def test_corpus_with_every_source(tmp_path, shared_data):
   with pytest.raises(cli.UserError, match=r"corpus_sources=pydoc,news: .*unknown: \['news'\]"):
     corpus.build_corpus(out_dir=str(tmp_path / 'bad'), data_dir=str(shared_data),
                         sources=('pydoc', 'news'), max_chars=0, heldout_fraction=0.02)
+
+
+def test_default_leaves_out_the_extra_systems(tmp_path, shared_data):
+  from scripts import compare
+  from tasks import cli
+
+  def planned(settings, only=None):
+    c = compare.Comparison(workdir=str(tmp_path / 'w'), data_dir=str(shared_data),
+                           settings=settings, seeds=[0], only=only)
+    return c.lm_keys(), c.ft_keys(), list(c.ft_systems())
+
+  lm, ft, every_ft = planned(compare.DEFAULT)
+  # The causal-prefix decoder-only (LM stage and fine-tune) and the from-scratch fine-tune are
+  # left out; the from-scratch LM stage stays (adaptation vs scratch on held-out loss).
+  assert lm == [k for k in compare.LM_SYSTEMS if k != 'dec_causal']
+  assert 'ed_scratch' in lm and 'dec_bidir' in lm
+  assert ft == [k for k in every_ft if k not in ('decoder_only_causal', 'encdec_scratch')]
+  assert len(ft) == 10
+  # `--set skip_systems=` (empty) runs every system; --quick (the test chain) runs every system.
+  every = compare.override(compare.DEFAULT, ['skip_systems='])
+  assert every.skip_systems == () and compare.QUICK.skip_systems == ()
+  lm, ft, every_ft = planned(every)
+  assert lm == list(compare.LM_SYSTEMS) and ft == every_ft
+  # --only selects among the systems left: the skipped stay out, and an LM stage runs for the
+  # fine-tunes that need it.
+  assert planned(compare.DEFAULT, only=['decoder_only'])[:2] == (['dec_bidir'], ['decoder_only'])
+  assert planned(every, only=['decoder_only'])[:2] == (
+      ['dec_bidir', 'dec_causal'], ['decoder_only', 'decoder_only_causal'])
+  with pytest.raises(cli.UserError, match=r"^--set skip_systems=encdec_scratch,gpt: unknown "
+                                          r"system\(s\) \['gpt'\]; known: \["):
+    planned(compare.override(compare.DEFAULT, ['skip_systems=encdec_scratch,gpt']))
