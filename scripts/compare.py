@@ -24,10 +24,10 @@ on rerun; the log says which were reused):
               bidirectional / causal prefix)
   ft_<sys>_s<seed>   SST-2 fine-tuning on packed rows, scored every round on a held-out slice of
               train (early stopping), accuracy on the dev set of the best round's params
+  bow         bag-of-words logistic regression on SST-2 (the sanity reference)
 The default leaves out dec_causal, ft decoder_only_causal and ft encdec_scratch (DEFAULT_SKIPPED:
 comparisons the issue does not ask for, out of the 90-minute budget); `--set skip_systems=` runs
 them.
-  bow         bag-of-words logistic regression on SST-2 (the sanity reference)
 The lm_* and ft_* stages run --jobs at a time (default: one per core), each in a worker process
 pinned to one core: the same results for any --jobs >= 1 (scripts/comparison/workers.py).
 and a report: summary.json, a markdown table (mean +- 95% t-interval over seeds), a PNG.
